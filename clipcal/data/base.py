@@ -1,0 +1,188 @@
+"""The :class:`Benchmark` and its canonical sample table (design.md, "Canonical sample table").
+
+Every loader returns a ``Benchmark`` whose ``table`` has one row per image:
+
+=============  ==========================================  ==============================================
+column         dtype                                       meaning
+=============  ==========================================  ==============================================
+``sample_id``  str, unique                                 stable id (relative path or dataset id)
+``path``       str                                         image path, absolute or relative to ``root``
+``split``      category ``train`` / ``val`` / ``test``
+``y``          int64 ≥ 0                                   class index into ``class_names``
+``a``          int64 ≥ 0, or -1 unknown                    spurious attribute index into ``attr_names``
+``group``      int64, or -1                                ``y * n_attributes + a`` (-1 where ``a`` is -1)
+=============  ==========================================  ==============================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from clipcal.errors import DataError
+
+SPLITS = ("train", "val", "test")
+TABLE_COLUMNS = ("sample_id", "path", "split", "y", "a", "group")
+
+
+@dataclass
+class Benchmark:
+    """A benchmark: where its images are, its sample table, and the names of classes and attributes.
+
+    Attributes:
+        name: registry name (``waterbirds``, ``celeba``, ``metashift``, ``csv``, ``demo``).
+        root: folder that relative ``path`` values are resolved against.
+        table: the canonical sample table (module docstring); index is a plain RangeIndex.
+        class_names: K names, index = ``y``.
+        attr_names: names of the spurious attribute's values, index = ``a``; empty when unknown.
+        params: the loader arguments that define this benchmark (recorded in store manifests).
+        target_name / attr_name: what ``y`` and ``a`` mean, e.g. ``"bird type"`` / ``"background"``.
+    """
+
+    name: str
+    root: Path
+    table: pd.DataFrame
+    class_names: list[str]
+    attr_names: list[str] = field(default_factory=list)
+    params: dict = field(default_factory=dict)
+    target_name: str = "class"
+    attr_name: str = "spurious attribute"
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.table = finalize_table(self.table, len(self.class_names), len(self.attr_names))
+
+    @property
+    def n_classes(self) -> int:
+        """K, the number of classes."""
+        return len(self.class_names)
+
+    @property
+    def n_attrs(self) -> int:
+        """Number of spurious-attribute values (0 when the benchmark has no attribute labels)."""
+        return len(self.attr_names)
+
+    @property
+    def n_groups(self) -> int:
+        """K × n_attrs; 0 when there are no attribute labels."""
+        return self.n_classes * self.n_attrs
+
+    @property
+    def has_attributes(self) -> bool:
+        """True when at least one row has a known spurious attribute."""
+        return self.n_attrs > 0 and bool((self.table["a"] >= 0).any())
+
+    def group_names(self) -> list[str]:
+        """Names ``"<class> / <attribute>"`` for groups 0 … n_groups-1."""
+        return [f"{c} / {a}" for c in self.class_names for a in self.attr_names]
+
+    def group_name(self, g: int) -> str:
+        """Name of group ``g``; ``"unknown"`` for -1."""
+        return "unknown" if g < 0 else self.group_names()[g]
+
+    def image_path(self, path: str) -> Path:
+        """Resolve a table ``path`` value against ``root``."""
+        p = Path(path)
+        return p if p.is_absolute() else self.root / p
+
+    def fingerprint(self) -> str:
+        """sha256 (hex, 16 chars) of what defines the samples: name, table rows and names.
+
+        Two loads of the same files give the same fingerprint; any change of a row, label, split or name
+        changes it. Image bytes are not hashed (too slow for CelebA); paths and ids are.
+        """
+        h = hashlib.sha256()
+        h.update(json.dumps([self.name, self.class_names, self.attr_names], sort_keys=True).encode())
+        cols = self.table[["sample_id", "path", "split", "y", "a"]].astype(str)
+        h.update(pd.util.hash_pandas_object(cols, index=False).values.tobytes())
+        return h.hexdigest()[:16]
+
+    def describe(self) -> dict:
+        """JSON-able summary (name, params, names, sizes, fingerprint) for manifests."""
+        return {
+            "name": self.name,
+            "params": {k: str(v) for k, v in self.params.items()},
+            "class_names": list(self.class_names),
+            "attr_names": list(self.attr_names),
+            "n_samples": int(len(self.table)),
+            "fingerprint": self.fingerprint(),
+        }
+
+    def group_counts(self) -> pd.DataFrame:
+        """Counts per (split, group) as a tidy table with columns split, group, class, attribute, n.
+
+        Every group of every split appears, empty ones with n = 0; without attribute labels the rows are
+        per class (group -1 is not used, ``attribute`` is "unknown").
+        """
+        t = self.table
+        rows = []
+        for split in SPLITS:
+            s = t[t["split"] == split]
+            if self.n_attrs:
+                for y in range(self.n_classes):
+                    for a in range(self.n_attrs):
+                        n = int(((s["y"] == y) & (s["a"] == a)).sum())
+                        rows.append((split, y * self.n_attrs + a, self.class_names[y], self.attr_names[a], n))
+            else:
+                for y in range(self.n_classes):
+                    rows.append((split, -1, self.class_names[y], "unknown", int((s["y"] == y).sum())))
+        return pd.DataFrame(rows, columns=["split", "group", "class", "attribute", "n"])
+
+
+def finalize_table(table: pd.DataFrame, n_classes: int, n_attrs: int) -> pd.DataFrame:
+    """Check and normalise a sample table to the canonical dtypes; compute ``group``.
+
+    Args:
+        table: DataFrame with at least ``sample_id, path, split, y`` (``a`` optional → -1).
+        n_classes: K; every ``y`` must be in ``[0, K)``.
+        n_attrs: number of attribute values; every known ``a`` must be in ``[0, n_attrs)``.
+
+    Returns:
+        A new DataFrame with exactly :data:`TABLE_COLUMNS`, RangeIndex, ``split`` categorical.
+
+    Raises:
+        DataError: missing columns (named, with the expected schema), labels out of range, unknown split
+            values, duplicate ``sample_id`` (first few listed).
+    """
+    t = table.copy()
+    if "a" not in t.columns:
+        t["a"] = -1
+    missing = [c for c in ("sample_id", "path", "split", "y") if c not in t.columns]
+    if missing:
+        raise DataError(
+            f"sample table is missing column(s) {missing}",
+            hint="expected columns: sample_id (str), path (str), split (train/val/test), y (int ≥ 0), "
+            "a (int ≥ 0 or -1, optional)",
+        )
+    t["sample_id"] = t["sample_id"].astype(str)
+    t["path"] = t["path"].astype(str)
+    bad_split = ~t["split"].isin(SPLITS)
+    if bad_split.any():
+        vals = sorted(map(str, t.loc[bad_split, "split"].unique()))[:5]
+        raise DataError(f"unknown split value(s) {vals} in rows {list(t.index[bad_split][:5])}",
+                        hint="split must be one of train / val / test (loaders map 0/1/2)")
+    t["split"] = pd.Categorical(t["split"], categories=list(SPLITS))
+    for col, hi in (("y", n_classes), ("a", n_attrs)):
+        v = pd.to_numeric(t[col], errors="coerce")
+        if v.isna().any():
+            rows = list(t.index[v.isna()][:5])
+            raise DataError(f"column {col!r} has non-integer values in rows {rows}")
+        t[col] = v.astype(np.int64)
+    if ((t["y"] < 0) | (t["y"] >= n_classes)).any():
+        rows = list(t.index[(t["y"] < 0) | (t["y"] >= n_classes)][:5])
+        raise DataError(f"class index y out of range [0, {n_classes}) in rows {rows}")
+    bad_a = (t["a"] < -1) | (t["a"] >= max(n_attrs, 0))
+    bad_a &= t["a"] != -1
+    if bad_a.any():
+        raise DataError(f"attribute index a out of range [0, {n_attrs}) in rows {list(t.index[bad_a][:5])}")
+    dup = t["sample_id"].duplicated(keep=False)
+    if dup.any():
+        ids = list(t.loc[dup, "sample_id"].unique()[:5])
+        raise DataError(f"duplicate sample_id values: {ids}", hint="every row needs a unique id")
+    t["group"] = np.where(t["a"] >= 0, t["y"] * max(n_attrs, 1) + t["a"], -1).astype(np.int64)
+    return t[list(TABLE_COLUMNS)].reset_index(drop=True)

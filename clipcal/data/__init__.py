@@ -1,0 +1,40 @@
+"""Benchmarks: loaders, the built-in demo, validation, downloads, and the one image reader.
+
+Public API (docs/interfaces.md, "clipcal.data")::
+
+    load_benchmark(name, root=None, **options) -> Benchmark      # registry BENCHMARKS
+    validate(benchmark, check_images=True, progress=None) -> ValidationReport
+    download(name, root, progress=None) -> Path
+    demo_assets_status() -> dict
+    load_image(path, max_pixels=MAX_PIXELS) -> PIL.Image (RGB);  thumbnail(path, size) -> PIL.Image
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from clipcal.data.base import SPLITS, TABLE_COLUMNS, Benchmark, finalize_table
+from clipcal.data.demo import demo_assets_status
+from clipcal.data.images import MAX_PIXELS, check_image, load_image, thumbnail
+from clipcal.data.registry import BENCHMARKS, benchmark_names, load_benchmark
+
+_LAZY = {
+    "validate": "clipcal.data.validate",
+    "ValidationReport": "clipcal.data.validate",
+    "download": "clipcal.data.download",
+    "SOURCES": "clipcal.data.download",
+}
+
+
+def __getattr__(name: str):
+    # validate / download import lazily: they are optional for most callers and pull in more modules.
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'clipcal.data' has no attribute {name!r}")
+
+
+__all__ = [
+    "SPLITS", "TABLE_COLUMNS", "Benchmark", "finalize_table", "BENCHMARKS", "benchmark_names",
+    "load_benchmark", "validate", "ValidationReport", "download", "SOURCES", "demo_assets_status",
+    "load_image", "thumbnail", "check_image", "MAX_PIXELS",
+]

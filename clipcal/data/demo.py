@@ -1,0 +1,352 @@
+"""Waterbirds-lite: the built-in demo benchmark, generated offline from real photos and colour emoji.
+
+Each image is an emoji bird (random size, horizontal flip and small rotation) pasted on a random crop of a
+real landscape photo (Debian wallpaper packages, see :data:`WALLPAPERS`):
+
+* ``y`` — bird type: 0 ``landbird`` (🐦🦅🦜🐓🦃🦉🐤🕊🐔🦚), 1 ``waterbird`` (🦆🦢🐧🦩🪿);
+* ``a`` — background: 0 ``land``, 1 ``water``; ``group = 2 y + a``.
+
+Like Waterbirds (Sagawa et al., ICLR 2020), the training split is spuriously correlated: a fraction
+``aligned`` (default 95 %) of training images are *aligned* (landbird on land, waterbird on water), the
+rest split evenly between the two minority groups; val and test are balanced over the four groups. Classes
+are balanced within each alignment type.
+
+The images (``image_size`` px JPEG, quality 90) are written once into
+``cache_dir()/datasets/demo-<hash of params>/`` and reused: the folder is built under a temporary name,
+``COMPLETE`` is written last, and the folder is moved into place atomically (a file lock stops two
+processes from building the same one). Every sample draws its randomness from
+``numpy.random.SeedSequence([seed, index])``, so the same parameters give the same table and the same
+image bytes (for the same Pillow/libjpeg), and a different seed gives different images.
+
+Layout of a built folder::
+
+    demo-<hash>/
+      images/{train,val,test}/<sample_id>.jpg
+      samples.csv        sample_id, path, split, y, a, group, bird, wallpaper
+      params.json        builder parameters + version
+      COMPLETE           completion marker (written last)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFont
+
+from clipcal.data.base import Benchmark
+from clipcal.errors import DataError
+from clipcal.paths import cache_dir
+
+#: Bump when the generator changes its output, so old cached folders are not reused.
+BUILDER_VERSION = 1
+
+CLASS_NAMES = ["landbird", "waterbird"]
+ATTR_NAMES = ["land", "water"]
+LANDBIRDS = "🐦🦅🦜🐓🦃🦉🐤🕊🐔🦚"
+WATERBIRDS = "🦆🦢🐧🦩🪿"
+
+EMOJI_FONT = {"package": "fonts-noto-color-emoji", "path": "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"}
+_EMOJI_PX = 109  # the one bitmap strike size of Noto Color Emoji (CBDT)
+
+
+@dataclass(frozen=True)
+class Wallpaper:
+    """One background photo: Debian package, absolute path, label (0 land, 1 water), licence."""
+
+    package: str
+    path: str
+    background: int
+    licence: str
+
+    @property
+    def name(self) -> str:
+        """Short name: the KDE wallpaper folder, or the file stem."""
+        parts = Path(self.path).parts
+        return parts[parts.index("wallpapers") + 1] if "wallpapers" in parts else Path(self.path).stem
+
+
+_KDE = "/usr/share/wallpapers/{}/contents/images/{}"
+_KDE_LIC = "GPL-2+ (Debian copyright); LGPL-3.0 per metadata.json"
+_MATE = "/usr/share/backgrounds/mate/nature/{}.jpg"
+_LOMIRI = "/usr/share/backgrounds/{}.jpg"
+
+#: Background photos, checked against ``dpkg -L`` on Debian 12. KDE wallpapers come in many sizes; the
+#: 1280×800 copy is used (Volna ships only 5120×2880, decoded at 1/4 scale). MATE ``nature/Dune`` is left
+#: out on purpose: its top strip shows sea. Licences from each package's ``/usr/share/doc/<pkg>/copyright``
+#: (and, for KDE, each wallpaper's ``metadata.json``).
+WALLPAPERS: tuple[Wallpaper, ...] = (
+    # water
+    Wallpaper("plasma-workspace-wallpapers", _KDE.format("BytheWater", "1280x800.jpg"), 1, _KDE_LIC),
+    Wallpaper("plasma-workspace-wallpapers", _KDE.format("ColdRipple", "1280x800.jpg"), 1, _KDE_LIC),
+    Wallpaper("plasma-workspace-wallpapers", _KDE.format("EveningGlow", "1280x800.jpg"), 1, _KDE_LIC),
+    Wallpaper("plasma-workspace-wallpapers", _KDE.format("summer_1am", "1280x800.jpg"), 1, _KDE_LIC),
+    Wallpaper("plasma-workspace-wallpapers", _KDE.format("DarkestHour", "1280x800.jpg"), 1, _KDE_LIC),
+    Wallpaper("plasma-workspace-wallpapers", _KDE.format("Volna", "5120x2880.jpg"), 1,
+              "GPL-2+ (Debian copyright); CC-BY-SA-4.0 per metadata.json (Nikita Babin)"),
+    Wallpaper("mate-backgrounds", _MATE.format("Aqua"), 1, "GPL-2+ (Charles Barbin, 2008)"),
+    Wallpaper("mate-backgrounds", _MATE.format("Storm"), 1, "GPL-2+ (Sergey Nazarov, 2008)"),
+    # land
+    Wallpaper("plasma-workspace-wallpapers", _KDE.format("Path", "1280x800.jpg"), 0, _KDE_LIC),
+    Wallpaper("plasma-workspace-wallpapers", _KDE.format("OneStandsOut", "1280x800.jpg"), 0, _KDE_LIC),
+    Wallpaper("plasma-workspace-wallpapers", _KDE.format("FallenLeaf", "1280x800.jpg"), 0, _KDE_LIC),
+    Wallpaper("mate-backgrounds", _MATE.format("GreenMeadow"), 0, "GPL-2+ (Timothy Schellhase, 2005)"),
+    Wallpaper("mate-backgrounds", _MATE.format("Blinds"), 0, "GPL-2+ (Lennart Poettering, 2008)"),
+    Wallpaper("lomiri-wallpapers-16.04", _LOMIRI.format("aitzgorri_by_Aitzol_Berasategi"), 0,
+              "CC-BY-4.0 (Aitzol Berasategi, 2018)"),
+    Wallpaper("lomiri-wallpapers-16.04", _LOMIRI.format("picosdeeuropa_by_Aitzol_Berasategi"), 0,
+              "CC-BY-4.0 (Aitzol Berasategi, 2018)"),
+    Wallpaper("lomiri-wallpapers-16.04", _LOMIRI.format("sunset_by_Aitzol_Berasategi"), 0,
+              "CC-BY-4.0 (Aitzol Berasategi, 2018)"),
+    Wallpaper("lomiri-wallpapers-16.04", _LOMIRI.format("seeding_by_Clements_Engelhardt"), 0,
+              "CC0-1.0 (Clemens Engelhardt, 2018)"),
+    Wallpaper("lomiri-wallpapers-20.04", _LOMIRI.format("Kleiber_by_Lukas_Baubkus"), 0,
+              "CC-BY-SA-3.0 (Lukas Baubkus, 2021)"),
+)
+
+#: Licences of everything the demo images are made of (shown by the UI and the README).
+LICENCES = {
+    "photos": {w.path: w.licence for w in WALLPAPERS},
+    "emoji": {EMOJI_FONT["path"]: "OFL-1.1 (font) / Apache-2.0 (Noto emoji images), fonts-noto-color-emoji"},
+    "note": "Generated images are derived works of these photos (GPL-2+ / LGPL-3.0 / CC-BY(-SA) / CC0 per "
+            "file): they are built on the user's machine into the cache and never committed or shipped.",
+}
+
+REQUIRED_PACKAGES = tuple(sorted({w.package for w in WALLPAPERS} | {EMOJI_FONT["package"]}))
+
+DEFAULTS = {"n_train": 1200, "n_val": 400, "n_test": 800, "seed": 0, "image_size": 224, "aligned": 0.95}
+
+
+def demo_assets_status() -> dict:
+    """Which of the demo's Debian packages and files are present on this machine.
+
+    Returns:
+        dict with ``ok`` (bool), ``present`` / ``missing_packages`` (sorted lists of package names),
+        ``missing_files`` (paths), ``install_command`` (str, empty when nothing is missing) and
+        ``licences`` (:data:`LICENCES`).
+    """
+    files = {w.path: w.package for w in WALLPAPERS}
+    files[EMOJI_FONT["path"]] = EMOJI_FONT["package"]
+    missing_files = sorted(p for p in files if not os.path.isfile(p))
+    missing_pkgs = sorted({files[p] for p in missing_files})
+    cmd = f"sudo apt-get install -y {' '.join(missing_pkgs)}" if missing_pkgs else ""
+    return {
+        "ok": not missing_files,
+        "present": sorted(set(REQUIRED_PACKAGES) - set(missing_pkgs)),
+        "missing_packages": missing_pkgs,
+        "missing_files": missing_files,
+        "install_command": cmd,
+        "licences": LICENCES,
+    }
+
+
+def _require_assets() -> None:
+    st = demo_assets_status()
+    if not st["ok"]:
+        raise DataError(
+            "the built-in demo needs Debian packages that are missing: " + ", ".join(st["missing_packages"])
+            + f" ({len(st['missing_files'])} file(s) not found, e.g. {st['missing_files'][0]})",
+            hint=f"install them with:  {st['install_command']}   (about 170 MB; or use another benchmark)",
+        )
+
+
+def demo_params(**options) -> dict:
+    """Full, validated parameter dict of a demo build (defaults filled in).
+
+    Raises:
+        DataError: unknown option, or sizes/fractions out of range.
+    """
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise DataError(f"unknown demo option(s) {unknown}", hint=f"valid options: {sorted(DEFAULTS)}")
+    p = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+    for k in ("n_train", "n_val", "n_test", "seed", "image_size"):
+        p[k] = int(p[k])
+    p["aligned"] = float(p["aligned"])
+    if min(p["n_train"], p["n_val"], p["n_test"]) < 4:
+        raise DataError("demo split sizes must be ≥ 4 (one image per group)", hint="e.g. n_train=1200")
+    if not 32 <= p["image_size"] <= 1024:
+        raise DataError(f"image_size {p['image_size']} out of range [32, 1024]")
+    if not 0.5 <= p["aligned"] <= 1.0:
+        raise DataError(f"aligned fraction {p['aligned']} out of range [0.5, 1]")
+    return p
+
+
+def demo_dir(**options) -> Path:
+    """Folder the demo with these parameters is (or will be) built in."""
+    p = demo_params(**options)
+    h = hashlib.sha256(json.dumps({**p, "version": BUILDER_VERSION}, sort_keys=True).encode()).hexdigest()
+    return cache_dir() / "datasets" / f"demo-{h[:12]}"
+
+
+def _group_plan(n: int, aligned: float | None) -> list[tuple[int, int]]:
+    """(y, a) for each of n samples. ``aligned=None`` → balanced over the 4 groups."""
+    if aligned is None:
+        counts = {g: n // 4 + (1 if g < n % 4 else 0) for g in range(4)}
+    else:
+        n_min = int(round(n * (1 - aligned)))
+        n_maj = n - n_min
+        # groups: 0 landbird/land, 3 waterbird/water (aligned); 1 landbird/water, 2 waterbird/land
+        counts = {0: n_maj - n_maj // 2, 3: n_maj // 2, 1: n_min - n_min // 2, 2: n_min // 2}
+    plan = []
+    for g in range(4):
+        plan += [(g // 2, g % 2)] * counts[g]
+    return plan
+
+
+class _Assets:
+    """Decoded backgrounds (downscaled once) and rendered emoji, shared by all samples of a build."""
+
+    def __init__(self, image_size: int):
+        self.backgrounds: list[list[tuple[Wallpaper, Image.Image]]] = [[], []]
+        target = max(2 * image_size, 512)  # keep crops sharp after resizing to image_size
+        for w in WALLPAPERS:
+            im = Image.open(w.path)
+            if im.format == "JPEG":
+                im.draft("RGB", (target, target))
+            im = im.convert("RGB")
+            scale = target / min(im.size)
+            if scale < 1:
+                im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
+            self.backgrounds[w.background].append((w, im))
+        font = ImageFont.truetype(EMOJI_FONT["path"], _EMOJI_PX)
+        self.birds: list[list[tuple[str, Image.Image]]] = []
+        for chars in (LANDBIRDS, WATERBIRDS):
+            rendered = []
+            for ch in chars:
+                canvas = Image.new("RGBA", (160, 160), (0, 0, 0, 0))
+                ImageDraw.Draw(canvas).text((0, 0), ch, font=font, embedded_color=True)
+                rendered.append((ch, canvas.crop(canvas.getbbox())))
+            self.birds.append(rendered)
+
+
+def _render(assets: _Assets, y: int, a: int, rng: np.random.Generator, size: int) -> tuple[Image.Image, str, str]:
+    wp, bg = assets.backgrounds[a][rng.integers(len(assets.backgrounds[a]))]
+    side = int(min(bg.size) * rng.uniform(0.45, 0.9))
+    x0 = int(rng.integers(0, bg.width - side + 1))
+    y0 = int(rng.integers(0, bg.height - side + 1))
+    img = bg.crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.Resampling.BILINEAR)
+    ch, bird = assets.birds[y][rng.integers(len(assets.birds[y]))]
+    scale = rng.uniform(0.32, 0.55) * size / max(bird.size)
+    bird = bird.resize((max(1, round(bird.width * scale)), max(1, round(bird.height * scale))),
+                       Image.Resampling.LANCZOS)
+    if rng.random() < 0.5:
+        bird = bird.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    bird = bird.rotate(float(rng.uniform(-15, 15)), resample=Image.Resampling.BICUBIC, expand=True)
+    px = int(rng.integers(0, max(size - bird.width, 0) + 1))
+    py = int(rng.integers(0, max(size - bird.height, 0) + 1))
+    img.paste(bird, (px, py), bird)
+    return img, ch, wp.name
+
+
+def _build(dest: Path, p: dict, progress: Callable | None) -> None:
+    assets = _Assets(p["image_size"])
+    splits = (("train", p["n_train"], p["aligned"]), ("val", p["n_val"], None), ("test", p["n_test"], None))
+    total = sum(n for _, n, _ in splits)
+    rows = []
+    t0 = time.perf_counter()
+    for s_idx, (split, n, aligned) in enumerate(splits):
+        plan = _group_plan(n, aligned)
+        # Shuffle within the split so that file order does not reveal the group.
+        order = np.random.default_rng(np.random.SeedSequence([p["seed"], s_idx, 10**6])).permutation(n)
+        (dest / "images" / split).mkdir(parents=True, exist_ok=True)
+        for j, k in enumerate(order):
+            y, a = plan[k]
+            rng = np.random.default_rng(np.random.SeedSequence([p["seed"], s_idx, j]))
+            img, ch, wall = _render(assets, y, a, rng, p["image_size"])
+            sid = f"{split}_{j:05d}"
+            rel = f"images/{split}/{sid}.jpg"
+            buf = io.BytesIO()
+            img.save(buf, "JPEG", quality=90)
+            (dest / rel).write_bytes(buf.getvalue())
+            rows.append((sid, rel, split, y, a, 2 * y + a, f"U+{ord(ch):X}", wall))
+            done = len(rows)
+            if progress is not None and (done % 50 == 0 or done == total):
+                el = time.perf_counter() - t0
+                progress(done, total, f"building demo images ({done / max(el, 1e-9):.0f} images/s)")
+    t = pd.DataFrame(rows, columns=["sample_id", "path", "split", "y", "a", "group", "bird", "wallpaper"])
+    t.to_csv(dest / "samples.csv", index=False)
+    (dest / "params.json").write_text(json.dumps({**p, "version": BUILDER_VERSION}, indent=1, sort_keys=True))
+    (dest / "COMPLETE").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+def build_demo(progress: Callable | None = None, **options) -> Path:
+    """Build the demo images into the cache if not there yet; return the folder.
+
+    Args:
+        progress: optional ``progress(done, total, message)`` called while images are generated.
+        **options: ``n_train, n_val, n_test, seed, image_size, aligned`` (see :data:`DEFAULTS`).
+
+    Returns:
+        ``Path`` of the complete folder (``COMPLETE`` present).
+
+    Raises:
+        DataError: demo packages missing (message gives the ``apt-get install`` command), bad options.
+    """
+    from filelock import FileLock
+
+    p = demo_params(**options)
+    dest = demo_dir(**p)
+    if (dest / "COMPLETE").is_file():
+        return dest
+    _require_assets()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest) + ".lock"):
+        if (dest / "COMPLETE").is_file():  # another process built it while we waited
+            return dest
+        tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            tmp.mkdir()
+            _build(tmp, p, progress)
+            if dest.exists():  # an incomplete leftover (no COMPLETE): move it aside, never read it
+                shutil.rmtree(dest, ignore_errors=True)
+            os.replace(tmp, dest)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def load_demo(root: str | Path | None = None, progress: Callable | None = None, **options) -> Benchmark:
+    """Load Waterbirds-lite, building it into the cache on first use.
+
+    Args:
+        root: ignored unless given; then a folder holding a built demo (``samples.csv`` + ``COMPLETE``),
+            e.g. a copy moved elsewhere.
+        progress: as :func:`build_demo`.
+        **options: as :func:`build_demo`; defaults ``n_train=1200, n_val=400, n_test=800, seed=0,
+            image_size=224, aligned=0.95``.
+
+    Returns:
+        ``Benchmark`` named ``demo``: classes ``landbird, waterbird`` (target "bird type"), attributes
+        ``land, water`` (attribute "background").
+
+    Raises:
+        DataError: as :func:`build_demo`, or ``root`` is not a complete demo folder.
+    """
+    if root is not None:
+        folder = Path(root)
+        if not (folder / "COMPLETE").is_file() or not (folder / "samples.csv").is_file():
+            raise DataError(f"{folder} is not a complete demo folder (samples.csv and COMPLETE expected)",
+                            hint="leave root empty to build the demo into the cache")
+        p = json.loads((folder / "params.json").read_text()) if (folder / "params.json").is_file() else {}
+        p.pop("version", None)
+    else:
+        p = demo_params(**options)
+        folder = build_demo(progress=progress, **p)
+    t = pd.read_csv(folder / "samples.csv", dtype={"sample_id": str, "path": str})
+    return Benchmark(
+        name="demo", root=folder, table=t[["sample_id", "path", "split", "y", "a"]],
+        class_names=list(CLASS_NAMES), attr_names=list(ATTR_NAMES), params=p,
+        target_name="bird type", attr_name="background",
+    )

@@ -11,26 +11,13 @@ Public API (docs/interfaces.md, "clipcal.data")::
 
 from __future__ import annotations
 
-import importlib
-
 from clipcal.data.base import SPLITS, TABLE_COLUMNS, Benchmark, finalize_table
 from clipcal.data.demo import demo_assets_status
 from clipcal.data.images import MAX_PIXELS, check_image, load_image, thumbnail
 from clipcal.data.registry import BENCHMARKS, benchmark_names, load_benchmark
-
-_LAZY = {
-    "validate": "clipcal.data.validate",
-    "ValidationReport": "clipcal.data.validate",
-    "download": "clipcal.data.download",
-    "SOURCES": "clipcal.data.download",
-}
-
-
-def __getattr__(name: str):
-    # validate / download import lazily: they are optional for most callers and pull in more modules.
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'clipcal.data' has no attribute {name!r}")
+# Imported last on purpose: the functions share their module's name and must shadow the submodules.
+from clipcal.data.validate import ValidationReport, validate  # noqa: E402
+from clipcal.data.download import SOURCES, download  # noqa: E402
 
 
 __all__ = [

@@ -188,7 +188,9 @@ class Job:
         done = float(done or 0)
         total = float(total) if total is not None else None
         with self._lock:
-            if self._first is None or done < self._first[1]:  # a new stage restarts the count
+            prev = self._progress
+            # a new stage (count going back, or another total) restarts the rate measurement
+            if self._first is None or done < self._first[1] or (self.history and total != prev.total):
                 self._first = (now, done)
             t_first, d_first = self._first
             if rate is None and now > t_first and done > d_first:

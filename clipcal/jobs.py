@@ -152,7 +152,7 @@ class Job:
     def report(self, *args, **kwargs) -> None:
         """The ``progress`` callback given to the function.
 
-        Accepts ``report(obj)`` where ``obj`` has ``done`` and ``total`` (and optionally ``images_per_s`` /
+        Accepts ``report("message")`` (keeps the counts), ``report(obj)`` where ``obj`` has ``done`` and ``total`` (and optionally ``images_per_s`` /
         ``rate``, ``eta_s``, ``message``; other public attributes go to ``extra``), ``report(done, total)``,
         ``report(done, total, message)``, or keywords ``done=, total=, message=, rate=, eta_s=, **extra``.
 
@@ -165,7 +165,10 @@ class Job:
         extra: dict = {}
         rate = eta = None
         message = ""
-        if len(args) == 1 and not isinstance(args[0], (int, float)):
+        if len(args) == 1 and isinstance(args[0], str):  # a status message alone (e.g. "fitting UMAP")
+            prev = self._progress
+            done, total, message = kwargs.pop("done", prev.done), kwargs.pop("total", prev.total), args[0]
+        elif len(args) == 1 and not isinstance(args[0], (int, float)):
             obj = args[0]
             if isinstance(obj, dict):
                 src = dict(obj)

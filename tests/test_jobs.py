@@ -84,6 +84,9 @@ def test_progress_keywords_and_unknown_total():
 
     job = JobManager().submit("k", work)
     job.wait(5)
+    j2 = JobManager().submit("s", lambda progress: (progress(2, 4), progress("fitting UMAP")))
+    j2.wait(5)
+    assert (j2.progress.done, j2.progress.total, j2.progress.message) == (2, 4, "fitting UMAP")
     assert job.progress.done == 3 and job.progress.total is None and job.progress.fraction is None
     assert job.progress.extra == {"curves": "c"}
     assert JobProgress().fraction is None

@@ -1,0 +1,506 @@
+"""The shared interface of every calibration method: :class:`FeatureData` in, :class:`MethodResult` out.
+
+All methods work on cached features only (no images, no Streamlit). A method is a scikit-learn style
+estimator (style.md): hyperparameters are constructor arguments stored unchanged, all work happens in
+:meth:`Method.fit`, which validates its input and returns ``self``; the outcome is ``result_``.
+
+Progress: long methods call ``progress(Progress(done, total, message, stage, metrics))`` — one object, the
+same shape :class:`clipcal.jobs.JobManager` reads (``done``/``total``/``message``; other fields go to the job's
+``extra``). ``cancel`` is a ``threading.Event``; when it is set a method raises
+:class:`~clipcal.errors.Cancelled` at its next check (between epochs / steps).
+
+Usage::
+
+    data = FeatureData.from_store(benchmark, embedding_set, text_head=head)
+    res = ERM(epochs=50, seed=0).fit(data).result_
+    res.probs        # [N, K] float32, every split
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from clipcal.errors import Cancelled, MethodError
+
+SPLITS = ("train", "val", "test")
+CURVE_COLUMNS = ("epoch", "stage", "split", "metric", "value")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# progress / cancel
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress report of a method.
+
+    Attributes:
+        done: units finished (epochs, grid points … — whatever ``total`` counts).
+        total: units in all (> 0).
+        message: one line for a status bar, e.g. ``"ERM epoch 12/50 · val worst-class 0.81"``.
+        stage: the method's stage, e.g. ``"erm"``, ``"cfr"``, ``"dfr"``.
+        metrics: latest figures (``{"train_loss": 0.31, "val_score": 0.81}``) for live curves.
+    """
+
+    done: float
+    total: float
+    message: str = ""
+    stage: str = ""
+    metrics: dict = field(default_factory=dict)
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+def report(progress: ProgressFn | None, done: float, total: float, message: str = "", stage: str = "",
+           **metrics: float) -> None:
+    """Call ``progress`` (if given) with a :class:`Progress`; a no-op for ``None``."""
+    if progress is not None:
+        progress(Progress(done=done, total=total, message=message, stage=stage, metrics=dict(metrics)))
+
+
+def check_cancel(cancel) -> None:
+    """Raise :class:`~clipcal.errors.Cancelled` when ``cancel`` (a ``threading.Event`` or ``None``) is set."""
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("calibration cancelled", hint="nothing of this method's run was stored; start it again")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# FeatureData
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _bad_rows(arr: np.ndarray) -> np.ndarray:
+    """Row indices of a 2-D array holding NaN or ±inf."""
+    return np.flatnonzero(~np.isfinite(arr).all(axis=1))
+
+
+@dataclass
+class FeatureData:
+    """Cached features of one benchmark under one backbone, joined to the sample table.
+
+    Rows are samples (all splits together, in the sample table's order minus skipped images).
+
+    Attributes:
+        features: ``h`` [N, d] float32 — the frozen pre-projection feature (ViT: CLS token after the final
+            layer norm; image-only / non-linear-projection backbones: the final embedding itself).
+        embeddings: ``z`` [N, e] float32, L2-normalised — the backbone's own image embedding.
+        y: [N] int64 class index in ``[0, K)``.
+        a: [N] int64 spurious-attribute index, -1 where unknown.
+        group: [N] int64 ``y * n_attrs + a``, -1 where unknown.
+        split: [N] str array of ``train`` / ``val`` / ``test``.
+        sample_ids: [N] str array, unique.
+        class_names: K names (index = ``y``).
+        attr_names: attribute value names (index = ``a``); empty without attribute labels.
+        proj_weight: [d, e] float32 — the backbone's own last layer (``projection == "exact"``), or ``None``.
+        projection: ``"exact"`` (``proj_weight`` is the model's own projection) or ``"identity"``
+            (an identity-initialised approximation, cfr-method.md "Last layer W").
+        text_head: [K, e] float32 zero-shot classifier (unit rows), or ``None`` (no text tower / not computed).
+        has_text: whether the backbone has a text tower (zero-shot possible in principle).
+        backbone_spec: backbone spec string (for zero-shot with custom prompts and for records).
+        benchmark_name: benchmark name (records only).
+        notes: what was done to the data on the way in (e.g. skipped images dropped).
+
+    Raises (on construction):
+        MethodError: arrays of different lengths (names both), features/embeddings with NaN or inf (names
+            the first rows and sample ids), labels out of range, unknown split values, duplicate ids.
+    """
+
+    features: np.ndarray
+    embeddings: np.ndarray
+    y: np.ndarray
+    a: np.ndarray
+    group: np.ndarray
+    split: np.ndarray
+    sample_ids: np.ndarray
+    class_names: list[str]
+    attr_names: list[str] = field(default_factory=list)
+    proj_weight: np.ndarray | None = None
+    projection: str = "identity"
+    text_head: np.ndarray | None = None
+    has_text: bool = False
+    backbone_spec: str = ""
+    benchmark_name: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.features = np.ascontiguousarray(np.asarray(self.features, dtype=np.float32))
+        self.embeddings = np.ascontiguousarray(np.asarray(self.embeddings, dtype=np.float32))
+        if self.features.ndim != 2 or self.embeddings.ndim != 2:
+            raise MethodError(f"features must be 2-D [N, d] and embeddings [N, e]; got shapes "
+                              f"{self.features.shape} and {self.embeddings.shape}")
+        n = len(self.features)
+        self.y = np.asarray(self.y, dtype=np.int64).reshape(-1)
+        self.a = np.asarray(self.a, dtype=np.int64).reshape(-1)
+        self.group = np.asarray(self.group, dtype=np.int64).reshape(-1)
+        self.split = np.asarray(self.split).astype(str)
+        self.sample_ids = np.asarray(self.sample_ids).astype(str)
+        self.class_names = [str(c) for c in self.class_names]
+        self.attr_names = [str(c) for c in self.attr_names]
+        lengths = {"features": n, "embeddings": len(self.embeddings), "y": len(self.y), "a": len(self.a),
+                   "group": len(self.group), "split": len(self.split), "sample_ids": len(self.sample_ids)}
+        if len(set(lengths.values())) != 1:
+            raise MethodError(
+                f"feature arrays and sample table have different lengths: {lengths}",
+                hint="the embeddings belong to another version of the benchmark table; re-embed the benchmark")
+        for name, arr in (("features", self.features), ("embeddings", self.embeddings)):
+            bad = _bad_rows(arr)
+            if len(bad):
+                ids = [str(self.sample_ids[i]) for i in bad[:5]]
+                raise MethodError(
+                    f"{name} contain NaN or inf in {len(bad)} row(s): rows {bad[:5].tolist()} "
+                    f"(sample_id {ids})",
+                    hint="these images gave broken features (precision overflow or corrupt file); "
+                         "re-embed in float32 or remove them from the benchmark")
+        k = len(self.class_names)
+        if k < 2:
+            raise MethodError(f"need at least 2 classes, got {k} ({self.class_names})")
+        if n and (self.y.min() < 0 or self.y.max() >= k):
+            rows = np.flatnonzero((self.y < 0) | (self.y >= k))[:5].tolist()
+            raise MethodError(f"class index y out of range [0, {k}) in rows {rows}")
+        bad_split = ~np.isin(self.split, SPLITS)
+        if bad_split.any():
+            raise MethodError(f"unknown split value(s) {sorted(set(self.split[bad_split]))[:5]} "
+                              f"in rows {np.flatnonzero(bad_split)[:5].tolist()}")
+        if len(set(self.sample_ids.tolist())) != n:
+            raise MethodError("duplicate sample_ids in feature data")
+        if self.proj_weight is not None:
+            self.proj_weight = np.asarray(self.proj_weight, dtype=np.float32)
+            if self.proj_weight.shape != (self.feature_dim, self.embed_dim):
+                raise MethodError(f"proj_weight has shape {self.proj_weight.shape}, expected "
+                                  f"[d, e] = {(self.feature_dim, self.embed_dim)}")
+        if self.text_head is not None:
+            self.text_head = np.asarray(self.text_head, dtype=np.float32)
+            if self.text_head.shape != (k, self.embed_dim):
+                raise MethodError(f"text_head has shape {self.text_head.shape}, expected [K, e] = "
+                                  f"{(k, self.embed_dim)}",
+                                  hint="compute the text head with the same backbone and class names")
+        if self.projection not in ("exact", "identity"):
+            raise MethodError(f"projection must be 'exact' or 'identity', got {self.projection!r}")
+        self.notes = list(self.notes)
+
+    # -- sizes ------------------------------------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        """N, the number of samples (all splits)."""
+        return len(self.y)
+
+    @property
+    def n_classes(self) -> int:
+        """K."""
+        return len(self.class_names)
+
+    @property
+    def n_attrs(self) -> int:
+        """Number of attribute values (0 without attribute labels)."""
+        return len(self.attr_names)
+
+    @property
+    def n_groups(self) -> int:
+        """K × n_attrs (0 without attribute labels)."""
+        return self.n_classes * self.n_attrs
+
+    @property
+    def feature_dim(self) -> int:
+        """d, width of ``features``."""
+        return int(self.features.shape[1])
+
+    @property
+    def embed_dim(self) -> int:
+        """e, width of ``embeddings``."""
+        return int(self.embeddings.shape[1])
+
+    @property
+    def has_attributes(self) -> bool:
+        """True when attribute names exist and at least one row has a known attribute."""
+        return self.n_attrs > 0 and bool((self.a >= 0).any())
+
+    def group_names(self) -> list[str]:
+        """``"<class> / <attribute>"`` for groups 0 … n_groups-1 (same order as ``Benchmark.group_names``)."""
+        return [f"{c} / {a}" for c in self.class_names for a in self.attr_names]
+
+    # -- selection --------------------------------------------------------------------------------------
+    def mask(self, split: str) -> np.ndarray:
+        """[N] bool, rows of ``split``."""
+        if split not in SPLITS:
+            raise MethodError(f"unknown split {split!r}; expected one of {SPLITS}")
+        return self.split == split
+
+    def indices(self, split: str) -> np.ndarray:
+        """[n_split] int64 row indices of ``split``, ascending."""
+        return np.flatnonzero(self.mask(split)).astype(np.int64)
+
+    def subset(self, split_or_idx) -> "FeatureData":
+        """A new FeatureData with only the rows of a split name or an index / bool array (copies)."""
+        idx = self.indices(split_or_idx) if isinstance(split_or_idx, str) else np.asarray(split_or_idx)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        return FeatureData(
+            features=self.features[idx], embeddings=self.embeddings[idx], y=self.y[idx], a=self.a[idx],
+            group=self.group[idx], split=self.split[idx], sample_ids=self.sample_ids[idx],
+            class_names=self.class_names, attr_names=self.attr_names, proj_weight=self.proj_weight,
+            projection=self.projection, text_head=self.text_head, has_text=self.has_text,
+            backbone_spec=self.backbone_spec, benchmark_name=self.benchmark_name, notes=self.notes)
+
+    def group_counts(self, split: str = "train") -> np.ndarray:
+        """[n_groups] int64 counts of each group in ``split`` (zeros allowed); empty without attributes."""
+        g = self.group[self.mask(split)]
+        return np.bincount(g[g >= 0], minlength=self.n_groups).astype(np.int64)[: self.n_groups]
+
+    def class_counts(self, split: str = "train") -> np.ndarray:
+        """[K] int64 counts of each class in ``split``."""
+        return np.bincount(self.y[self.mask(split)], minlength=self.n_classes).astype(np.int64)
+
+    # -- checks -----------------------------------------------------------------------------------------
+    def check_trainable(self, need_val: bool = True) -> None:
+        """Raise :class:`MethodError` unless every class has training samples (and, if asked, val exists).
+
+        Called by every method that trains; zero-shot does not need it.
+        """
+        counts = self.class_counts("train")
+        absent = [self.class_names[k] for k in np.flatnonzero(counts == 0)]
+        if absent:
+            raise MethodError(
+                f"class(es) {absent} have no training samples (train counts per class: "
+                f"{dict(zip(self.class_names, counts.tolist()))})",
+                hint="every class needs training images; fix the split column or drop the class")
+        if need_val and not self.mask("val").any():
+            raise MethodError("the benchmark has no validation samples; model selection needs them",
+                              hint="add rows with split = val (e.g. hold out part of train)")
+
+    def check_attributes(self, split: str = "val") -> None:
+        """Raise :class:`MethodError` unless ``split`` has attribute (group) labels (methods that use them)."""
+        if not self.has_attributes or not (self.a[self.mask(split)] >= 0).any():
+            raise MethodError(
+                f"this method needs spurious-attribute (group) labels on the {split} split, and there are none",
+                hint="use an annotation-free method (ERM, JTT, AFR, CFR) or add an attribute column 'a'")
+
+    # -- construction -----------------------------------------------------------------------------------
+    @classmethod
+    def from_store(cls, benchmark, embedding_set, text_head: np.ndarray | None = None) -> "FeatureData":
+        """Join a :class:`~clipcal.data.base.Benchmark` table with an ``EmbeddingSet`` by ``sample_id``.
+
+        Rows of the table that have no embedding (images skipped while embedding, see
+        ``embedding_set.skipped``) are dropped and a note records how many and why.
+
+        Args:
+            benchmark: the Benchmark (``table``, ``class_names``, ``attr_names``).
+            embedding_set: ``clipcal.embed.EmbeddingSet`` (``sample_ids``, ``features``, ``embeddings``,
+                ``proj_weight``, ``projection``, ``has_text``, ``backbone_spec``, ``skipped``).
+            text_head: [K, e] zero-shot head (e.g. ``clipcal.embed.class_text_embeddings``) or ``None``.
+
+        Raises:
+            MethodError: the embedding set holds ids the table does not know (stale embeddings), or any
+                check of the constructor fails.
+        """
+        table = benchmark.table
+        ids = np.asarray(embedding_set.sample_ids).astype(str)
+        pos = pd.Series(np.arange(len(ids)), index=ids)
+        unknown = ~pd.Index(ids).isin(table["sample_id"])
+        if unknown.any():
+            raise MethodError(
+                f"{int(unknown.sum())} embedded sample_id(s) are not in the benchmark table, e.g. "
+                f"{ids[unknown][:3].tolist()}",
+                hint="the embeddings were made from another version of the benchmark; re-embed it")
+        have = table["sample_id"].isin(pos.index).to_numpy()
+        notes = []
+        if not have.all():
+            skipped = getattr(embedding_set, "skipped", None)
+            reasons = ""
+            if skipped is not None and len(skipped) and "reason" in skipped:
+                top = skipped["reason"].astype(str).value_counts().head(3)
+                reasons = "; reasons: " + ", ".join(f"{r} ({c})" for r, c in top.items())
+            notes.append(f"{int((~have).sum())} sample(s) without embeddings (skipped images) dropped{reasons}")
+        t = table[have]
+        rows = pos.loc[t["sample_id"].to_numpy()].to_numpy()
+        feats = np.asarray(embedding_set.features)[rows]
+        embs = np.asarray(embedding_set.embeddings)[rows]
+        return cls(
+            features=feats, embeddings=embs, y=t["y"].to_numpy(), a=t["a"].to_numpy(),
+            group=t["group"].to_numpy(), split=t["split"].astype(str).to_numpy(),
+            sample_ids=t["sample_id"].to_numpy(), class_names=list(benchmark.class_names),
+            attr_names=list(benchmark.attr_names),
+            proj_weight=getattr(embedding_set, "proj_weight", None),
+            projection=getattr(embedding_set, "projection", "identity") or "identity",
+            text_head=text_head, has_text=bool(getattr(embedding_set, "has_text", False)),
+            backbone_spec=str(getattr(embedding_set, "backbone_spec", "")),
+            benchmark_name=str(getattr(benchmark, "name", "")), notes=notes)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# MethodResult
+# ---------------------------------------------------------------------------------------------------------
+
+
+def empty_curves() -> pd.DataFrame:
+    """An empty curves table with the standard columns (epoch, stage, split, metric, value)."""
+    return pd.DataFrame({"epoch": pd.Series(dtype="int64"), "stage": pd.Series(dtype="str"),
+                         "split": pd.Series(dtype="str"), "metric": pd.Series(dtype="str"),
+                         "value": pd.Series(dtype="float64")})
+
+
+@dataclass
+class MethodResult:
+    """What a fitted method produced, for every sample of the FeatureData it was fitted on.
+
+    Attributes:
+        method: registry name (``"erm"``, ``"cfr"`` …).
+        probs: [N, K] float32 class probabilities (rows sum to 1), every split.
+        pred: [N] int64 argmax of ``probs``.
+        embeddings_after: [N, e] float32 L2-normalised calibrated embeddings ``normalize(h W)``, or
+            ``None`` when the method does not change the representation (zero-shot, DFR).
+        calibration_set: int64 row indices (into the FeatureData) of the calibration / error set, or ``None``.
+        record: JSON-able dict — ``uses_group_labels`` (bool), ``selection_rule`` (str), ``hparams`` (dict),
+            ``seed`` (int | None), ``chosen_epoch`` (int | None), ``notes`` (list of str: fall-backs,
+            replacement sampling …), plus method-specific keys (``device``, ``fit_seconds``, ``train_loss``…).
+        curves: DataFrame with columns ``epoch, stage, split, metric, value`` (long format; may be empty).
+    """
+
+    method: str
+    probs: np.ndarray
+    pred: np.ndarray
+    embeddings_after: np.ndarray | None = None
+    calibration_set: np.ndarray | None = None
+    record: dict = field(default_factory=dict)
+    curves: pd.DataFrame = field(default_factory=empty_curves)
+
+    def __post_init__(self) -> None:
+        self.probs = np.asarray(self.probs, dtype=np.float32)
+        self.pred = np.asarray(self.pred, dtype=np.int64)
+        if self.embeddings_after is not None:
+            self.embeddings_after = np.asarray(self.embeddings_after, dtype=np.float32)
+        if self.calibration_set is not None:
+            self.calibration_set = np.asarray(self.calibration_set, dtype=np.int64)
+        for key, default in (("uses_group_labels", False), ("selection_rule", ""), ("hparams", {}),
+                             ("seed", None), ("chosen_epoch", None), ("notes", [])):
+            self.record.setdefault(key, default)
+        if self.curves is None or len(self.curves.columns) == 0:
+            self.curves = empty_curves()
+
+    @property
+    def notes(self) -> list[str]:
+        """``record["notes"]``."""
+        return self.record["notes"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Method
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Method:
+    """Base class of calibration methods (scikit-learn style estimator over :class:`FeatureData`).
+
+    Subclasses set the class attributes, define ``__init__`` with every hyperparameter as a keyword argument
+    (stored unchanged under the same name, defaults equal to ``HPARAMS``), and implement
+    ``_fit(data, progress, cancel) -> MethodResult``.
+
+    Class attributes:
+        name: registry key, e.g. ``"erm"``.
+        label: display name, e.g. ``"ERM (last layer)"``.
+        uses_group_labels: True when training or model selection reads attribute (group) labels.
+        needs_text: True when the backbone must have a text tower.
+        needs_training: True when the method trains on the train split (checks every class is present).
+        description: one line for the dashboard.
+        HPARAMS: ``{name: (default, one-line help)}`` for every constructor argument, in display order.
+    """
+
+    name: ClassVar[str] = "base"
+    label: ClassVar[str] = "base"
+    uses_group_labels: ClassVar[bool] = False
+    needs_text: ClassVar[bool] = False
+    needs_training: ClassVar[bool] = True
+    description: ClassVar[str] = ""
+    HPARAMS: ClassVar[dict[str, tuple[Any, str]]] = {}
+
+    result_: MethodResult
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p.name for p in sig.parameters.values()
+                if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+    def get_params(self) -> dict:
+        """Hyperparameters as given to the constructor (JSON-able values expected)."""
+        return {k: getattr(self, k) for k in self._param_names()}
+
+    def set_params(self, **params) -> "Method":
+        """Set hyperparameters by name; unknown names raise :class:`MethodError`."""
+        names = self._param_names()
+        for k, v in params.items():
+            if k not in names:
+                raise MethodError(f"{self.name} has no hyperparameter {k!r}",
+                                  hint=f"known: {', '.join(names)}")
+            setattr(self, k, v)
+        return self
+
+    @classmethod
+    def defaults(cls) -> dict:
+        """``{name: default}`` from ``HPARAMS``."""
+        return {k: v[0] for k, v in cls.HPARAMS.items()}
+
+    def fit(self, data: FeatureData, progress: ProgressFn | None = None, cancel=None) -> "Method":
+        """Fit on ``data`` (train for fitting, val for model selection) and set ``result_``.
+
+        Args:
+            data: the FeatureData (all splits).
+            progress: optional callback receiving :class:`Progress`.
+            cancel: optional ``threading.Event``; when set, raises :class:`~clipcal.errors.Cancelled`.
+
+        Returns:
+            self.
+
+        Raises:
+            MethodError: input the method cannot use (class absent from train, no validation split, missing
+                group labels for DFR …). NoTextTowerError: zero-shot on an image-only backbone.
+            Cancelled: ``cancel`` was set.
+        """
+        if not isinstance(data, FeatureData):
+            raise MethodError(f"{self.name}.fit expects a FeatureData, got {type(data).__name__}")
+        if self.needs_training:
+            data.check_trainable()
+        check_cancel(cancel)
+        result = self._fit(data, progress, cancel)
+        result.record["hparams"] = _jsonable(self.get_params())
+        result.record.setdefault("uses_group_labels", self.uses_group_labels)
+        result.record["uses_group_labels"] = bool(result.record["uses_group_labels"])
+        result.record["notes"] = list(data.notes) + list(result.record.get("notes", []))
+        if result.probs.shape != (data.n, data.n_classes):
+            raise AssertionError(f"{self.name} returned probs of shape {result.probs.shape}")
+        self.result_ = result
+        return self
+
+    def _fit(self, data: FeatureData, progress: ProgressFn | None, cancel) -> MethodResult:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+def _jsonable(obj):
+    """Convert numpy scalars / tuples recursively so a dict can go to JSON."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return obj
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of [N, K] logits → float32 probabilities (stable: max subtracted)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)

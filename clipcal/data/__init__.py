@@ -7,6 +7,10 @@ Public API (docs/interfaces.md, "clipcal.data")::
     download(name, root, progress=None) -> Path
     demo_assets_status() -> dict
     load_image(path, max_pixels=MAX_PIXELS) -> PIL.Image (RGB);  thumbnail(path, size) -> PIL.Image
+
+Note: ``clipcal.data.validate`` and ``clipcal.data.download`` are the *functions*; to reach the modules'
+other names write ``from clipcal.data.download import fetch`` (``import clipcal.data.download as m`` gives
+the function).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ content is checked, and the dataset folder is moved into place with one ``os.rep
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tarfile
@@ -213,7 +214,8 @@ def fetch(url: str, dest: str | Path, sha256: str | None = None, md5: str | None
                     progress(done, total, f"downloaded {dest.name}")
     except DataError:
         raise
-    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError, ValueError) as err:
+    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError, OSError,
+            ValueError) as err:
         reason = getattr(err, "reason", None) or err
         raise DataError(f"download of {url} failed: {reason}",
                         hint=f"partial data kept in {part}; run again to resume" if part.exists() else

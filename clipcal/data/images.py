@@ -46,7 +46,9 @@ def _open(path: str | os.PathLike, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(p)
     except Image.DecompressionBombError as err:
-        raise DataError(f"image too large (decompression bomb?): {p}: {err}", hint=_HINT) from None
+        # Pillow itself refuses > 2 × Image.MAX_IMAGE_PIXELS while parsing the header
+        raise DataError(f"image too large: {p}: {err}; not decoded (possible decompression bomb)",
+                        hint="downscale the image, or remove its row from the metadata") from None
     except UnidentifiedImageError:
         raise DataError(f"not an image file (unknown format): {p}", hint=_HINT) from None
     except OSError as err:

@@ -20,6 +20,10 @@ def _digest(b) -> dict:
             for sid, p in zip(b.table["sample_id"], b.table["path"])}
 
 
+def _folder(b):
+    return b.root / b.table["path"].iloc[0].split("/")[0]
+
+
 def test_demo_small_group_proportions(demo_small):
     gc = demo_small.group_counts().pivot(index="group", columns="split", values="n")
     assert gc["train"].tolist() == [57, 3, 3, 57]  # 114 / 120 = 95 % aligned
@@ -42,7 +46,7 @@ def test_demo_images_are_rgb_jpegs_of_image_size(demo_small):
     for p in t["path"].iloc[[0, 130, 239]]:
         with Image.open(demo_small.image_path(p)) as im:
             assert im.format == "JPEG" and im.mode == "RGB" and im.size == (224, 224)
-    meta = pd.read_csv(demo_small.root / "samples.csv")
+    meta = pd.read_csv(_folder(demo_small) / "samples.csv")
     assert set(meta["bird"][meta["y"] == 1]) <= {f"U+{ord(c):X}" for c in demo.WATERBIRDS}
     assert set(meta["wallpaper"][meta["a"] == 1]) <= {w.name for w in demo.WALLPAPERS if w.background == 1}
     assert set(meta["wallpaper"][meta["a"] == 0]) <= {w.name for w in demo.WALLPAPERS if w.background == 0}
@@ -53,12 +57,13 @@ def test_same_seed_same_table_and_bytes_other_seed_differs(tmp_path, monkeypatch
     a = load_benchmark("demo", seed=7, **TINY)
     monkeypatch.setenv("CLIPCAL_CACHE", str(tmp_path / "c2"))
     b = load_benchmark("demo", seed=7, **TINY)
-    assert a.root != b.root  # really built twice
+    assert a.root != b.root  # really built twice (two caches)
+    assert _folder(a).name == _folder(b).name
     pd.testing.assert_frame_equal(a.table, b.table)
     assert a.fingerprint() == b.fingerprint()
     assert _digest(a) == _digest(b)
     c = load_benchmark("demo", seed=8, **TINY)
-    assert c.root.name != b.root.name
+    assert _folder(c).name != _folder(b).name
     assert c.table["group"].tolist() != b.table["group"].tolist() or _digest(c) != _digest(b)
     assert set(_digest(c).values()).isdisjoint(_digest(b).values())
 
@@ -66,7 +71,7 @@ def test_same_seed_same_table_and_bytes_other_seed_differs(tmp_path, monkeypatch
 def test_second_load_reuses_without_rewriting(tmp_path, monkeypatch):
     monkeypatch.setenv("CLIPCAL_CACHE", str(tmp_path))
     a = load_benchmark("demo", **TINY)
-    stamps = {p: p.stat().st_mtime_ns for p in a.root.rglob("*")}
+    stamps = {p: p.stat().st_mtime_ns for p in _folder(a).rglob("*")}
 
     def boom(*args, **kw):
         raise AssertionError("demo rebuilt")
@@ -74,9 +79,21 @@ def test_second_load_reuses_without_rewriting(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "_build", boom)
     b = load_benchmark("demo", **TINY)
     assert b.root == a.root and b.fingerprint() == a.fingerprint()
-    assert {p: p.stat().st_mtime_ns for p in b.root.rglob("*")} == stamps
-    assert (a.root / "COMPLETE").is_file() and a.root.parent.name == "datasets"
-    assert a.root.name.startswith("demo-")
+    assert {p: p.stat().st_mtime_ns for p in _folder(b).rglob("*")} == stamps
+    assert (_folder(a) / "COMPLETE").is_file() and a.root.name == "datasets"
+    assert _folder(a).name.startswith("demo-")
+
+
+def test_image_size_changes_fingerprint(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPCAL_CACHE", str(tmp_path))
+    a = load_benchmark("demo", **TINY)
+    b = load_benchmark("demo", image_size=64, **TINY)
+    assert a.table["y"].tolist() == b.table["y"].tolist()  # same seed: same labels …
+    assert a.fingerprint() != b.fingerprint()  # … but other images, so another store key
+    with Image.open(b.image_path(b.table["path"].iloc[0])) as im:
+        assert im.size == (64, 64)
+    c = load_benchmark("demo", root=_folder(b))  # a built folder can be loaded directly
+    assert c.fingerprint() == b.fingerprint() and c.params["image_size"] == 64
 
 
 def test_failed_build_leaves_nothing(tmp_path, monkeypatch):

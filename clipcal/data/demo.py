@@ -237,7 +237,8 @@ def _assets(image_size: int) -> _Assets:
     """Decoded assets, kept per process (decoding the 18 photos costs about 1.5 s)."""
     key = (image_size, WALLPAPERS)
     if key not in _ASSETS_CACHE:
-        _ASSETS_CACHE.clear()
+        if len(_ASSETS_CACHE) >= 2:  # about 25 MB each; two sizes cover the default and a test size
+            _ASSETS_CACHE.clear()
         _ASSETS_CACHE[key] = _Assets(image_size)
     return _ASSETS_CACHE[key]
 
@@ -341,13 +342,14 @@ def load_demo(root: str | Path | None = None, progress: Callable | None = None, 
 
     Returns:
         ``Benchmark`` named ``demo``: classes ``landbird, waterbird`` (target "bird type"), attributes
-        ``land, water`` (attribute "background").
+        ``land, water`` (attribute "background"); ``root`` is the datasets folder and ``path`` values read
+        ``demo-<hash>/images/<split>/<sample_id>.jpg`` (so the fingerprint tells builds apart).
 
     Raises:
         DataError: as :func:`build_demo`, or ``root`` is not a complete demo folder.
     """
     if root is not None:
-        folder = Path(root)
+        folder = Path(root).expanduser().resolve()
         if not (folder / "COMPLETE").is_file() or not (folder / "samples.csv").is_file():
             raise DataError(f"{folder} is not a complete demo folder (samples.csv and COMPLETE expected)",
                             hint="leave root empty to build the demo into the cache")
@@ -357,8 +359,12 @@ def load_demo(root: str | Path | None = None, progress: Callable | None = None, 
         p = demo_params(**options)
         folder = build_demo(progress=progress, **p)
     t = pd.read_csv(folder / "samples.csv", dtype={"sample_id": str, "path": str})
+    # Paths are given relative to the datasets folder, "demo-<hash>/images/…": the hash covers every build
+    # parameter (image_size too, which the table does not show), so Benchmark.fingerprint() differs
+    # between builds with different images yet stays independent of where the cache lives.
+    t["path"] = folder.name + "/" + t["path"]
     return Benchmark(
-        name="demo", root=folder, table=t[["sample_id", "path", "split", "y", "a"]],
+        name="demo", root=folder.parent, table=t[["sample_id", "path", "split", "y", "a"]],
         class_names=list(CLASS_NAMES), attr_names=list(ATTR_NAMES), params=p,
         target_name="bird type", attr_name="background",
     )

@@ -1,0 +1,37 @@
+"""clipcal dashboard — entry point: `streamlit run app.py`.
+
+Sets the page up, draws the shared sidebar (current benchmark / backbone / run, kept in st.session_state
+under the keys documented in pages/_common.py) and routes with st.navigation. Everything else is in pages/.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # `pages._common` and `clipcal` import from the repository root
+    sys.path.insert(0, str(HERE))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import streamlit as st  # noqa: E402
+
+from pages import _common as c  # noqa: E402
+
+st.set_page_config(page_title="clipcal", page_icon="🐦", layout="wide")
+
+PAGES = [
+    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
+    st.Page("pages/data.py", title="Data", icon="🗂️"),
+    st.Page("pages/embed.py", title="Embed", icon="🧮"),
+    st.Page("pages/calibrate.py", title="Calibrate", icon="🎯"),
+    st.Page("pages/groups.py", title="Groups", icon="📊"),
+    st.Page("pages/representations.py", title="Representations", icon="🗺️"),
+    st.Page("pages/spurious.py", title="Spurious attributes", icon="🔎"),
+]
+
+page = st.navigation(PAGES)
+c.init_state()
+c.sidebar()
+page.run()

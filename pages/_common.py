@@ -1,0 +1,1386 @@
+"""Shared state, cached loaders and widgets of the dashboard pages (Streamlit allowed here, no algorithm).
+
+Session-state keys (the only state shared across pages)
+-------------------------------------------------------
+``K_BENCH`` = ``"cc.benchmark"``
+    The current benchmark as a plain dict ``{"name": str, "root": str | None, "options": dict}`` — the
+    arguments of :func:`clipcal.data.load_benchmark`. Default: the built-in demo (Waterbirds-lite).
+``K_BACKBONE`` = ``"cc.backbone"``
+    The current backbone spec (str), default ``bundled:efficientnet-lite0``.
+``K_RUN`` = ``"cc.run"``
+    Id of the calibration run shown on Groups / Representations / Spurious attributes (``None`` = newest
+    run for the current benchmark and backbone).
+``K_METHOD`` = ``"cc.method"``
+    The method whose calibrated embeddings are the "after" view (``None`` = CFR if present, else the first
+    method with ``embeddings_after``).
+``K_DEMO_JOB`` = ``"cc.demo_job"``
+    Key of the "run the demo" job started from Home (or ``None``).
+
+Widget keys start with the page name (``data.``, ``embed.`` …) and are never read by other pages.
+
+Caching: the :class:`~clipcal.jobs.JobManager`, the store and loaded benchmarks / embedding sets / runs
+live in ``st.cache_resource`` (shared, never pickled; big arrays stay memory-mapped from the store). A
+loader that finds nothing returns ``None`` and is not cached, so results appear as soon as a job stored
+them. Backbones (models) are cached one at a time: choosing another one releases the previous.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+import traceback
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from clipcal.errors import ClipcalError
+
+K_BENCH = "cc.benchmark"
+K_BACKBONE = "cc.backbone"
+K_RUN = "cc.run"
+K_METHOD = "cc.method"
+K_DEMO_JOB = "cc.demo_job"
+
+DEFAULT_BENCH = {"name": "demo", "root": None, "options": {}}
+DEFAULT_BACKBONE = "bundled:efficientnet-lite0"
+
+PAGE = {  # page files, for st.page_link / st.switch_page
+    "home": "pages/home.py", "data": "pages/data.py", "embed": "pages/embed.py",
+    "calibrate": "pages/calibrate.py", "groups": "pages/groups.py",
+    "representations": "pages/representations.py", "spurious": "pages/spurious.py",
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# state
+# ---------------------------------------------------------------------------------------------------------
+def init_state() -> None:
+    """Fill the shared keys with defaults on a session's first run.
+
+    A new session opens what is already in the store: the benchmark and backbone of the newest embedding
+    set (e.g. embedded headless with ``python -m clipcal embed``), else the built-in demo and the bundled
+    backbone.
+    """
+    ss = st.session_state
+    if K_BENCH in ss and K_BACKBONE in ss:
+        return
+    bench, spec = dict(DEFAULT_BENCH), DEFAULT_BACKBONE
+    try:
+        emb = store_embeddings()
+        if len(emb):
+            newest = emb.iloc[0]
+            if newest["bench_spec"] is not None:
+                bench, spec = newest["bench_spec"], newest["backbone"]
+    except Exception:  # noqa: BLE001 - an unreadable store must not stop the app; pages say more
+        pass
+    ss.setdefault(K_BENCH, bench)
+    ss.setdefault(K_BACKBONE, spec)
+    ss.setdefault(K_RUN, None)
+    ss.setdefault(K_METHOD, None)
+    ss.setdefault(K_DEMO_JOB, None)
+
+
+def bench_spec() -> dict:
+    """The current benchmark spec dict (see ``K_BENCH``)."""
+    return st.session_state.get(K_BENCH) or dict(DEFAULT_BENCH)
+
+
+def backbone_spec() -> str:
+    """The current backbone spec string."""
+    return st.session_state.get(K_BACKBONE) or DEFAULT_BACKBONE
+
+
+def set_benchmark(spec: dict) -> None:
+    """Make ``spec`` the current benchmark (and forget the chosen run, which belonged to the old one)."""
+    st.session_state[K_BENCH] = {"name": spec["name"], "root": spec.get("root") or None,
+                                 "options": dict(spec.get("options") or {})}
+    st.session_state[K_RUN] = None
+
+
+def set_backbone(spec: str) -> None:
+    """Make ``spec`` the current backbone (forgets the chosen run)."""
+    st.session_state[K_BACKBONE] = spec
+    st.session_state[K_RUN] = None
+
+
+def spec_key(spec: dict) -> str:
+    """Stable string of a benchmark spec, for cache and job keys."""
+    return json.dumps(spec, sort_keys=True, default=str)
+
+
+def bench_label(spec: dict) -> str:
+    """Short human label of a benchmark spec."""
+    name = spec.get("name", "?")
+    opts = spec.get("options") or {}
+    if name == "demo":
+        from clipcal.data.demo import demo_params
+
+        try:
+            p = demo_params(**opts)
+            return f"demo — Waterbirds-lite ({p['n_train']}/{p['n_val']}/{p['n_test']}, seed {p['seed']})"
+        except ClipcalError:
+            return "demo — Waterbirds-lite"
+    root = spec.get("root") or ""
+    return f"{name} — {root}" if root else name
+
+
+# ---------------------------------------------------------------------------------------------------------
+# cached resources
+# ---------------------------------------------------------------------------------------------------------
+@st.cache_resource(show_spinner=False)
+def get_jobs():
+    """The process-wide :class:`clipcal.jobs.JobManager` (survives reruns, page switches and sessions)."""
+    from clipcal.jobs import JobManager
+
+    return JobManager()
+
+
+@st.cache_resource(show_spinner=False)
+def _memo_holder() -> tuple[dict, threading.Lock]:
+    return {}, threading.Lock()
+
+
+def memo(key: tuple, load: Callable[[], Any]) -> Any:
+    """Process-wide memo for loaded objects: return the cached value of ``key`` or ``load()`` it.
+
+    ``None`` results are not kept, so a page that found nothing finds it once a job has stored it.
+    """
+    data, lock = _memo_holder()
+    with lock:
+        if key in data:
+            return data[key]
+    value = load()
+    if value is not None:
+        with lock:
+            data[key] = value
+    return value
+
+
+def memo_peek(key: tuple) -> Any:
+    """The memoised value of ``key`` or ``None`` (never loads)."""
+    data, lock = _memo_holder()
+    with lock:
+        return data.get(key)
+
+
+def forget(prefix: str) -> None:
+    """Drop memo entries whose key starts with ``prefix`` (e.g. after a job replaced a stored entry)."""
+    data, lock = _memo_holder()
+    with lock:
+        for k in [k for k in data if k and k[0] == prefix]:
+            del data[k]
+
+
+def get_store():
+    """The default :class:`clipcal.store.Store` (under ``$CLIPCAL_CACHE`` or ``./cache``)."""
+    from clipcal.paths import cache_dir
+    from clipcal.store import Store
+
+    root = str(cache_dir())
+    return memo(("store", root), lambda: Store(root))
+
+
+def demo_built(options: dict) -> bool:
+    """Whether the demo with these options is already generated in the cache."""
+    from clipcal.data.demo import demo_dir
+
+    return (demo_dir(**options) / "COMPLETE").is_file()
+
+
+def load_bench(spec: dict | None = None):
+    """The :class:`~clipcal.data.Benchmark` of ``spec`` (default: current), or ``None`` for a demo not built
+    yet (generating it is a job: :func:`start_demo_build`).
+
+    Raises:
+        ClipcalError: as :func:`clipcal.data.load_benchmark` (missing root, bad metadata …).
+    """
+    from clipcal.data import load_benchmark
+
+    spec = spec or bench_spec()
+    if spec["name"] == "demo" and not spec.get("root") and not demo_built(spec.get("options") or {}):
+        return None
+    return memo(("bench", spec_key(spec)),
+                lambda: load_benchmark(spec["name"], root=spec.get("root"), **(spec.get("options") or {})))
+
+
+def demo_build_key(options: dict) -> str:
+    """Job key of generating the demo with these options."""
+    return f"demo-build:{json.dumps(options, sort_keys=True)}"
+
+
+def start_demo_build(options: dict):
+    """Start (or return the running) job that generates the demo images."""
+    from clipcal.data.demo import build_demo
+
+    return get_jobs().submit(demo_build_key(options), build_demo,
+                             label="Generating the demo images", **options)
+
+
+def load_embeddings(bench, spec: str | None = None):
+    """The stored :class:`clipcal.embed.EmbeddingSet` of (benchmark, backbone), or ``None`` if not embedded."""
+    from clipcal.embed import load_embeddings as _load
+
+    spec = spec or backbone_spec()
+    return memo(("emb", bench.fingerprint(), spec), lambda: _load(bench, spec, store=get_store()))
+
+
+@st.cache_resource(max_entries=1, show_spinner="Loading the backbone…")
+def get_backbone(spec: str, device: str = "auto", precision: str = "auto"):
+    """The loaded :class:`clipcal.backbones.Backbone`; one at a time (a new spec releases the old model)."""
+    from clipcal.backbones import load_backbone
+
+    return load_backbone(spec, device=device, precision=precision)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# store listings
+# ---------------------------------------------------------------------------------------------------------
+def _fmt_time(value) -> str:
+    """``"2026-11-29 08:40 UTC"`` from an ISO time (the store's ``created``) or a UNIX time."""
+    if value in (None, ""):
+        return ""
+    try:
+        if isinstance(value, (int, float)):
+            return datetime.fromtimestamp(value, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        return datetime.fromisoformat(str(value)).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    except (ValueError, OSError):
+        return str(value)
+
+
+def _bench_spec_from_meta(meta: dict) -> dict | None:
+    """Rebuild a benchmark spec from a manifest's benchmark description (None if it cannot be)."""
+    b = meta.get("benchmark") or {}
+    if not isinstance(b, dict):
+        return None
+    name = b.get("name")
+    if not name:
+        return None
+    params = dict(b.get("params") or {})
+    root = b.get("root") or params.pop("root", None)
+    if name == "demo":
+        from clipcal.data.demo import DEFAULTS
+
+        opts = {}
+        for k, v in params.items():
+            if k in DEFAULTS:
+                opts[k] = type(DEFAULTS[k])(float(v)) if isinstance(DEFAULTS[k], int) else type(DEFAULTS[k])(v)
+        opts = {k: v for k, v in opts.items() if DEFAULTS[k] != v}
+        return {"name": "demo", "root": None, "options": opts}
+    if root is None:
+        return None
+    return {"name": name, "root": str(root), "options": params}
+
+
+def store_embeddings() -> pd.DataFrame:
+    """Embedding sets in the store, newest first: benchmark, backbone, images, created (UTC), fingerprint,
+    bench_spec (the spec dict to reopen it, ``None`` when the manifest does not say where the files are)."""
+    rows = []
+    for m in get_store().list("embeddings"):  # oldest first
+        meta, kf = m.get("meta") or {}, m.get("key_fields") or {}
+        b = meta.get("benchmark") if isinstance(meta.get("benchmark"), dict) else {}
+        rows.append({
+            "benchmark": b.get("name", "?"),
+            "backbone": meta.get("backbone_spec") or (kf.get("backbone") or {}).get("spec", "?"),
+            "images": meta.get("n_embedded"),
+            "skipped": meta.get("n_skipped", 0),
+            "created": _fmt_time(m.get("created")),
+            "fingerprint": kf.get("benchmark") or b.get("fingerprint"),
+            "bench_spec": _bench_spec_from_meta(meta),
+        })
+    df = pd.DataFrame(rows, columns=["benchmark", "backbone", "images", "skipped", "created", "fingerprint",
+                                     "bench_spec"])
+    return df.iloc[::-1].reset_index(drop=True)  # store.list is oldest first
+
+
+def store_runs() -> pd.DataFrame:
+    """Calibration runs in the store, newest first: benchmark, backbone, methods, created (UTC)."""
+    rows = []
+    for m in get_store().list("runs"):
+        meta, kf = m.get("meta") or {}, m.get("key_fields") or {}
+        f = {**kf, **meta}
+        b = f.get("benchmark")
+        methods = f.get("methods") or []
+        rows.append({
+            "benchmark": b.get("name", "?") if isinstance(b, dict) else str(b or "?"),
+            "backbone": f.get("backbone_spec") or (f.get("backbone") if isinstance(f.get("backbone"), str)
+                                                   else (f.get("backbone") or {}).get("spec", "?")),
+            "methods": ", ".join(map(str, methods)) if isinstance(methods, (list, tuple)) else str(methods),
+            "created": _fmt_time(m.get("created")),
+        })
+    df = pd.DataFrame(rows, columns=["benchmark", "backbone", "methods", "created"])
+    return df.iloc[::-1].reset_index(drop=True)  # store.list is oldest first
+
+
+# ---------------------------------------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------------------------------------
+def show_error(err: BaseException, what: str = "") -> None:
+    """Show an exception on the page: a core error as its message (+ hint), anything else as a short
+    message with the traceback in an expander (never a bare traceback)."""
+    if isinstance(err, ClipcalError):
+        st.error(str(err))
+        return
+    st.error(f"{what + ': ' if what else ''}unexpected {type(err).__name__}: {err}")
+    with st.expander("Details (for a bug report)"):
+        st.code("".join(traceback.format_exception(type(err), err, err.__traceback__)), language="text")
+
+
+@contextlib.contextmanager
+def guarded(what: str = ""):
+    """``with guarded("loading runs"):`` — render any exception raised inside with :func:`show_error`.
+
+    Streamlit's own control flow (``st.rerun``, ``st.stop``) derives from ``BaseException`` and passes.
+    """
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - every error becomes a message on the page
+        show_error(err, what)
+
+
+def show_job_error(job) -> None:
+    """Render a failed job's error like :func:`show_error` (the traceback was captured in the worker)."""
+    if isinstance(job.error, ClipcalError):
+        st.error(job.error_message)
+    else:
+        st.error(f"{job.label} failed: {job.error_message}")
+        with st.expander("Details (for a bug report)"):
+            st.code(job.error_details, language="text")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# job widgets
+# ---------------------------------------------------------------------------------------------------------
+def fmt_eta(seconds: float | None) -> str:
+    """``"1 min 05 s"`` style; ``"—"`` when unknown."""
+    if seconds is None:
+        return "—"
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def progress_line(job) -> str:
+    """One line: done / total, rate, ETA, message."""
+    p = job.progress
+    parts = []
+    if p.total:
+        parts.append(f"{p.done:,.0f} / {p.total:,.0f}")
+    if p.rate:
+        unit = p.extra.get("unit", "images" if "embed" in job.key else "items")
+        parts.append(f"{p.rate:,.1f} {unit}/s")
+    if p.total and p.rate:
+        parts.append(f"ETA {fmt_eta(p.eta_s)}")
+    parts.append(f"elapsed {fmt_eta(job.elapsed_s)}")
+    if p.message:
+        parts.append(p.message)
+    return " · ".join(parts)
+
+
+def _render_running(job, cancel_key: str) -> None:
+    frac = job.progress.fraction
+    st.progress(frac if frac is not None else 0.0, text=f"**{job.label}** — {progress_line(job)}")
+    if job.cancel_requested:
+        st.caption("Cancelling… (work finished so far is kept)")
+    elif st.button("Cancel", key=cancel_key, help="Stop the job; finished work stays in the store"):
+        job.cancel()
+        st.rerun(scope="fragment")
+
+
+@st.fragment(run_every=1.0)
+def _job_fragment(key: str, live: str | None = None) -> None:
+    job = get_jobs().get(key)
+    if job is None:
+        return
+    if job.is_running:
+        _render_running(job, f"cancel.{key}")
+        if live == "curves":
+            training_curves_chart(live_curves_table(job), key=f"live.{key}",
+                                  title="Live: training metrics reported so far")
+    else:  # finished while we polled: rerun the whole page once so it shows the result
+        st.rerun(scope="app")
+
+
+def live_curves_table(job) -> pd.DataFrame:
+    """Training metrics reported so far by a calibration job (``Progress.metrics`` of clipcal.methods) as a
+    curves table ``epoch, stage, split, metric, value`` (``epoch`` = the report's ``done``)."""
+    rows = []
+    for p in list(job.history):
+        metrics = p.extra.get("metrics") or {}
+        for name, value in metrics.items():
+            if isinstance(value, (int, float)) and value == value:
+                split = "val" if name.startswith("val") else "train"
+                rows.append((p.done, p.extra.get("stage", ""), split, name, float(value)))
+    return pd.DataFrame(rows, columns=["epoch", "stage", "split", "metric", "value"])
+
+
+def job_status(key: str, show_done: Callable | None = None, live: str | None = None) -> Any:
+    """Show the job under ``key``: live progress + Cancel while running (polled every second in a fragment,
+    so reruns and page switches never touch the worker), the error if it failed, a note if cancelled.
+
+    Args:
+        key: job key in :func:`get_jobs`.
+        show_done: called with the job when it finished successfully (e.g. a summary).
+        live: ``"curves"`` to draw the training metrics reported so far under the progress bar.
+
+    Returns:
+        The job (or ``None`` if there is none).
+    """
+    job = get_jobs().get(key)
+    if job is None:
+        return None
+    if job.is_running:
+        _job_fragment(key, live)
+    elif job.status == "failed":
+        show_job_error(job)
+    elif job.status == "cancelled":
+        st.warning(f"{job.label}: cancelled after {fmt_eta(job.elapsed_s)}. {job.error_message}")
+    elif show_done is not None:
+        show_done(job)
+    return job
+
+
+def training_curves_chart(curves: pd.DataFrame | None, key: str | None = None, title: str | None = None) -> None:
+    """Training curves (:func:`clipcal.figures.training_curves_figure`); nothing if empty."""
+    if curves is None or len(curves) == 0:
+        return
+    from clipcal.figures import training_curves_figure
+
+    st.plotly_chart(training_curves_figure(curves, title=title), key=key)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# shared widgets
+# ---------------------------------------------------------------------------------------------------------
+def teach(title: str, body: str) -> None:
+    """A collapsed teaching expander."""
+    with st.expander(f"📘 {title}"):
+        st.markdown(body)
+
+
+TEACH = {
+    "spurious": (
+        "What is a spurious correlation?",
+        "A feature that goes along with the class in the training data but does not define it. In "
+        "Waterbirds (and the built-in Waterbirds-lite demo) 95 % of the training waterbirds are shown on "
+        "water and 95 % of the landbirds on land, so a model can score well by looking at the **background** "
+        "instead of the bird. It then fails on the rare *minority groups* — a waterbird on land, a landbird "
+        "on water. A **group** is a (class, spurious attribute) pair.",
+    ),
+    "worst_group": (
+        "What worst-group accuracy means",
+        "Accuracy is computed separately for every group; **worst-group accuracy** is the lowest of them. "
+        "It shows whether the model works for everyone or only for the majority. The *average* accuracy is "
+        "reported three ways because papers disagree: plain **overall** accuracy on the test set, the "
+        "**mean over groups**, and the **train-weighted** average (each group's accuracy weighted by its "
+        "share of the training set — the Waterbirds convention). Intervals are 95 % (Wilson) — a group "
+        "of 20 test images can easily move by ±20 points.",
+    ),
+    "cfr": (
+        "What CFR does",
+        "**Contrastive Feature Recalibration** (You et al., CVPR 2024, arXiv 2403.07241) needs **no group "
+        "labels**. It (1) trains a plain linear probe on the frozen embeddings, (2) picks a **calibration "
+        "set** of training samples the probe finds hard or that sit far from their class centroid — these "
+        "are mostly the minority groups — and (3) fine-tunes the backbone's **last projection layer** with "
+        "a contrastive loss that pulls each calibration sample towards its class centroid and away from "
+        "other classes, then retrains the classifier. The representation itself moves, which is what the "
+        "Representations page shows before vs after.",
+    ),
+    "umap": (
+        "How to read the UMAP plot",
+        "Each dot is one image; UMAP places images with similar embeddings close together. "
+        "\"Before\" and \"after\" are fitted **together** in one map, so positions are comparable. If the "
+        "spurious attribute drives the representation, points cluster by background (colour by "
+        "*attribute*); after a good calibration they should cluster by **class** instead. Distances between "
+        "far-apart clusters mean little; neighbourhoods mean a lot. Drag a box or lasso to see the images.",
+    ),
+}
+
+
+def teach_topic(name: str) -> None:
+    """Render one of :data:`TEACH` as an expander."""
+    teach(*TEACH[name])
+
+
+def image_grid(paths: list, captions: list[str] | None = None, columns: int = 6, size: int = 128) -> None:
+    """Thumbnails in a grid (via ``clipcal.data.images.thumbnail``); unreadable files show their reason."""
+    from clipcal.data.images import thumbnail
+
+    if not paths:
+        st.caption("No images.")
+        return
+    captions = captions or [""] * len(paths)
+    cols = st.columns(columns)
+    for i, (p, cap) in enumerate(zip(paths, captions)):
+        with cols[i % columns]:
+            try:
+                st.image(_thumb(str(p), size), caption=cap or None, width="stretch")
+            except ClipcalError as err:
+                st.caption(f"⚠️ {cap}: {err.message}")
+
+
+def _thumb(path: str, size: int):
+    from clipcal.data.images import thumbnail
+
+    return memo(("thumb", path, size), lambda: thumbnail(path, size))
+
+
+def no_benchmark_notice() -> None:
+    """Explain that the current demo is not built yet, with a link to Data."""
+    st.info("The demo images are not generated yet. Build them on **Data** (or run the demo from **Home**).")
+    st.page_link(PAGE["data"], label="Go to Data", icon="🗂️")
+
+
+def need_embeddings(bench) -> Any:
+    """The current embedding set, or render a notice (with a link to Embed) and return ``None``."""
+    emb = load_embeddings(bench)
+    if emb is None:
+        st.info(f"No embeddings of this benchmark with **{backbone_spec()}** in the store yet.")
+        st.page_link(PAGE["embed"], label="Go to Embed", icon="🧮")
+    return emb
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sidebar
+# ---------------------------------------------------------------------------------------------------------
+def sidebar() -> None:
+    """The shared sidebar: current benchmark and backbone (choices: defaults + what is in the store), and
+    the running jobs."""
+    with st.sidebar:
+        st.markdown("### Current selection")
+        choices: dict[str, dict] = {}
+        current = bench_spec()
+        for spec in [current, DEFAULT_BENCH]:
+            choices.setdefault(spec_key(spec), spec)
+        backbones = [backbone_spec(), DEFAULT_BACKBONE]
+        try:
+            emb = store_embeddings()
+            for _, r in emb.iterrows():
+                if r["bench_spec"] is not None:
+                    choices.setdefault(spec_key(r["bench_spec"]), r["bench_spec"])
+                if r["backbone"]:
+                    backbones.append(str(r["backbone"]))
+        except Exception as err:  # noqa: BLE001
+            st.caption(f"store not readable: {err}")
+        keys = list(choices)
+        cur = spec_key(current)
+        picked = st.selectbox("Benchmark", keys, index=keys.index(cur),
+                              format_func=lambda k: bench_label(choices[k]), key="sb.bench",
+                              help="Change it in detail (own CSV, root folder) on the Data page.")
+        if picked != cur:
+            set_benchmark(choices[picked])
+            st.rerun()
+        backbones = list(dict.fromkeys(backbones))
+        bb = st.selectbox("Backbone", backbones, index=backbones.index(backbone_spec()), key="sb.backbone",
+                          help="Pick another (open_clip, local checkpoint) on the Embed page.")
+        if bb != backbone_spec():
+            set_backbone(bb)
+            st.rerun()
+        running = get_jobs().jobs(running_only=True)
+        if running:
+            st.markdown("### Running jobs")
+            for j in running:
+                f = j.progress.fraction
+                st.progress(f or 0.0, text=f"{j.label} ({f * 100:.0f} %)" if f is not None else j.label)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# job keys and starters (one running job per key, see clipcal.jobs)
+# ---------------------------------------------------------------------------------------------------------
+def embed_job_key(bench_spec_: dict, spec: str) -> str:
+    """Key of the embedding job of (benchmark, backbone)."""
+    return f"embed:{spec_key(bench_spec_)}:{spec}"
+
+
+def calib_job_key(bench_spec_: dict, spec: str) -> str:
+    """Key of the calibration job of (benchmark, backbone)."""
+    return f"calibrate:{spec_key(bench_spec_)}:{spec}"
+
+
+def demo_job_key(bench_spec_: dict, spec: str) -> str:
+    """Key of the Home page's demo-path job."""
+    return f"demo-path:{spec_key(bench_spec_)}:{spec}"
+
+
+def method_classes() -> dict:
+    """``{name: Method class}`` of every registered method whose module is available (display order)."""
+    from clipcal.errors import MethodError
+    from clipcal.methods import METHODS, get_method
+
+    def load():
+        out = {}
+        for name in METHODS:
+            try:
+                out[name] = get_method(name)
+            except MethodError:  # a method module not installed: not offered
+                continue
+        return out
+
+    return memo(("method_classes",), load)
+
+
+def applicable_methods(emb) -> list[str]:
+    """Names of the available methods that can run on this embedding set (text methods need a text tower)."""
+    has_text = bool(getattr(emb, "has_text", False))
+    return [n for n, m in method_classes().items() if has_text or not getattr(m, "needs_text", False)]
+
+
+def _staged(progress, stage: str):
+    """Wrap a job's progress callback so every report carries ``stage`` (shown in the message)."""
+    if progress is None:
+        return None
+
+    def report(*args, **kwargs):
+        if len(args) == 1 and not isinstance(args[0], (int, float)):
+            obj = args[0]
+            msg = getattr(obj, "message", "") or ""
+            fields = {k: getattr(obj, k) for k in ("done", "total") if hasattr(obj, k)}
+            for k in ("images_per_s", "rate", "eta_s"):
+                if getattr(obj, k, None) is not None:
+                    fields["rate" if k == "images_per_s" else k] = getattr(obj, k)
+            return progress(**fields, message=f"{stage}: {msg}" if msg else stage)
+        if len(args) >= 3:
+            args = (*args[:2], f"{stage}: {args[2]}")
+        elif "message" in kwargs:
+            kwargs["message"] = f"{stage}: {kwargs['message']}"
+        else:
+            kwargs["message"] = stage
+        return progress(*args, **kwargs)
+
+    return report
+
+
+def demo_path(bench_spec_: dict, spec: str, methods: list[str] | None = None, progress=None, cancel=None) -> str:
+    """Worker of "Run the demo": build/load the benchmark → embed (resumes from the store) → calibrate with
+    every applicable method at its defaults. Returns a one-line summary."""
+    from clipcal.backbones import load_backbone
+    from clipcal.data import load_benchmark
+    from clipcal.embed import embed_benchmark
+    from clipcal.methods import run_calibration
+
+    store = get_store()
+    bench = load_benchmark(bench_spec_["name"], root=bench_spec_.get("root"),
+                           progress=_staged(progress, "1/3 benchmark") if bench_spec_["name"] == "demo" else None,
+                           **(bench_spec_.get("options") or {}))
+    bb = load_backbone(spec)
+    emb = embed_benchmark(bench, bb, store=store, progress=_staged(progress, "2/3 embedding"), cancel=cancel)
+    methods = methods or applicable_methods(emb)
+    run = run_calibration(bench, emb, methods=methods, hparams={}, store=store,
+                          progress=_staged(progress, "3/3 calibrating"), cancel=cancel)
+    forget("emb")
+    forget("run")
+    return f"{len(emb.sample_ids)} images embedded, {len(methods)} methods calibrated ({', '.join(methods)})"
+
+
+def start_demo_path(bench_spec_: dict, spec: str):
+    """Start (or return the running) demo-path job."""
+    st.session_state[K_DEMO_JOB] = demo_job_key(bench_spec_, spec)
+    return get_jobs().submit(demo_job_key(bench_spec_, spec), demo_path, bench_spec_=dict(bench_spec_), spec=spec,
+                             label="Demo path (benchmark → embed → calibrate)")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# backbones and embedding
+# ---------------------------------------------------------------------------------------------------------
+def list_backbones() -> pd.DataFrame:
+    """:func:`clipcal.backbones.list_backbones`, memoised for the process (it scans the weight caches)."""
+    from clipcal.backbones import list_backbones as _list
+
+    return memo(("backbones",), _list)
+
+
+_MODEL_LOCK = threading.Lock()
+_MODEL: dict = {}
+
+
+def shared_backbone(spec: str, device: str = "auto", precision: str = "auto"):
+    """The one loaded backbone model of this process (worker threads and pages share it).
+
+    Asking for another spec / device / precision releases the previous model first (so GPU memory is
+    not held by a model nobody uses; field-notes pitfall 8).
+    """
+    from clipcal.backbones import load_backbone
+
+    want = (spec, device, precision)
+    with _MODEL_LOCK:
+        if _MODEL.get("key") != want:
+            old = _MODEL.pop("model", None)
+            _MODEL.clear()
+            busy = any(j.key.startswith(("embed:", "demo-path:")) and j.thread is not threading.current_thread()
+                       for j in get_jobs().jobs(running_only=True))
+            if old is not None and hasattr(old, "close") and not busy:
+                old.close()  # frees its (GPU) memory before the next model loads; in use → gc frees it later
+            _MODEL["model"] = load_backbone(spec, device=device, precision=precision)
+            _MODEL["key"] = want
+        return _MODEL["model"]
+
+
+def embed_worker(bench_spec_: dict, spec: str, device: str = "auto", precision: str = "auto",
+                 batch_size: int = 64, progress=None, cancel=None):
+    """Worker of the Embed page: load benchmark + backbone, :func:`clipcal.embed.embed_benchmark`."""
+    from clipcal.data import load_benchmark
+    from clipcal.embed import embed_benchmark
+
+    if progress:
+        progress(0, None, f"loading {spec}")
+    bench = load_benchmark(bench_spec_["name"], root=bench_spec_.get("root"), **(bench_spec_.get("options") or {}))
+    bb = shared_backbone(spec, device, precision)
+    emb = embed_benchmark(bench, bb, store=get_store(), batch_size=batch_size, device=device,
+                          precision=precision, progress=progress, cancel=cancel)
+    forget("emb")
+    return emb
+
+
+def start_embedding(bench_spec_: dict, spec: str, **kw):
+    """Start (or return the running) embedding job of (benchmark, backbone)."""
+    return get_jobs().submit(embed_job_key(bench_spec_, spec), embed_worker, bench_spec_=dict(bench_spec_),
+                             spec=spec, label=f"Embedding with {spec}", **kw)
+
+
+def embedding_summary(emb) -> None:
+    """What is stored for an embedding set: counts, dimensions, text tower, skipped samples with reasons."""
+    n = len(emb.sample_ids)
+    skipped = getattr(emb, "skipped", None)
+    n_skip = 0 if skipped is None else len(skipped)
+    st.success(f"Embedded **{n:,}** images with **{emb.backbone_spec}**"
+               + (f"; **{n_skip}** skipped (reasons below)" if n_skip else "; none skipped") + ".")
+    m = st.columns(4)
+    m[0].metric("images", f"{n:,}")
+    m[1].metric("feature dim d", emb.features.shape[1])
+    m[2].metric("embedding dim e", emb.embeddings.shape[1])
+    m[3].metric("text tower", "yes" if emb.has_text else "no")
+    st.caption(f"Projection: {emb.projection}"
+               + (" (the model's own last layer; CFR recalibrates it)" if emb.projection == "exact"
+                  else " (approximation: the embedding is the feature; CFR learns a new projection)"))
+    if n_skip:
+        st.dataframe(skipped, hide_index=True, key="embed.skipped")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# calibration
+# ---------------------------------------------------------------------------------------------------------
+def selection_rules() -> dict[str, str]:
+    """``{rule: one-line description}`` of the model-selection rules the methods accept."""
+    try:
+        from clipcal.methods._train import SELECTION_RULES
+
+        return dict(SELECTION_RULES)
+    except ImportError:
+        return {"worst-class": "validation worst-class accuracy (annotation-free)",
+                "worst-group": "validation worst-group accuracy (uses group labels)"}
+
+
+def hparam_widgets(method: str, hparams: dict, seed: int | None = None, selection: str | None = None) -> dict:
+    """One widget per hyperparameter (default = the method's, help = its one-line explanation).
+
+    ``seed`` and ``selection`` are set page-wide and not drawn again. Returns ``{name: value}``.
+    """
+    out = {}
+    for name, (default, help_) in hparams.items():
+        key = f"calib.hp.{method}.{name}"
+        if name == "seed" and seed is not None:
+            out[name] = int(seed)
+        elif name == "selection" and selection is not None:
+            out[name] = selection
+        elif isinstance(default, bool):
+            out[name] = st.checkbox(name, value=default, help=help_, key=key)
+        elif isinstance(default, int):
+            out[name] = int(st.number_input(name, value=default, step=1, help=help_, key=key))
+        elif isinstance(default, float):
+            out[name] = float(st.number_input(name, value=default, format="%g", help=help_, key=key,
+                                              step=max(abs(default) / 10, 1e-6) if default else 0.01))
+        elif default is None:
+            raw = st.text_input(name, value="", help=f"{help_} (empty = automatic)", key=key)
+            out[name] = _parse_value(raw) if raw.strip() else None
+        else:
+            raw = st.text_input(name, value=str(default), help=help_, key=key)
+            out[name] = _parse_value(raw) if not isinstance(default, str) else raw
+    return out
+
+
+def _parse_value(raw: str):
+    """A typed value from a text field: JSON if it parses (numbers, lists), else the string."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.strip()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# runs (the only place that knows the Run object of clipcal.runs)
+# ---------------------------------------------------------------------------------------------------------
+def _runs_module():
+    try:
+        import clipcal.runs as runs
+    except ModuleNotFoundError as err:
+        if err.name != "clipcal.runs":
+            raise
+        import clipcal.methods as runs  # the contract's first home of run_calibration / load_run
+    return runs
+
+
+def calib_worker(bench_spec_: dict, spec: str, methods: list[str], hparams: dict, progress=None, cancel=None):
+    """Worker of the Calibrate page: load benchmark + embeddings, :func:`run_calibration` (stores the run)."""
+    bench = load_bench(bench_spec_)
+    emb = load_embeddings(bench, spec)
+    if emb is None:
+        raise ClipcalError(f"no embeddings of this benchmark with {spec} in the store",
+                           hint="embed it first on the Embed page")
+    run = _runs_module().run_calibration(bench, emb, methods=methods, hparams=hparams, store=get_store(),
+                                         progress=progress, cancel=cancel)
+    forget("run")
+    forget("runs")
+    return run
+
+
+def start_calibration(bench_spec_: dict, spec: str, methods: list[str], hparams: dict):
+    """Start (or return the running) calibration job of (benchmark, backbone)."""
+    return get_jobs().submit(calib_job_key(bench_spec_, spec), calib_worker, bench_spec_=dict(bench_spec_),
+                             spec=spec, methods=list(methods), hparams=dict(hparams),
+                             label=f"Calibrating {', '.join(methods)}")
+
+
+def feature_data(bench, emb):
+    """:meth:`FeatureData.from_store` of (benchmark, embeddings): the row order every method result follows."""
+    from clipcal.methods import FeatureData
+
+    return memo(("fd", bench.fingerprint(), emb.backbone_spec, str(getattr(emb, "key", ""))),
+                lambda: FeatureData.from_store(bench, emb))
+
+
+def runs_for(bench, spec: str) -> list[dict]:
+    """Stored runs of (benchmark, backbone), newest first, as dicts with ``id``, ``created``, ``methods``."""
+    mod = _runs_module()
+    return list(mod.list_runs(bench, spec, store=get_store()))
+
+
+def get_run(run_id: str):
+    """The stored run ``run_id`` (memoised; arrays memory-mapped from the store)."""
+    mod = _runs_module()
+    return memo(("run", run_id), lambda: mod.load_run(run_id, store=get_store()))
+
+
+def run_label(info: dict) -> str:
+    """``"2026-11-29 08:40 · erm, jtt, cfr"`` for a run listing entry."""
+    methods = info.get("methods") or []
+    return f"{_fmt_time(info.get('created'))} · {', '.join(methods)}"
+
+
+def pick_run(runs: list[dict], key: str):
+    """A selectbox over ``runs`` bound to the shared ``K_RUN``; returns the loaded run."""
+    ids = [r["id"] for r in runs]
+    cur = st.session_state.get(K_RUN)
+    idx = ids.index(cur) if cur in ids else 0
+    labels = {r["id"]: run_label(r) for r in runs}
+    chosen = st.selectbox("Calibration run", ids, index=idx, format_func=labels.get, key=key)
+    st.session_state[K_RUN] = chosen
+    return get_run(chosen)
+
+
+def current_run(page: str):
+    """``(benchmark, run)`` of the current selection with a run picker (widget key ``<page>.run``), rendering
+    what is missing; ``(bench | None, None)`` if there is no run yet."""
+    bench = load_bench()
+    if bench is None:
+        no_benchmark_notice()
+        return None, None
+    runs = runs_for(bench, backbone_spec())
+    if not runs:
+        st.info(f"No calibration run of **{bench_label(bench_spec())}** with **{backbone_spec()}** yet.")
+        st.page_link(PAGE["calibrate"], label="Go to Calibrate", icon="🎯")
+        return bench, None
+    return bench, pick_run(runs, key=f"{page}.run")
+
+
+def run_methods(run) -> list[str]:
+    """Method names in a run, in the order they ran."""
+    return list(run.results)
+
+
+def method_result(run, method: str):
+    """The :class:`MethodResult` of ``method`` in ``run``."""
+    return run.results[method]
+
+
+def method_label(name: str) -> str:
+    """Display label of a method name (``cfr`` → ``CFR``)."""
+    cls = method_classes().get(name)
+    return getattr(cls, "label", name) if cls is not None else name
+
+
+def default_method_index(methods: list[str]) -> int:
+    """Index of the method shown first: the shared ``K_METHOD``, else CFR, else the first."""
+    for want in (st.session_state.get(K_METHOD), "cfr"):
+        if want in methods:
+            return methods.index(want)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# metrics (Groups page; numbers from clipcal.metrics)
+# ---------------------------------------------------------------------------------------------------------
+METRIC_COLUMNS = {"worst_group": "worst-group", "overall": "overall", "mean_group": "mean of groups",
+                  "train_weighted": "train-weighted", "worst_class": "worst-class"}
+
+
+def _run_id(run) -> str:
+    return str(getattr(run, "id", None) or getattr(run, "key", None) or id(run))
+
+
+def run_feature_data(run, bench):
+    """FeatureData matching the run's rows (its embedding set is the current backbone's)."""
+    emb = load_embeddings(bench)
+    if emb is None:
+        raise ClipcalError("the embeddings this run was computed from are no longer in the store",
+                           hint="embed the benchmark again on the Embed page")
+    return feature_data(bench, emb)
+
+
+def metrics_table(run, bench, split: str = "test") -> pd.DataFrame:
+    """:func:`clipcal.metrics.method_table` of the run on ``split``: one row per method with ``method, label,
+    split, n, worst_group, overall, mean_group, train_weighted, worst_class, uses_group_labels,
+    selection_rule, chosen_epoch, status`` (methods that could not run say why in ``status``)."""
+    from clipcal import metrics
+
+    def build():
+        fd = run_feature_data(run, bench)
+        labels = {n: method_label(n) for n in run_methods(run)}
+        return metrics.method_table({n: method_result(run, n) for n in run_methods(run)}, fd, splits=(split,),
+                                    not_applicable=getattr(run, "not_applicable", None) or None, labels=labels)
+
+    return memo(("metrics", _run_id(run), split), build)
+
+
+def metrics_dataframe(table: pd.DataFrame, key: str) -> None:
+    """The method × metric table (best value per metric bold), each metric labelled with its definition."""
+    from clipcal.figures import method_summary_style
+    from clipcal.metrics import METRIC_DEFINITIONS
+
+    shown = table.drop(columns=[c for c in ("method", "split") if c in table])
+    cfg = {"label": st.column_config.TextColumn("method"),
+           "uses_group_labels": st.column_config.TextColumn("group labels"),
+           "selection_rule": st.column_config.TextColumn("model selection"),
+           "chosen_epoch": st.column_config.NumberColumn("chosen epoch")}
+    for col, label in METRIC_COLUMNS.items():
+        cfg[col] = st.column_config.Column(label, help=METRIC_DEFINITIONS.get(col))
+    st.dataframe(method_summary_style(shown), hide_index=True, column_config=cfg, key=key)
+
+
+def metric_definitions() -> None:
+    """The metric definitions as a compact list (from :data:`clipcal.metrics.METRIC_DEFINITIONS`)."""
+    from clipcal.metrics import METRIC_DEFINITIONS
+
+    st.markdown("\n".join(f"- **{METRIC_COLUMNS[k]}** — {METRIC_DEFINITIONS[k]}" for k in METRIC_COLUMNS
+                          if k in METRIC_DEFINITIONS))
+
+
+def group_tables(run, bench, split: str = "test") -> pd.DataFrame:
+    """Per-group accuracy with 95 % intervals of every method (:func:`clipcal.metrics.group_table`),
+    stacked with a ``method`` column."""
+    from clipcal import metrics
+
+    def build():
+        fd = run_feature_data(run, bench)
+        m = fd.mask(split)
+        parts = []
+        for name in run_methods(run):
+            res = method_result(run, name)
+            t = metrics.group_table(fd.y[m], np.asarray(res.pred)[m], fd.group[m], fd.class_names,
+                                    fd.attr_names if fd.has_attributes else [])
+            t.insert(0, "method", method_label(name))
+            parts.append(t)
+        return pd.concat(parts, ignore_index=True)
+
+    return memo(("group_tables", _run_id(run), split), build)
+
+
+def records_table(run) -> pd.DataFrame:
+    """How each method was trained and selected: group labels, selection rule, seed, chosen epoch, notes."""
+    rows = []
+    for name in run_methods(run):
+        rec = method_result(run, name).record or {}
+        rows.append({"method": method_label(name),
+                     "uses group labels": "yes" if rec.get("uses_group_labels") else "no",
+                     "selection rule": rec.get("selection_rule", ""), "seed": rec.get("seed"),
+                     "chosen epoch": rec.get("chosen_epoch"),
+                     "hyperparameters": json.dumps(rec.get("hparams", {}), default=str),
+                     "notes": "; ".join(map(str, rec.get("notes") or []))})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Representations (joint UMAP via clipcal.projection, selection via clipcal.selection)
+# ---------------------------------------------------------------------------------------------------------
+UMAP_PARAMS = {"seed": 0, "n_neighbors": 15, "min_dist": 0.1, "metric": "cosine"}  # joint_umap's defaults
+
+
+def fd_table(bench, fd) -> pd.DataFrame:
+    """The sample table in the run's row order (FeatureData order: the benchmark table minus skipped
+    images): ``sample_id, path, split, y, a, group``."""
+    def build():
+        t = bench.table.set_index("sample_id", drop=False).loc[list(fd.sample_ids)].reset_index(drop=True)
+        t["split"] = t["split"].astype(str)
+        return t
+
+    return memo(("fd_table", bench.fingerprint(), len(fd.sample_ids), str(fd.sample_ids[:1])), build)
+
+
+def methods_with_after(run) -> list[str]:
+    """Methods of the run that changed the embeddings (``embeddings_after`` not None), e.g. CFR."""
+    return [m for m in run_methods(run) if getattr(method_result(run, m), "embeddings_after", None) is not None]
+
+
+def default_after_index(methods: list[str]) -> int:
+    """Index of the default "after" method (shared ``K_METHOD``, else CFR, else the first)."""
+    return default_method_index(methods) if methods else 0
+
+
+def _umap_key_fields(bench, run, method: str | None) -> dict:
+    return {"benchmark": bench.fingerprint(), "backbone": backbone_spec(), "run": _run_id(run),
+            "method": method or "before"}
+
+
+def _umap_inputs(run, bench, method: str | None):
+    fd = run_feature_data(run, bench)
+    after = None if method is None else method_result(run, method).embeddings_after
+    return fd.embeddings, (None if after is None else np.asarray(after, dtype=np.float32))
+
+
+def umap_worker(run_id: str, bench_spec_: dict, spec: str, method: str | None, progress=None):
+    """Worker: fit (or read) the joint UMAP of before/after for ``method`` and store it."""
+    from clipcal.projection import joint_umap
+
+    bench = load_bench(bench_spec_)
+    run = get_run(run_id)
+    before, after = _umap_inputs(run, bench, method)
+    if progress:
+        progress(0, 1, f"UMAP of {len(before) * (2 if after is not None else 1):,} points "
+                 "(the first fit in a process compiles numba: ~15–30 s)")
+    key_fields = {"benchmark": bench.fingerprint(), "backbone": spec, "run": run_id, "method": method or "before"}
+    xy = joint_umap(before, after, store=get_store(), key_fields=key_fields, progress=progress, **UMAP_PARAMS)
+    if progress:
+        progress(1, 1, "done")
+    return xy
+
+
+def projection_or_job(run, bench, emb, method: str | None):
+    """``(xy_before, xy_after | None)`` if the joint UMAP is in the store, else start (or show) the job that
+    computes it and return ``None``."""
+    from clipcal.projection import KIND, projection_key
+
+    run_id = _run_id(run)
+    mkey = ("umap", run_id, method or "before")
+    hit = memo_peek(mkey)
+    if hit is not None:
+        return hit
+    before, after = _umap_inputs(run, bench, method)
+    key = projection_key(before, after, _umap_key_fields(bench, run, method), UMAP_PARAMS)
+    entry = get_store().get(KIND, key)
+    if entry is not None:
+        xy = np.asarray(entry.array("xy", mmap=False), dtype=np.float32)
+        n = len(before)
+        value = (xy[:n], xy[n:] if after is not None else None)
+        return memo(mkey, lambda: value)
+    jkey = f"umap:{run_id}:{method}"
+    job = get_jobs().get(jkey)
+    if job is None or (not job.is_running and job.status == "done"):
+        job = get_jobs().submit(jkey, umap_worker, run_id=run_id, bench_spec_=bench_spec(), spec=backbone_spec(),
+                                method=method, label="Computing the shared UMAP map")
+    if job.status == "failed" and st.button("Try again", key="repr.umap_retry"):
+        get_jobs().submit(jkey, umap_worker, run_id=run_id, bench_spec_=bench_spec(), spec=backbone_spec(),
+                          method=method, label="Computing the shared UMAP map")
+        st.rerun()
+    st.info("The shared UMAP map of this run is computed once and then kept in the store.")
+    job_status(jkey)
+    return None
+
+
+def color_options(run, bench) -> dict[str, str]:
+    """``{label: points column}`` of what the map can be coloured by."""
+    opts = {"class": "class"}
+    if bench.has_attributes:
+        opts["spurious attribute"] = "attribute"
+        opts["group"] = "group"
+    for m in run_methods(run):
+        opts[f"correct / incorrect: {method_label(m)}"] = f"correct: {method_label(m)}"
+    for m in run_methods(run):
+        if getattr(method_result(run, m), "calibration_set", None) is not None:
+            opts[f"calibration set: {method_label(m)}"] = f"calibration set: {method_label(m)}"
+    opts["split"] = "split"
+    opts["crossed the decision boundary"] = "crossed"
+    return opts
+
+
+def baseline_method(run) -> str | None:
+    """The "before" classifier for boundary crossings: ERM (linear probe on the frozen embeddings) if run."""
+    methods = run_methods(run)
+    for want in ("erm", "zeroshot"):
+        if want in methods:
+            return want
+    return None
+
+
+def points_table(run, bench, emb, method: str | None, xy) -> pd.DataFrame:
+    """One row per sample: ``sample_id, path, split, class, attribute, group``, every colour column,
+    ``x_before, y_before`` and (with an "after") ``x_after, y_after, move_2d, cos_change``."""
+    from clipcal.projection import crossed_boundary, displacement
+
+    def build():
+        fd = run_feature_data(run, bench)
+        t = fd_table(bench, fd)
+        p = pd.DataFrame({"sample_id": t["sample_id"].astype(str), "path": t["path"], "split": t["split"],
+                          "class": [fd.class_names[i] for i in fd.y]})
+        if bench.has_attributes:
+            p["attribute"] = [fd.attr_names[i] if i >= 0 else "unknown" for i in fd.a]
+            p["group"] = [bench.group_name(int(g)) for g in fd.group]
+        for m in run_methods(run):
+            res = method_result(run, m)
+            p[f"correct: {method_label(m)}"] = np.where(np.asarray(res.pred) == fd.y, "correct", "wrong")
+            cs = getattr(res, "calibration_set", None)
+            if cs is not None:
+                member = np.zeros(len(fd.y), bool)
+                member[np.asarray(cs, dtype=np.int64)] = True
+                p[f"calibration set: {method_label(m)}"] = np.where(member, "in calibration set",
+                                                                    "not in calibration set")
+        bm = baseline_method(run)
+        if method is not None and bm is not None and bm != method:
+            p["crossed"] = np.asarray(crossed_boundary(method_result(run, bm).pred, method_result(run, method).pred,
+                                                       fd.y, detailed=True)).astype(str)
+        else:
+            p["crossed"] = "unknown"
+        p["x_before"], p["y_before"] = xy[0][:, 0], xy[0][:, 1]
+        if xy[1] is not None:
+            p["x_after"], p["y_after"] = xy[1][:, 0], xy[1][:, 1]
+            before, after = _umap_inputs(run, bench, method)
+            d = displacement(xy[0], xy[1], before, after)
+            p["move_2d"], p["cos_change"] = d["move_2d"].to_numpy(), d["cos_change"].to_numpy()
+        return p
+
+    return memo(("points", _run_id(run), method or "before"), build)
+
+
+def umap_figure(points: pd.DataFrame, color: str, layout: str):
+    """The joint map (:func:`clipcal.figures.umap_figure`): side by side or overlaid; ``sample_id`` is every
+    point's ``custom_data[0]`` (clipcal.selection reads it back)."""
+    from clipcal.figures import umap_figure as _fig
+
+    hover = [c for c in ("class", "attribute", "split", "crossed") if c in points and c != color]
+    return _fig(points, color=color, mode="overlay" if layout == "overlaid" else "side_by_side", hover=hover,
+                line_order="move_2d" if "move_2d" in points else None, lines=150)
+
+
+def selected_ids(event, shown: pd.DataFrame) -> list[str]:
+    """Sample ids of the box/lasso selection (:func:`clipcal.selection.ids_from_selection`)."""
+    from clipcal.selection import ids_from_selection
+
+    return ids_from_selection(event)
+
+
+def selection_table(points: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
+    """Rows of the selected samples in selection order (:func:`clipcal.selection.selection_table`)."""
+    from clipcal.selection import selection_table as _table
+
+    cols = [c for c in points.columns if c not in ("x_before", "y_before", "x_after", "y_after")]
+    return _table(points[cols], ids)
+
+
+def movement_section(run, bench, emb, method: str, xy, points: pd.DataFrame) -> None:
+    """Points that moved most between before and after, boundary crossings, and group centroid shifts."""
+    from clipcal.figures import centroid_shift_figure, crossing_figure
+    from clipcal.projection import group_centroid_shifts
+
+    fd = run_feature_data(run, bench)
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Moved most** — distance in the map; `cos_change` = 1 − cosine between the embeddings")
+        cols = [c for c in ("sample_id", "class", "attribute", "split", "move_2d", "cos_change", "crossed")
+                if c in points]
+        st.dataframe(points.sort_values("move_2d", ascending=False).head(20)[cols], hide_index=True,
+                     key="repr.moved", height=300)
+    with right:
+        bm = baseline_method(run)
+        if bm and bm != method:
+            test = points[points["split"] == "test"]
+            by = "group" if "group" in test else "class"
+            st.plotly_chart(crossing_figure(test, group_col=by, crossing_col="crossed",
+                                            title=f"Test samples that crossed the decision boundary "
+                                                  f"({method_label(bm)} → {method_label(method)})"),
+                            key="repr.crossed")
+        else:
+            st.caption("Boundary crossings need an ERM run to compare with.")
+    if bench.has_attributes:
+        before, after = _umap_inputs(run, bench, method)
+        shifts = memo(("shifts", _run_id(run), method), lambda: group_centroid_shifts(
+            xy[0], xy[1], before, after, fd.group, bench.group_names()))
+        st.plotly_chart(centroid_shift_figure(shifts), key="repr.shifts")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Spurious attributes (clipcal.inspect)
+# ---------------------------------------------------------------------------------------------------------
+def _grid_from_ids(bench, fd, ids, limit: int = 12, columns: int = 6, captions: dict | None = None) -> None:
+    from clipcal.selection import image_grid_items
+
+    items = image_grid_items(fd_table(bench, fd), list(ids), bench, limit=limit, captions=captions)
+    image_grid([p for p, _ in items], [cap for _, cap in items], columns=columns, size=112)
+
+
+def concepts_section(run, bench, emb, method: str) -> None:
+    """(a) Text concepts scored per class (:func:`clipcal.inspect.concept_scores`)."""
+    from clipcal.inspect import concept_prompts, concept_scores, load_concept_vocabulary
+
+    vocab = load_concept_vocabulary()
+    typed = st.text_input("Your candidate concepts (comma-separated)", key="spur.concepts",
+                          placeholder="e.g. water, forest, bamboo, ocean, sky")
+    use_vocab = st.checkbox(f"also score the shipped vocabulary ({len(vocab)} concepts)", value=True,
+                            key="spur.vocab")
+    concepts = [c.strip() for c in typed.split(",") if c.strip()] + (vocab if use_vocab else [])
+    concepts = list(dict.fromkeys(concepts))
+    if not concepts:
+        st.caption("Type a concept or tick the vocabulary.")
+        return
+    fd = run_feature_data(run, bench)
+    res = method_result(run, method)
+    test = fd.mask("test") | fd.mask("val")
+
+    def text_emb():
+        bb = shared_backbone(backbone_spec())
+        return np.asarray(bb.encode_text(concept_prompts(concepts)), dtype=np.float32)
+
+    with st.spinner("Embedding the concepts with the text tower…"):
+        t = memo(("concept_text", backbone_spec(), tuple(concepts)), text_emb)
+    scores = memo(("concepts", _run_id(run), method, tuple(concepts)), lambda: concept_scores(
+        fd.embeddings[test], fd.y[test], np.asarray(res.pred)[test], t, concepts, fd.class_names))
+    st.caption(f"Scored on the val + test images with {method_label(method)}'s predictions. "
+               "score = mean cosine similarity to the misclassified − to the correctly classified images.")
+    from clipcal.figures import concept_scores_figure
+
+    st.plotly_chart(concept_scores_figure(scores, top=10), key="spur.concepts_fig")
+    with st.expander("All scores"):
+        st.dataframe(scores.drop(columns=["class_index"]), hide_index=True, key="spur.concepts_table")
+
+
+def decodability_section(run, bench, emb) -> None:
+    """(b) Attribute decodability before vs after (:func:`clipcal.inspect.attribute_decodability`)."""
+    from clipcal.inspect import attribute_decodability
+
+    fd = run_feature_data(run, bench)
+    after_methods = methods_with_after(run)
+    rows = []
+    for m in after_methods or [None]:
+        after = None if m is None else method_result(run, m).embeddings_after
+        r = memo(("decod", _run_id(run), m), lambda: attribute_decodability(fd.embeddings, after, fd.a, fd.split))
+        if not r.available:
+            st.info(r.reason)
+            return
+        t = r.table.copy()
+        t["representation"] = t["representation"].map(
+            {"before": "before (frozen)", "after": f"after ({method_label(m)})" if m else "after"})
+        rows.append(t if not rows else t[t["representation"] != "before (frozen)"])
+    table = pd.concat(rows, ignore_index=True)
+    from clipcal.figures import decodability_figure
+
+    st.plotly_chart(decodability_figure(table), key="spur.decod_fig")
+    st.dataframe(table, hide_index=True, key="spur.decod")
+    if not after_methods:
+        st.caption("No method of this run changed the embeddings, so there is no \"after\".")
+
+
+def clusters_section(run, bench, emb, method: str) -> None:
+    """(c) k-means within each class with per-cluster accuracy and grids (:func:`discover_clusters`)."""
+    from clipcal.inspect import discover_clusters
+
+    fd = run_feature_data(run, bench)
+    a, b = st.columns(2)
+    k = a.slider("clusters per class", 2, 8, 4, key="spur.k")
+    rep = b.radio("on the embeddings", ["before"] + [f"after ({method_label(m)})" for m in methods_with_after(run)],
+                  horizontal=True, key="spur.rep")
+    m_after = next((m for m in methods_with_after(run) if rep == f"after ({method_label(m)})"), None)
+    x = fd.embeddings if m_after is None else method_result(run, m_after).embeddings_after
+    res = method_result(run, method)
+    correct = np.asarray(res.pred) == fd.y
+    cl = memo(("clusters", _run_id(run), method, k, rep), lambda: discover_clusters(
+        x, fd.y, correct, k=k, a=fd.a if bench.has_attributes else None, sample_ids=fd.sample_ids,
+        class_names=fd.class_names, attr_names=fd.attr_names or None))
+    table = cl.table.drop(columns=["ids"])
+    from clipcal.figures import cluster_accuracy_figure
+
+    st.plotly_chart(cluster_accuracy_figure(table), key="spur.clusters_fig")
+    with st.expander("Cluster table"):
+        st.dataframe(table, hide_index=True, key="spur.clusters")
+    if not bench.has_attributes:
+        st.caption("No attribute labels: the clusters are the only view of hidden groups here.")
+    worst = cl.table.sort_values("accuracy").head(2 * len(fd.class_names))
+    for _, r in worst.iterrows():
+        st.markdown(f"**{r['class']} · cluster {r['cluster']}** — {r['n']} images, accuracy {r['accuracy']:.2f}"
+                    + (f", mostly {r['majority_attribute']} ({r['purity']:.0%})" if bench.has_attributes else ""))
+        _grid_from_ids(bench, fd, r["ids"], limit=8, columns=8)
+
+
+def calibration_set_section(run, bench) -> None:
+    """(d) The calibration / error sets of the run's methods against the true groups."""
+    from clipcal.inspect import calibration_set_vs_groups
+
+    fd = run_feature_data(run, bench)
+    with_sets = [m for m in run_methods(run) if getattr(method_result(run, m), "calibration_set", None) is not None]
+    if not with_sets:
+        st.info("No method of this run selects a calibration set (CFR does; JTT's error set too).")
+        return
+    m = st.selectbox("Method", with_sets, index=default_method_index(with_sets), format_func=method_label,
+                     key="spur.calset_method")
+    rep = calibration_set_vs_groups(method_result(run, m).calibration_set, fd_table(bench, fd),
+                                    group_names=bench.group_names() if bench.has_attributes else None)
+    c1, c2, c3 = st.columns(3)
+    c1.metric("set size", rep.n_set)
+    c2.metric("minority share (precision)", "—" if np.isnan(rep.precision) else f"{rep.precision:.0%}")
+    c3.metric("minority found (recall)", "—" if np.isnan(rep.recall) else f"{rep.recall:.0%}")
+    if not rep.available:
+        st.info(rep.reason)
+    from clipcal.figures import calibration_set_figure
+
+    if rep.available:
+        st.plotly_chart(calibration_set_figure(rep.table), key="spur.calset_fig")
+    st.dataframe(rep.table, hide_index=True, key="spur.calset")
+    st.caption(f"Pool: {', '.join(rep.pool)}. Enrichment > 1 = the group is over-represented in the set.")
+
+
+def gallery_section(run, bench, method: str) -> None:
+    """(e) Misclassified test images of the worst group, most confident first."""
+    from clipcal.inspect import worst_group_gallery
+
+    fd = run_feature_data(run, bench)
+    res = method_result(run, method)
+    g = worst_group_gallery(fd_table(bench, fd), res.pred, res.probs, n=24)
+    name = bench.group_name(g.group) if g.by == "group" else fd.class_names[g.group]
+    st.markdown(f"Worst {g.by} for **{method_label(method)}**: **{name}** — accuracy {g.accuracy:.2f} "
+                f"on {g.n} test images; {len(g.items)} misclassified shown.")
+    if len(g.items) == 0:
+        st.success("No errors in this group.")
+        return
+    caps = {r.sample_id: f"pred {fd.class_names[int(r.pred)]} ({r.confidence:.2f})" for r in g.items.itertuples()}
+    _grid_from_ids(bench, fd, list(g.items["sample_id"]), limit=24, columns=8, captions=caps)
+
+
+def selection_grid(bench, run, ids, limit: int = 24) -> None:
+    """Thumbnails of the first ``limit`` selected samples, captioned class / attribute · split."""
+    fd = run_feature_data(run, bench)
+    _grid_from_ids(bench, fd, list(ids), limit=limit, columns=8)
+
+
+def results_table(run, bench, key: str) -> None:
+    """The run's method × metric table on the test split (definitions in the column help)."""
+    st.markdown("Test split. Hover a column title for its definition; the best value per metric is bold.")
+    metrics_dataframe(metrics_table(run, bench, "test"), key=key)
+
+
+def curves_section(run) -> None:
+    """Training curves of every method of the run that has any."""
+    for name in run_methods(run):
+        curves = getattr(method_result(run, name), "curves", None)
+        if curves is not None and len(curves):
+            with st.expander(f"Training curves — {method_label(name)}"):
+                training_curves_chart(curves, key=f"curves.{name}",
+                                      title=f"{method_label(name)}: loss terms and validation metrics per epoch")

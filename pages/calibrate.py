@@ -1,0 +1,71 @@
+"""Calibrate: choose methods and hyperparameters, run them on the stored embeddings (a background job)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages import _common as c
+
+st.title("Calibrate")
+st.caption("Baselines and CFR run on the stored embeddings (no images are read again). Each method is "
+           "selected on the validation split; methods marked 👥 use group labels, the others do not.")
+c.teach_topic("cfr")
+
+bench_spec, spec = c.bench_spec(), c.backbone_spec()
+bench = emb = None
+with c.guarded("loading"):
+    bench = c.load_bench(bench_spec)
+    if bench is None:
+        c.no_benchmark_notice()
+    else:
+        emb = c.need_embeddings(bench)
+
+if emb is not None:
+    METHODS = c.method_classes()
+    st.markdown(f"**{c.bench_label(bench_spec)}** · **{spec}** · {len(emb.sample_ids):,} images")
+    usable = c.applicable_methods(emb)
+    chosen = st.multiselect(
+        "Methods", usable, default=usable, key="calib.methods",
+        format_func=lambda n: f"{METHODS[n].label}{' 👥' if METHODS[n].uses_group_labels else ''}")
+    missing = [n for n in METHODS if n not in usable]
+    if missing:
+        st.caption("Not offered: " + ", ".join(METHODS[n].label for n in missing)
+                   + f" — {spec} has no text tower (they need one).")
+    rules = c.selection_rules()
+    a, b = st.columns([3, 1])
+    rule = a.radio("Model selection on the validation split", list(rules), format_func=lambda r: rules[r],
+                   key="calib.rule", horizontal=True,
+                   help="worst-class needs no group labels (the paper's annotation-free setting); worst-group "
+                        "reads the validation split's group labels")
+    seed = b.number_input("Seed", 0, 10**6, 0, key="calib.seed", help="same seed, same inputs → same results")
+    hparams: dict[str, dict] = {}
+    for name in chosen:
+        m = METHODS[name]
+        with st.expander(f"{m.label} — hyperparameters{' (uses group labels)' if m.uses_group_labels else ''}"):
+            if m.description:
+                st.caption(m.description)
+            hparams[name] = c.hparam_widgets(name, m.HPARAMS, seed=seed, selection=rule)
+
+    key = c.calib_job_key(bench_spec, spec)
+    job = c.get_jobs().get(key)
+    running = job is not None and job.is_running
+    if st.button("Run calibration", type="primary", disabled=running or not chosen, key="calib.start"):
+        c.start_calibration(bench_spec, spec, chosen, hparams)
+        st.rerun()
+
+    def _done(job) -> None:
+        st.success(f"Calibration finished in {c.fmt_eta(job.elapsed_s)}.")
+
+    c.job_status(key, show_done=_done, live="curves")
+
+    st.divider()
+    st.subheader("Results")
+    with c.guarded("loading runs"):
+        runs = c.runs_for(bench, spec)
+        if not runs:
+            st.info("No calibration run of this benchmark and backbone yet.")
+        else:
+            run = c.pick_run(runs, key="calib.run")
+            c.results_table(run, bench, key="calib.table")
+            c.curves_section(run)
+            st.page_link(c.PAGE["groups"], label="Next: per-group accuracy", icon="📊")

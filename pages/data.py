@@ -1,0 +1,178 @@
+"""Data: pick a benchmark, check it (validation report, group counts per split), and look at samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from pages import _common as c
+
+st.title("Data")
+st.caption("Pick a benchmark and check it before any GPU work: group counts per split, unreadable files, "
+           "and a few images of every group.")
+c.teach_topic("spurious")
+
+from clipcal import figures  # noqa: E402
+from clipcal.data import BENCHMARKS  # noqa: E402
+
+cur = c.bench_spec()
+names = list(BENCHMARKS)
+name = st.selectbox("Benchmark", names, index=names.index(cur["name"]) if cur["name"] in names else 0,
+                    format_func=lambda n: f"{n} — {BENCHMARKS[n][1]}", key="data.name")
+
+spec: dict | None = None
+if name == "demo":
+    from clipcal.data import demo_assets_status
+    from clipcal.data.demo import DEFAULTS
+
+    status = demo_assets_status()
+    if not status["ok"]:
+        st.error("The built-in demo needs Debian packages that are missing here: "
+                 + ", ".join(status["missing_packages"]) + ". Install them with:")
+        st.code(status["install_command"], language="bash")
+    opts = dict(cur["options"]) if cur["name"] == "demo" else {}
+    with st.expander("Demo size and seed"):
+        a, b, d, e = st.columns(4)
+        vals = {
+            "n_train": a.number_input("train images", 8, 20000, int(opts.get("n_train", DEFAULTS["n_train"])),
+                                      step=100, key="data.n_train"),
+            "n_val": b.number_input("val images", 4, 20000, int(opts.get("n_val", DEFAULTS["n_val"])),
+                                    step=100, key="data.n_val"),
+            "n_test": d.number_input("test images", 4, 20000, int(opts.get("n_test", DEFAULTS["n_test"])),
+                                     step=100, key="data.n_test"),
+            "seed": e.number_input("seed", 0, 10**6, int(opts.get("seed", DEFAULTS["seed"])), key="data.seed"),
+        }
+    spec = {"name": "demo", "root": None,
+            "options": {k: int(v) for k, v in vals.items() if int(v) != DEFAULTS[k]}}
+elif name == "csv":
+    st.markdown("Your own images: a folder of images plus a metadata CSV with one row per image "
+                "(an id, the file name relative to the folder, the split, the class, optionally the "
+                "spurious attribute; labels may be names or integers).")
+    root = st.text_input("Image folder", value=cur["root"] or "" if cur["name"] == "csv" else "",
+                         key="data.csv_root", placeholder="/path/to/images")
+    csv_path = st.text_input("Metadata CSV (path, or a name inside the folder)", key="data.csv_path",
+                             value=str((cur["options"] or {}).get("csv", "metadata.csv"))
+                             if cur["name"] == "csv" else "metadata.csv")
+    spec = None
+    if root:
+        path = Path(csv_path or "metadata.csv")
+        path = path if path.is_absolute() else Path(root) / path
+        try:
+            head = pd.read_csv(path, nrows=200)
+        except Exception as err:  # noqa: BLE001 - shown as a message with the file named
+            st.error(f"cannot read the metadata CSV {path}: {err}")
+            head = None
+        if head is not None:
+            cols = list(head.columns)
+            st.dataframe(head.head(5), hide_index=True, key="data.csv_head")
+            st.markdown("**Column mapping**")
+            mapping = {}
+            grid = st.columns(5)
+            wanted = [("id_col", "id", ["id", "sample_id", "image_id"], False),
+                      ("path_col", "filename", ["filename", "img_filename", "path", "file"], False),
+                      ("split_col", "split", ["split"], False),
+                      ("y_col", "class (y)", ["y", "label", "class", "target"], False),
+                      ("a_col", "attribute (a)", ["a", "attribute", "place", "spurious"], True)]
+            for col, (opt, label, guesses, optional) in zip(grid, wanted):
+                choices = (["(none)"] if optional else []) + cols
+                guess = next((g for g in guesses if g in cols), choices[0])
+                mapping[opt] = col.selectbox(label, choices, index=choices.index(guess), key=f"data.map.{opt}")
+            options = {k: v for k, v in mapping.items() if v != "(none)"}
+            if csv_path and csv_path != "metadata.csv":
+                options["csv"] = csv_path
+            spec = {"name": "csv", "root": root, "options": options}
+else:
+    root = st.text_input(f"{name} folder", value=cur["root"] or "" if cur["name"] == name else "",
+                         key=f"data.root.{name}")
+    spec = {"name": name, "root": root, "options": {}} if root else None
+    if not root:
+        st.info(f"Give the folder that holds {name}. `python -m clipcal data download --benchmark {name} "
+                "--root PATH` downloads it where a source exists and explains the layout otherwise.")
+
+if spec is not None and c.spec_key(spec) != c.spec_key(cur):
+    if st.button("Use this benchmark", type="primary", key="data.use"):
+        c.set_benchmark(spec)
+        st.rerun()
+
+# --- the current benchmark ----------------------------------------------------------------------------------
+cur = c.bench_spec()
+st.divider()
+st.subheader(c.bench_label(cur))
+bench = None
+with c.guarded("loading the benchmark"):
+    bench = c.load_bench(cur)
+    if bench is None:  # demo not generated yet
+        key = c.demo_build_key(cur["options"])
+        st.info("The demo images are generated on this machine the first time (about a minute for the "
+                "default size).")
+        job = c.get_jobs().get(key)
+        if st.button("Generate the demo images", type="primary", key="data.build",
+                     disabled=job is not None and job.is_running):
+            c.start_demo_build(cur["options"])
+            st.rerun()
+        c.job_status(key)
+
+if bench is not None:
+    t = bench.table
+    m = st.columns(4)
+    m[0].metric("images", f"{len(t):,}")
+    m[1].metric("classes", bench.n_classes)
+    m[2].metric("attribute values", bench.n_attrs or "—")
+    m[3].metric("groups", bench.n_groups or "—")
+    st.caption(f"Classes ({bench.target_name}): {', '.join(bench.class_names)}"
+               + (f" · attribute ({bench.attr_name}): {', '.join(bench.attr_names)}" if bench.n_attrs else "")
+               + f" · fingerprint `{bench.fingerprint()}` · root `{bench.root}`")
+    if not bench.has_attributes:
+        st.warning("This benchmark has no spurious-attribute labels: groups are per class only. "
+                   "Worst-group views fall back to classes, and cluster discovery (Spurious attributes) "
+                   "looks for hidden groups instead.")
+
+    st.markdown("#### Group counts per split")
+    with c.guarded("counting groups"):
+        counts = bench.group_counts()
+        counts["name"] = counts["class"] + " / " + counts["attribute"]
+        pivot = counts.pivot_table(index="name", columns="split", values="n", aggfunc="sum", observed=False)
+        pivot = pivot.reindex(columns=[s for s in ("train", "val", "test") if s in pivot.columns])
+        pivot = pivot.reindex(counts.drop_duplicates("name")["name"])
+        pivot["total"] = pivot.sum(axis=1)
+        left, right = st.columns([2, 3])
+        left.dataframe(pivot, key="data.counts")
+        right.plotly_chart(figures.group_counts_figure(counts, title="Images per group and split"), key="data.counts_chart")
+        small = counts[(counts["split"] == "train") & (counts["n"] < 20)]
+        if len(small):
+            st.caption("Small training groups (< 20 images): " + ", ".join(
+                f"{r.name} ({r.n})" for r in small.itertuples()) + " — their accuracy has wide intervals.")
+
+    st.markdown("#### Validation report")
+    report_key = ("validation", bench.fingerprint())
+    rep = c.memo_peek(report_key)
+    if rep is not None:
+        if rep.ok:
+            st.success("All images readable; no problems found.")
+        else:
+            st.warning("Problems found:")
+        st.code(rep.to_text(), language="text")
+        for label, df in (("missing", rep.missing), ("unreadable", rep.unreadable)):
+            if df is not None and len(df):
+                st.markdown(f"**{label}** ({len(df)})")
+                st.dataframe(df, hide_index=True, key=f"data.{label}")
+    elif st.button("Check every image file", key="data.validate",
+                   help="Reads each image's header (fast) and lists missing or unreadable files"):
+        with c.guarded("validating"), st.spinner("Checking images…"):
+            from clipcal.data import validate
+
+            c.memo(report_key, lambda: validate(bench, check_images=True))
+            st.rerun()
+
+    st.markdown("#### Samples per group")
+    split = st.radio("split", ["train", "val", "test"], horizontal=True, key="data.grid_split")
+    per = st.slider("images per group", 2, 12, 6, key="data.grid_n")
+    s = t[t["split"] == split]
+    group_col = "group" if bench.has_attributes else "y"
+    for g, rows in s.groupby(group_col, sort=True):
+        name_g = bench.group_name(int(g)) if bench.has_attributes else bench.class_names[int(g)]
+        st.markdown(f"**{name_g}** — {len(rows)} images in {split}")
+        pick = rows.head(per)
+        c.image_grid([bench.image_path(p) for p in pick["path"]], list(pick["sample_id"]), columns=per)

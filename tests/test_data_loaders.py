@@ -167,7 +167,8 @@ def test_csv_int_labels(tmp_path):
 
 
 def test_csv_string_labels_sorted_and_recorded(tmp_path):
-    make_csv_dataset(tmp_path, _rows(split=["Train", "VALID", "Test"], y=["zebra", "ant"], a=["night", "day", "day", "night"]))
+    rows = _rows(split=["Train", "VALID", "Test"], y=["zebra", "ant"], a=["night", "day", "day", "night"])
+    make_csv_dataset(tmp_path, rows)
     b = load_benchmark("csv", tmp_path)
     assert b.class_names == ["ant", "zebra"] and b.attr_names == ["day", "night"]
     assert b.params["label_mapping"] == {"ant": 0, "zebra": 1}

@@ -86,8 +86,8 @@ def load_celeba(root: str | Path, target: str = "Blond_Hair", attribute: str = "
     """
     base = require_root(root, "celeba", LAYOUT)
     attrs, part, attr_path = _read_tables(base)
-    require_columns(attrs, [target, attribute], attr_path,
-                    "image_id + attribute columns; available: " + ", ".join(c for c in attrs.columns if c != "image_id"))
+    available = ", ".join(c for c in attrs.columns if c != "image_id")
+    require_columns(attrs, [target, attribute], attr_path, "image_id + attribute columns; available: " + available)
     img_dir = base / "img_align_celeba"
     if (img_dir / "img_align_celeba").is_dir():
         img_dir = img_dir / "img_align_celeba"

@@ -264,7 +264,8 @@ def extract(archive: str | Path, root: str | Path, folder: str, check: Callable[
                 with tarfile.open(archive) as t:
                     t.extractall(tmp, filter="data")
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
-            raise DataError(f"cannot extract {archive}: {err}", hint="delete the archive and download it again") from None
+            raise DataError(f"cannot extract {archive}: {err}",
+                            hint="delete the archive and download it again") from None
         found = next((tmp / n for n in (folder, *aliases) if (tmp / n).is_dir()), None)
         if found is None:
             top = sorted(p.name for p in tmp.iterdir())[:10]

@@ -71,7 +71,8 @@ def load_waterbirds(root: str | Path) -> Benchmark:
         v = pd.to_numeric(df[col], errors="coerce")
         bad = v.isna() | ~v.isin([0, 1])
         if bad.any():
-            raise DataError(f"{path}: column {col!r} must be 0 or 1; bad lines {[int(i) + 2 for i in df.index[bad][:5]]}",
+            lines = [int(i) + 2 for i in df.index[bad][:5]]
+            raise DataError(f"{path}: column {col!r} must be 0 or 1; bad lines {lines}",
                             hint=f"expected schema: {SCHEMA}")
     table = pd.DataFrame({
         "sample_id": df["img_filename"].astype(str),

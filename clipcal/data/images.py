@@ -127,8 +127,10 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
     with _open(path, max_pixels) as im:
         try:
             im.load()
-            im = ImageOps.exif_transpose(im) or im
-            return to_rgb(im)
+            if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation tag; most files have none
+                im = ImageOps.exif_transpose(im)
+            # the decoded pixels outlive the file handle, so an RGB image needs no copy
+            return im if im.mode == "RGB" else to_rgb(im)
         except (OSError, EOFError, SyntaxError, ValueError) as err:
             raise DataError(f"cannot decode image {path}: {_decode_reason(err)}", hint=_HINT) from None
 
@@ -154,8 +156,9 @@ def thumbnail(path: str | os.PathLike, size: int = 128, max_pixels: int = MAX_PI
             if im.format == "JPEG":
                 im.draft("RGB", (size, size))  # decode at 1/2, 1/4 or 1/8 scale when possible
             im.load()
-            im = ImageOps.exif_transpose(im) or im
-            out = to_rgb(im)
+            if im.getexif().get(0x0112, 1) != 1:
+                im = ImageOps.exif_transpose(im)
+            out = im if im.mode == "RGB" else to_rgb(im)
         except (OSError, EOFError, SyntaxError, ValueError) as err:
             raise DataError(f"cannot decode image {path}: {_decode_reason(err)}", hint=_HINT) from None
     out.thumbnail((size, size), Image.Resampling.BICUBIC)

@@ -61,10 +61,14 @@ def server():
     srv.daemon_threads = True
     t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
+    watchdog = threading.Timer(60, srv.shutdown)  # stops by itself even if a test hangs
+    watchdog.daemon = True
+    watchdog.start()
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
     try:
         yield srv
     finally:
+        watchdog.cancel()
         srv.shutdown()
         srv.server_close()
         t.join(timeout=5)

@@ -1,0 +1,173 @@
+"""AFR — Automatic Feature Reweighting (Qiu, Potapczynski, Izmailov, Wilson, ICML 2023, "Simple and Fast
+Group Robustness by Automatic Feature Reweighting"), on cached features.
+
+1. Split the train split (stratified by class, seeded) into a part for ERM (``1 − heldout_frac``) and a
+   held-out part for reweighting.
+2. Train the ERM last layer on the first part (:func:`~clipcal.methods._train.train_last_layer`).
+3. On the held-out part, weight each sample by ``wᵢ ∝ exp(−γ · p̂ᵢ)`` where ``p̂ᵢ`` is the ERM model's
+   probability of the true class, normalised so every class has the same total weight (AFR eq. 2 and its
+   class balancing).
+4. Retrain only the final linear layer on the fixed ERM embeddings ``z = normalize(h W_ERM)``:
+   ``logits = z Vᵀ + b`` from ``V₀ = s · T_ERM, b₀ = 0``, loss ``Σ wᵢ CEᵢ + λ ‖V − V₀‖²`` (AFR's pull towards
+   the ERM layer), full batch with L-BFGS.
+5. γ (and λ) are chosen on validation by the annotation-free rule (default worst-class); the paper tunes
+   them by validation worst-group, available here as ``selection="worst-group"``.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from clipcal.errors import MethodError
+from clipcal.methods._train import (DEFAULT_SCALE, ERM_DEFAULTS, SELECTION_RULES, init_notes, selection_score,
+                                    stage_progress)
+from clipcal.methods.base import Method, MethodResult, check_cancel, report, softmax
+from clipcal.methods.erm import LAST_LAYER_HPARAMS, fit_erm_stage, uses_groups
+
+
+def stratified_split(y: np.ndarray, rows: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``rows`` into (kept, held-out) with ≈ ``frac`` of each class held out (≥ 1 per class kept and
+    held out when the class has ≥ 2 rows); seeded, returns sorted int64 arrays."""
+    rng = np.random.default_rng(seed)
+    held = []
+    for c in np.unique(y[rows]):
+        r = rows[y[rows] == c]
+        n_h = int(round(frac * len(r)))
+        if len(r) >= 2:
+            n_h = min(max(n_h, 1), len(r) - 1)
+        else:
+            n_h = 0
+        held.append(rng.permutation(r)[:n_h])
+    held = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
+    kept = np.setdiff1d(rows, held)
+    return kept.astype(np.int64), held.astype(np.int64)
+
+
+def afr_weights(p_true: np.ndarray, y: np.ndarray, gamma: float, n_classes: int) -> np.ndarray:
+    """AFR weights ``exp(−γ p̂)`` normalised so each class sums to 1/K of the total (float64, sum = 1)."""
+    w = np.exp(-float(gamma) * (np.asarray(p_true, np.float64) - 1.0))  # shift by 1: same ratios, no underflow
+    out = np.zeros_like(w)
+    present = np.unique(y)
+    for c in present:
+        m = y == c
+        out[m] = w[m] / w[m].sum() / len(present)
+    return out
+
+
+def fit_linear_head(z: np.ndarray, y: np.ndarray, w: np.ndarray, V0: np.ndarray, reg: float,
+                    max_iter: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Full-batch weighted logistic regression on fixed embeddings with a pull towards ``V0``.
+
+    Minimises ``Σ wᵢ CE(z V ᵀ + b, yᵢ) + reg · ‖V − V0‖²`` (w sums to 1) by L-BFGS (strong Wolfe), float64,
+    starting at ``(V0, 0)``. Returns (V [K, e], b [K]).
+    """
+    zt = torch.as_tensor(z, dtype=torch.float64)
+    yt = torch.as_tensor(y, dtype=torch.int64)
+    wt = torch.as_tensor(w, dtype=torch.float64)
+    v0 = torch.as_tensor(V0, dtype=torch.float64)
+    k, e = V0.shape
+    # one flat parameter vector: L-BFGS needs contiguous gradients
+    theta = torch.cat([v0.reshape(-1), torch.zeros(k, dtype=torch.float64)]).requires_grad_(True)
+    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-9, tolerance_change=1e-12)
+
+    def closure():
+        opt.zero_grad()
+        V, b = theta[: k * e].view(k, e), theta[k * e:]
+        loss = (wt * F.cross_entropy(zt @ V.T + b, yt, reduction="none")).sum() + reg * ((V - v0) ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    t = theta.detach()
+    return t[: k * e].view(k, e).numpy().copy(), t[k * e:].numpy().copy()
+
+
+class AFR(Method):
+    """Automatic Feature Reweighting: ERM on part of train, then a reweighted final layer on the held-out part."""
+
+    name = "afr"
+    label = "AFR"
+    uses_group_labels = False
+    description = "last layer retrained on held-out train data with weights ∝ exp(−γ·p(correct)) (Qiu et al. 2023)"
+    HPARAMS = {
+        "gammas": ([0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0], "grid of γ (weight sharpness) chosen on val"),
+        "regs": ([0.0, 0.01, 0.1], "grid of λ, pull of the retrained layer towards the ERM layer"),
+        "heldout_frac": (0.2, "fraction of each training class held out for reweighting"),
+        **LAST_LAYER_HPARAMS,
+    }
+
+    def __init__(self, gammas=(0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0), regs=(0.0, 0.01, 0.1), heldout_frac=0.2,
+                 epochs=ERM_DEFAULTS["epochs"], lr=ERM_DEFAULTS["lr"], weight_decay=ERM_DEFAULTS["weight_decay"],
+                 momentum=ERM_DEFAULTS["momentum"], batch_size=ERM_DEFAULTS["batch_size"],
+                 dropout=ERM_DEFAULTS["dropout"], learn_scale=ERM_DEFAULTS["learn_scale"],
+                 selection=ERM_DEFAULTS["selection"], seed=0, device="auto"):
+        self.gammas = gammas
+        self.regs = regs
+        self.heldout_frac = heldout_frac
+        self.epochs = epochs
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.momentum = momentum
+        self.batch_size = batch_size
+        self.dropout = dropout
+        self.learn_scale = learn_scale
+        self.selection = selection
+        self.seed = seed
+        self.device = device
+
+    def _fit(self, data, progress, cancel) -> MethodResult:
+        gammas = [float(g) for g in np.atleast_1d(self.gammas)]
+        regs = [float(r) for r in np.atleast_1d(self.regs)]
+        if not gammas or not regs or min(gammas) < 0 or min(regs) < 0:
+            raise MethodError("AFR needs non-empty, non-negative gammas and regs")
+        if not 0.0 < float(self.heldout_frac) < 1.0:
+            raise MethodError(f"heldout_frac must lie in (0, 1), got {self.heldout_frac}")
+        train = data.indices("train")
+        part1, held = stratified_split(data.y, train, float(self.heldout_frac), int(self.seed))
+        notes = []
+        missing = sorted(set(range(data.n_classes)) - set(data.y[part1].tolist()))
+        if missing or len(held) == 0:
+            raise MethodError("AFR needs at least 2 training samples of every class to hold some out",
+                              hint="use ERM or JTT on this benchmark")
+        grid = list(itertools.product(gammas, regs))
+        total = int(self.epochs) + len(grid)
+        erm = fit_erm_stage(self, data, stage_progress(progress, 0, total), cancel, stage="erm",
+                            train_idx=part1)
+        probs0, z = erm.predict_all()
+        notes += init_notes(erm.init, data) + erm.notes
+        V0 = DEFAULT_SCALE * erm.head() if not self.learn_scale else erm.model.scale * erm.head()
+        p_true = probs0[held, data.y[held]]
+        val = data.indices("val")
+        best, rows = None, []
+        for i, (gamma, reg) in enumerate(grid):
+            check_cancel(cancel)
+            w = afr_weights(p_true, data.y[held], gamma, data.n_classes)
+            V, b = fit_linear_head(z[held], data.y[held], w, V0, reg)
+            logits_val = z[val] @ V.T + b
+            score = selection_score(self.selection, data.y[val], logits_val.argmax(1), data.group[val],
+                                    data.n_classes, data.n_groups)
+            rows += [{"epoch": i, "stage": "afr", "split": "val", "metric": "gamma", "value": gamma},
+                     {"epoch": i, "stage": "afr", "split": "val", "metric": "reg", "value": reg},
+                     {"epoch": i, "stage": "afr", "split": "val", "metric": "val_score", "value": score}]
+            s = score if np.isfinite(score) else -np.inf
+            if best is None or s > best[0]:
+                best = (s, gamma, reg, V, b)
+            report(progress, int(self.epochs) + i + 1, total,
+                   f"AFR γ={gamma:g} λ={reg:g} · val {self.selection} {score:.3f}", "afr", val_score=score)
+        _, gamma, reg, V, b = best
+        probs = softmax(z @ V.T + b)
+        curves = pd.concat([erm.curves, pd.DataFrame(rows)], ignore_index=True)
+        return MethodResult(
+            method=self.name, probs=probs, pred=probs.argmax(1), embeddings_after=z, calibration_set=None,
+            record={"uses_group_labels": uses_groups(self.selection),
+                    "selection_rule": SELECTION_RULES[self.selection] + " (γ, λ grid)", "seed": int(self.seed),
+                    "chosen_epoch": erm.chosen_epoch, "chosen_gamma": gamma, "chosen_reg": reg,
+                    "val_score": float(best[0]), "n_erm_part": int(len(part1)), "n_heldout": int(len(held)),
+                    "device": str(erm.evaluator.device), "fit_seconds": round(erm.seconds, 3), "notes": notes},
+            curves=curves)

@@ -1,0 +1,78 @@
+"""JTT — Just Train Twice (Liu et al., ICML 2021, "Just Train Twice: Improving Group Robustness without
+Training Group Information"), on the last layer over cached features.
+
+1. Identification: the ERM last-layer model (:class:`~clipcal.methods.erm.ERM`, best validation epoch) —
+   its misclassified training samples form the error set (the same set CFR calls the calibration set).
+2. Retrain the last layer and head from the same starting point with the error set up-weighted by
+   ``lambda_up`` (loss weights; equal to JTT's up-sampling in expectation).
+
+No group labels are used (unless ``selection="worst-group"``). Deviation from the paper: the identification
+model is the validation-selected ERM model rather than one stopped after a tuned number of epochs T.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from clipcal.errors import MethodError
+from clipcal.methods._train import ERM_DEFAULTS, SELECTION_RULES, init_notes, stage_progress
+from clipcal.methods.base import Method, MethodResult
+from clipcal.methods.erm import LAST_LAYER_HPARAMS, fit_erm_stage, uses_groups
+
+
+class JTT(Method):
+    """Just Train Twice on the last layer: ERM error set up-weighted by ``lambda_up`` in a second training."""
+
+    name = "jtt"
+    label = "JTT"
+    uses_group_labels = False
+    description = "retrain the last layer with the ERM error set up-weighted (Liu et al. 2021)"
+    HPARAMS = {"lambda_up": (20.0, "loss weight of the ERM error set in the second training (JTT's λ_up)"),
+               **LAST_LAYER_HPARAMS}
+
+    def __init__(self, lambda_up=20.0, epochs=ERM_DEFAULTS["epochs"], lr=ERM_DEFAULTS["lr"],
+                 weight_decay=ERM_DEFAULTS["weight_decay"], momentum=ERM_DEFAULTS["momentum"],
+                 batch_size=ERM_DEFAULTS["batch_size"], dropout=ERM_DEFAULTS["dropout"],
+                 learn_scale=ERM_DEFAULTS["learn_scale"], selection=ERM_DEFAULTS["selection"], seed=0,
+                 device="auto"):
+        self.lambda_up = lambda_up
+        self.epochs = epochs
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.momentum = momentum
+        self.batch_size = batch_size
+        self.dropout = dropout
+        self.learn_scale = learn_scale
+        self.selection = selection
+        self.seed = seed
+        self.device = device
+
+    def _fit(self, data, progress, cancel) -> MethodResult:
+        if not float(self.lambda_up) >= 1.0:
+            raise MethodError(f"lambda_up must be ≥ 1, got {self.lambda_up}")
+        total = 2 * int(self.epochs)
+        erm = fit_erm_stage(self, data, stage_progress(progress, 0, total), cancel, stage="erm")
+        probs0, _ = erm.predict_all()
+        train = data.indices("train")
+        wrong = probs0[train].argmax(1) != data.y[train]
+        errors = train[wrong]
+        notes = init_notes(erm.init, data) + erm.notes
+        if len(errors) == 0:
+            notes.append("empty error set: the ERM model classifies every training sample correctly, so JTT's "
+                         "second training equals ERM")
+        weights = np.where(wrong, float(self.lambda_up), 1.0)
+        up = fit_erm_stage(self, data, stage_progress(progress, self.epochs, total), cancel, stage="jtt",
+                           sample_weight=weights)
+        probs, z = up.predict_all()
+        curves = pd.concat([erm.curves, up.curves], ignore_index=True)
+        return MethodResult(
+            method=self.name, probs=probs, pred=probs.argmax(1), embeddings_after=z, calibration_set=errors,
+            record={"uses_group_labels": uses_groups(self.selection),
+                    "selection_rule": SELECTION_RULES[self.selection], "seed": int(self.seed),
+                    "chosen_epoch": up.chosen_epoch, "erm_chosen_epoch": erm.chosen_epoch,
+                    "error_set_size": int(len(errors)), "val_score": up.best_score,
+                    "train_loss_last": up.train_losses[-1], "converged": up.converged,
+                    "device": str(up.evaluator.device), "fit_seconds": round(erm.seconds + up.seconds, 3),
+                    "notes": notes + up.notes},
+            curves=curves)

@@ -42,6 +42,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import socket
 import threading
 from contextlib import nullcontext
@@ -801,6 +802,12 @@ def _load_open_clip(r: _Resolved, device: str, precision: str) -> Backbone:
                 model = oc.create_model(name, pretrained=None, **kwargs)
         else:
             model = oc.create_model(name, pretrained=pretrained, **kwargs)
+    except pickle.UnpicklingError as err:
+        raise BackboneError(f"cannot load backbone {r.spec}: the checkpoint holds Python objects other than "
+                            f"tensors, which clipcal refuses to unpickle (torch.load weights_only=True): "
+                            f"{str(err).splitlines()[-1][:200]}",
+                            hint="re-save it as a plain state_dict (torch.save(model.state_dict(), path)) or as "
+                            ".safetensors on a machine where you trust the file") from None
     except (RuntimeError, OSError, ValueError, KeyError) as err:
         msg = str(err)
         if any(w in msg.lower() for w in ("download", "connection", "offline", "resolve", "hub")):

@@ -1,0 +1,230 @@
+"""Backbone specs, offline failures, the exact projection, checkpoints, and the bundled Lite0 being real."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clipcal.backbones import (
+    BackboneSpec,
+    backbone_identity,
+    list_backbones,
+    lite0_projection,
+    load_backbone,
+    parse_spec,
+    weights_status,
+)
+from clipcal.errors import BackboneError, NoTextTowerError, WeightsUnavailableError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("spec, want", [
+    ("tiny:clip", BackboneSpec(source="tiny", arch="clipcal-tiny", tag="random")),
+    ("bundled:efficientnet-lite0", BackboneSpec(source="bundled", arch="efficientnet-lite0", image_size=160)),
+    ("bundled:efficientnet-lite0@224", BackboneSpec(source="bundled", arch="efficientnet-lite0", image_size=224)),
+    ("open_clip:ViT-B-32:openai", BackboneSpec(source="open_clip", arch="ViT-B-32", tag="openai")),
+    ("open_clip:ViT-B/32:laion2b_s34b_b79k", BackboneSpec(source="open_clip", arch="ViT-B-32",
+                                                          tag="laion2b_s34b_b79k")),
+    ("open_clip:hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
+     BackboneSpec(source="open_clip", hf_hub="laion/CLIP-ViT-B-32-laion2B-s34B-b79K")),
+    ("open_clip:ViT-L-14:random", BackboneSpec(source="open_clip", arch="ViT-L-14", tag="random")),
+])
+def test_parse_spec(spec, want):
+    got = parse_spec(spec)
+    assert got == want
+    assert parse_spec(str(got)) == got  # the canonical string parses back to the same spec
+
+
+def test_parse_paths(tmp_path):
+    ck = parse_spec(f"open_clip:ViT-B-32-quickgelu:{tmp_path}/w.pt")
+    assert ck.checkpoint == str(tmp_path / "w.pt") and ck.arch == "ViT-B-32-quickgelu" and ck.tag is None
+    ld = parse_spec(f"open_clip:local-dir:{tmp_path}")
+    assert ld.local_dir == str(tmp_path) and str(ld) == f"open_clip:local-dir:{tmp_path}"
+
+
+@pytest.mark.parametrize("spec, message, suggestion", [
+    ("open_clip:ViT-B-33:openai", "unknown open_clip architecture 'ViT-B-33'", "ViT-B-32"),
+    ("open_clip:ViT-B-32:opnai", "unknown pretrained tag 'opnai'", "ViT-B-32:openai"),
+    ("open_clip:ViT-B-32", "names no weights", "open_clip:ViT-B-32:openai"),
+    ("clip:ViT-B-32:openai", "unknown backbone spec", "open_clip:ViT-B-32:openai"),
+    ("bundled:resnet50", "unknown bundled backbone", "bundled:efficientnet-lite0"),
+    ("bundled:efficientnet-lite0@huge", "bad image size", "@224"),
+    ("open_clip:hf-hub:no-slash", "bad hf-hub name", "open_clip:hf-hub:<org>/<repo>"),
+])
+def test_bad_specs_say_what_to_do(spec, message, suggestion):
+    with pytest.raises(BackboneError) as info:
+        parse_spec(spec)
+    assert message in info.value.message
+    assert suggestion in info.value.hint
+
+
+def test_weights_unavailable_offline_fails_fast_with_a_hint(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.monotonic()
+    with pytest.raises(WeightsUnavailableError) as info:
+        load_backbone("open_clip:ViT-B-32:openai")
+    assert time.monotonic() - t0 < 15
+    err = str(info.value)
+    assert "HF_HUB_OFFLINE" in err and "open_clip:<arch>:/path/to/file" in err and "quickgelu" in err
+    assert weights_status("open_clip:ViT-B-32:openai") == "unavailable offline"
+    assert weights_status("open_clip:hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K") == "unavailable offline"
+    with pytest.raises(WeightsUnavailableError, match="HF_HUB_OFFLINE"):
+        load_backbone("open_clip:hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
+    t0 = time.monotonic()
+    with pytest.raises(WeightsUnavailableError) as info:
+        load_backbone(f"open_clip:ViT-B-32:{tmp_path / 'missing.pt'}")
+    assert time.monotonic() - t0 < 15
+    assert "missing.pt" in info.value.message and "check the path" in info.value.hint
+    with pytest.raises(WeightsUnavailableError, match="not found"):
+        load_backbone(f"open_clip:local-dir:{tmp_path}")
+
+
+def test_vit_features_times_proj_equal_encode_image(emb_tiny):
+    bb = emb_tiny
+    assert (bb.feature_dim, bb.embed_dim, bb.projection, bb.has_text) == (128, 64, "exact", True)
+    x = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    h, z = bb.encode_images(x)
+    assert h.shape == (5, 128) and z.shape == (5, 64) and h.dtype == z.dtype == torch.float32
+    with torch.no_grad():
+        ref = bb.model.encode_image(x, normalize=True)
+    torch.testing.assert_close(z, ref, atol=1e-5, rtol=1e-5)
+    W = bb.proj_weight()
+    assert W.shape == (128, 64) and W.dtype == np.float32
+    zz = h.numpy() @ W
+    np.testing.assert_allclose(zz / np.linalg.norm(zz, axis=1, keepdims=True), z.numpy(), atol=1e-5)
+    # h is the CLS token after ln_post: zero mean over channels up to ln_post's bias
+    v = bb.model.visual
+    np.testing.assert_allclose(((h - v.ln_post.bias.detach()) / v.ln_post.weight.detach()).mean(1).numpy(), 0,
+                               atol=1e-4)
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch + open_clip (~10 s, more on a busy machine)
+def test_tiny_weights_identical_across_processes(emb_tiny):
+    code = ("import torch; from clipcal.backbones import load_backbone; b = load_backbone('tiny:clip', device='cpu');"
+            "print(repr(sum(float(p.double().sum()) for p in b.model.parameters())))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr
+    here = sum(float(p.detach().double().sum()) for p in emb_tiny.model.parameters())
+    assert float(out.stdout.strip().splitlines()[-1]) == here
+
+
+def test_local_checkpoint_reloads_with_weights_only(emb_tiny, tmp_path):
+    ck = tmp_path / "tiny-ck.pt"
+    torch.save(emb_tiny.model.state_dict(), ck)
+    bb = load_backbone(f"open_clip:clipcal-tiny:{ck}", device="cpu")
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    h1, z1 = emb_tiny.encode_images(x)
+    h2, z2 = bb.encode_images(x)
+    torch.testing.assert_close(h1, h2, atol=0, rtol=0)
+    torch.testing.assert_close(z1, z2, atol=0, rtol=0)
+    ident = bb.identity()
+    assert ident["spec"] == "open_clip:clipcal-tiny:<file>" and ident["weights"]["file"] == "tiny-ck.pt"
+    assert len(ident["weights"]["sha256_head_tail"]) == 64 and ident["quick_gelu"] is False
+    assert backbone_identity(f"open_clip:clipcal-tiny:{ck}", device="cpu") == ident
+    np.testing.assert_allclose(bb.encode_text(["a red square"]), emb_tiny.encode_text(["a red square"]), atol=1e-6)
+    bb.close()
+    assert bb.model is None
+
+
+def test_openai_named_checkpoint_gets_quickgelu(emb_tiny, tmp_path):
+    ck = tmp_path / "openai-tiny.pt"
+    torch.save(emb_tiny.model.state_dict(), ck)
+    bb = load_backbone(f"open_clip:clipcal-tiny:{ck}", device="cpu")
+    assert bb.identity()["quick_gelu"] is True
+    assert type(bb.model.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
+    assert type(emb_tiny.model.visual.transformer.resblocks[0].mlp.gelu).__name__ == "GELU"
+
+
+def test_checkpoint_with_pickled_objects_is_refused(tmp_path):
+    ck = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "payload": Path("/etc/passwd")}, ck)  # needs unpickling a Path: refused
+    with pytest.raises(BackboneError, match="refuses to unpickle"):
+        load_backbone(f"open_clip:clipcal-tiny:{ck}", device="cpu")
+
+
+def test_identity_without_loading_matches_loaded(emb_tiny, emb_lite0):
+    assert backbone_identity("tiny:clip", device="cpu") == emb_tiny.identity()
+    assert backbone_identity("bundled:efficientnet-lite0", device="cpu") == emb_lite0.identity()
+    ident = emb_tiny.identity()
+    assert ident["preprocess"] == {"size": [64, 64], "mean": pytest.approx([0.48145466, 0.4578275, 0.40821073]),
+                                   "std": pytest.approx([0.26862954, 0.26130258, 0.27577711]),
+                                   "interpolation": "bicubic", "resize_mode": "shortest"}
+    assert ident["precision"] == "fp32" and ident["weights"]["random_seed"] == 0
+    assert backbone_identity("tiny:clip", device="cpu", precision="bf16")["precision"] == "bf16"
+    assert backbone_identity("bundled:efficientnet-lite0@224", device="cpu")["preprocess"]["size"] == [224, 224]
+
+
+def test_precision_rules(emb_tiny):
+    with pytest.raises(BackboneError, match="fp16 is not supported on the CPU"):
+        load_backbone("tiny:clip", device="cpu", precision="fp16")
+    with pytest.raises(BackboneError, match="unknown precision"):
+        load_backbone("tiny:clip", device="cpu", precision="fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(BackboneError, match="CUDA is not available"):
+            load_backbone("tiny:clip", device="cuda")
+    bf = load_backbone("tiny:clip", device="cpu", precision="bf16")
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    _, z16 = bf.encode_images(x)
+    _, z32 = emb_tiny.encode_images(x)
+    assert z16.dtype == torch.float32
+    assert 0.95 < float((z16 * z32).sum(1).min()) <= 1.0001  # same direction, bf16 rounding only
+
+
+def test_text_tower(emb_tiny, emb_lite0):
+    t = emb_tiny.encode_text(["a photo of a cat.", "a photo of a dog.", "a photo of a cat."])
+    assert t.shape == (3, 64) and t.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(t, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(t[0], t[2], atol=1e-6)
+    assert not np.allclose(t[0], t[1])
+    assert emb_lite0.has_text is False
+    with pytest.raises(NoTextTowerError) as info:
+        emb_lite0.encode_text(["a cat"])
+    assert "no text tower" in info.value.message and "open_clip" in info.value.hint
+
+
+def test_lite0_is_really_pretrained(emb_lite0):
+    """sklearn's bundled photo of a Chinese temple is recognised as a building by the ImageNet head."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+    from timm.data import ImageNetInfo
+
+    x = emb_lite0.preprocess(Image.fromarray(load_sample_image("china.jpg")))[None]
+    assert x.shape == (1, 3, 160, 160)
+    p = emb_lite0.imagenet_logits(x).softmax(-1)[0]
+    top = int(p.argmax())
+    names = ImageNetInfo().index_to_description(top)
+    assert any(w in names for w in ("palace", "bell cote", "stupa", "monastery", "castle", "boathouse", "pagoda"))
+    assert float(p[top]) > 0.3  # a random 1000-way head gives ~0.001–0.01
+
+
+def test_lite0_projection_is_orthonormal_and_defines_the_embedding(emb_lite0):
+    P = lite0_projection()
+    assert P.shape == (1280, 512) and P.dtype == np.float32
+    np.testing.assert_allclose(P.T @ P, np.eye(512), atol=1e-5)
+    np.testing.assert_array_equal(emb_lite0.proj_weight(), P)
+    x = torch.randn(2, 3, 160, 160, generator=torch.Generator().manual_seed(4))
+    h, z = emb_lite0.encode_images(x)
+    assert h.shape == (2, 1280) and z.shape == (2, 512) and emb_lite0.projection == "exact"
+    zz = h.numpy() @ P
+    np.testing.assert_allclose(zz / np.linalg.norm(zz, axis=1, keepdims=True), z.numpy(), atol=1e-5)
+    assert float(h.min()) >= -0.28  # SiLU/ReLU6 outputs pooled: the pre-logits feature, not logits
+
+
+def test_list_backbones_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    df = list_backbones()
+    assert list(df.columns) == ["spec", "arch", "tag", "has_text", "status", "note"]
+    row = df.set_index("spec").loc["bundled:efficientnet-lite0"]
+    assert row["status"] == "bundled" and not row["has_text"]
+    vit = df.set_index("spec").loc["open_clip:ViT-B-32:openai"]
+    assert vit["status"] == "unavailable offline" and vit["has_text"]
+    assert len(df) > 50 and set(df["status"]) <= {"bundled", "random", "cached", "unavailable offline"}

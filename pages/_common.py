@@ -773,6 +773,10 @@ def selection_rules() -> dict[str, str]:
                 "worst-group": "validation worst-group accuracy (uses group labels)"}
 
 
+#: Hyperparameters the page does not offer: filled by the run (backbone) or left automatic (device).
+HIDDEN_HPARAMS = ("backbone", "device")
+
+
 def hparam_widgets(method: str, hparams: dict, seed: int | None = None, selection: str | None = None) -> dict:
     """One widget per hyperparameter (default = the method's, help = its one-line explanation).
 
@@ -781,6 +785,8 @@ def hparam_widgets(method: str, hparams: dict, seed: int | None = None, selectio
     out = {}
     for name, (default, help_) in hparams.items():
         key = f"calib.hp.{method}.{name}"
+        if name in HIDDEN_HPARAMS:
+            continue
         if name == "seed" and seed is not None:
             out[name] = int(seed)
         elif name == "selection" and selection is not None:

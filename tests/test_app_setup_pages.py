@@ -1,0 +1,170 @@
+"""AppTest of the set-up pages (Home, Data, Embed) over the seeded store: widgets present, tables right,
+jobs complete, core errors shown as messages (st.error), never exceptions."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import pytest
+
+from pages import _common as c
+
+
+def _no_exception(at) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def _wait_job(key: str, timeout: float = 120):
+    job = c.get_jobs().get(key)
+    assert job is not None, f"no job {key}"
+    assert job.wait(timeout), f"job {key} still running after {timeout} s"
+    return job
+
+
+def _frame(el) -> pd.DataFrame:
+    v = el.value
+    return v.data if hasattr(v, "data") and not isinstance(v, pd.DataFrame) else v
+
+
+def frame_with(at, *columns) -> pd.DataFrame:
+    """The first st.dataframe on the page holding all ``columns`` (AppTest does not expose their keys)."""
+    for el in at.dataframe:
+        f = _frame(el)
+        if all(col in f.columns for col in columns):
+            return f
+    raise AssertionError(f"no dataframe with columns {columns}: {[list(_frame(e).columns) for e in at.dataframe]}")
+
+
+def count(at, element: str) -> int:
+    """How many elements of a type (e.g. "Image") the main area holds."""
+    return sum(type(e).__name__ == element for e in at.main)
+
+
+def test_home_lists_store_and_offers_demo_path(app, seeded_store):
+    at = app()
+    _no_exception(at)
+    assert at.title[0].value.startswith("clipcal")
+    assert any(b.label.startswith("▶ Run the demo path") for b in at.button)
+    emb = frame_with(at, "benchmark", "backbone", "images")
+    row = emb[(emb["backbone"] == "tiny:clip") & (emb["benchmark"] == "demo")]
+    assert len(row) >= 1 and int(row["images"].iloc[0]) == seeded_store["n_samples"] == 240
+    runs = frame_with(at, "benchmark", "backbone", "methods")
+    assert (runs["backbone"] == "tiny:clip").any()
+    assert set(seeded_store["methods"]) <= set(runs["methods"].iloc[0].split(", "))
+    # the sidebar shares the current benchmark / backbone
+    assert at.sidebar.selectbox(key="sb.backbone").value == "tiny:clip"
+
+
+def test_new_session_opens_newest_embedding_in_store(seeded_embeddings):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(c.__file__).replace("pages/_common.py", "app.py"), default_timeout=120)
+    at.run()  # no state set: init_state reads the store
+    _no_exception(at)
+    assert at.session_state[c.K_BACKBONE] == "tiny:clip"
+    assert at.session_state[c.K_BENCH]["name"] == "demo"
+    assert c.load_bench(at.session_state[c.K_BENCH]).fingerprint() == seeded_embeddings["bench"].fingerprint()
+
+
+def test_data_page_counts_grid_and_validation(app, seeded_embeddings):
+    at = app("data")
+    _no_exception(at)
+    bench = seeded_embeddings["bench"]
+    counts = frame_with(at, "train", "val", "test", "total")
+    assert list(counts.columns) == ["train", "val", "test", "total"]
+    expect = bench.group_counts()
+    for split in ("train", "val", "test"):
+        assert counts[split].tolist() == expect[expect["split"] == split]["n"].tolist()
+    assert counts["train"].tolist() == [57, 3, 3, 57]
+    assert counts["total"].sum() == 240
+    # sample grid: up to 6 train images per group (the two minority groups hold only 3)
+    assert count(at, "Image") == 6 + 3 + 3 + 6
+    at.button(key="data.validate").click().run()
+    _no_exception(at)
+    assert any("no problems" in s.value.lower() or "readable" in s.value.lower() for s in at.success)
+
+
+def test_data_page_own_csv_with_column_mapping(app, tmp_path):
+    from tests.fixtures_data import make_csv_dataset
+
+    rows = [{"image_id": f"i{k}", "file": f"img/{k}.jpg", "part": ("train", "val", "test")[k % 3],
+             "label": ("cat", "dog")[k % 2], "place": ("in", "out")[(k // 2) % 2]} for k in range(24)]
+    make_csv_dataset(tmp_path / "mine", rows, csv_name="meta.csv")
+    at = app("data")
+    at.selectbox(key="data.name").set_value("csv").run()
+    at.text_input(key="data.csv_root").input(str(tmp_path / "mine")).run()
+    at.text_input(key="data.csv_path").input("meta.csv").run()
+    _no_exception(at)
+    # the mapping is offered over the CSV's own columns
+    assert at.selectbox(key="data.map.id_col").options == ["image_id", "file", "part", "label", "place"]
+    at.selectbox(key="data.map.id_col").set_value("image_id")
+    at.selectbox(key="data.map.path_col").set_value("file")
+    at.selectbox(key="data.map.split_col").set_value("part")
+    at.selectbox(key="data.map.y_col").set_value("label")
+    at.selectbox(key="data.map.a_col").set_value("place").run()
+    at.button(key="data.use").click().run()
+    _no_exception(at)
+    assert at.session_state[c.K_BENCH]["name"] == "csv"
+    counts = frame_with(at, "train", "val", "test", "total")
+    assert counts["total"].sum() == 24
+    assert list(counts.index) == ["cat / in", "cat / out", "dog / in", "dog / out"]
+
+
+def test_data_page_core_errors_are_messages(app, tmp_path, monkeypatch):
+    at = app("data")
+    at.selectbox(key="data.name").set_value("waterbirds").run()
+    at.text_input(key="data.root.waterbirds").input(str(tmp_path / "nowhere")).run()
+    at.button(key="data.use").click().run()
+    _no_exception(at)
+    assert at.error and "waterbirds" in at.error[0].value.lower()
+    # missing demo assets: the page gives the apt-get command
+    import clipcal.data
+
+    monkeypatch.setattr(clipcal.data, "demo_assets_status", lambda: {
+        "ok": False, "missing_packages": ["mate-backgrounds"], "missing_files": ["/x.jpg"],
+        "install_command": "sudo apt-get install -y mate-backgrounds", "present": [], "licences": {}})
+    at2 = app("data")
+    _no_exception(at2)
+    assert any("mate-backgrounds" in e.value for e in at2.error)
+    assert any("apt-get install -y mate-backgrounds" in cd.value for cd in at2.code)
+
+
+def test_embed_page_summary_and_job(app, seeded_embeddings):
+    at = app("embed")
+    _no_exception(at)
+    emb = seeded_embeddings["emb"]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["images"] == "240" and metrics["text tower"] == "yes"
+    assert metrics["embedding dim e"] == str(emb.embeddings.shape[1])
+    assert {s.label for s in at.selectbox} >= {"Device", "Precision"}
+    # re-running the job reads the finished store entry: it completes and the summary stays
+    at.button(key="embed.start").click().run()
+    key = c.embed_job_key(seeded_embeddings["bench_spec"], "tiny:clip")
+    job = _wait_job(key)
+    assert job.status == "done", job.error_message
+    assert len(job.result.sample_ids) == 240 and job.result.n_computed == 0
+    at.run()
+    _no_exception(at)
+    assert any("Embedded **240** images" in s.value for s in at.success)
+
+
+def test_embed_page_failed_job_shows_core_error(app, seeded_embeddings):
+    at = app("embed")
+    at.radio(key="embed.source").set_value("type a spec").run()
+    at.text_input(key="embed.spec").input("open_clip:NoSuchArch:nothing").run()
+    at.button(key="embed.use").click().run()
+    _no_exception(at)
+    assert at.session_state[c.K_BACKBONE] == "open_clip:NoSuchArch:nothing"
+    at.button(key="embed.start").click().run()
+    job = _wait_job(c.embed_job_key(seeded_embeddings["bench_spec"], "open_clip:NoSuchArch:nothing"))
+    assert job.status == "failed"
+    t0 = time.monotonic()
+    at.run()
+    _no_exception(at)
+    assert any("NoSuchArch" in e.value for e in at.error), [e.value for e in at.error]
+    assert time.monotonic() - t0 < 30
+    # nothing of the seeded store was lost
+    from clipcal.embed import load_embeddings
+
+    assert load_embeddings(seeded_embeddings["bench"], "tiny:clip") is not None

@@ -76,6 +76,12 @@ def check_cancel(cancel) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _writable(arr, dtype) -> np.ndarray:
+    """``arr`` as a C-contiguous, writable array of ``dtype`` (copied only when needed)."""
+    a = np.ascontiguousarray(np.asarray(arr, dtype=dtype))
+    return a if a.flags.writeable else a.copy()
+
+
 def _bad_rows(arr: np.ndarray) -> np.ndarray:
     """Row indices of a 2-D array holding NaN or ±inf."""
     return np.flatnonzero(~np.isfinite(arr).all(axis=1))
@@ -130,15 +136,16 @@ class FeatureData:
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.features = np.ascontiguousarray(np.asarray(self.features, dtype=np.float32))
-        self.embeddings = np.ascontiguousarray(np.asarray(self.embeddings, dtype=np.float32))
+        # writable, contiguous float32 (store arrays are read-only memory maps; torch warns on those)
+        self.features = _writable(self.features, np.float32)
+        self.embeddings = _writable(self.embeddings, np.float32)
         if self.features.ndim != 2 or self.embeddings.ndim != 2:
             raise MethodError(f"features must be 2-D [N, d] and embeddings [N, e]; got shapes "
                               f"{self.features.shape} and {self.embeddings.shape}")
         n = len(self.features)
-        self.y = np.asarray(self.y, dtype=np.int64).reshape(-1)
-        self.a = np.asarray(self.a, dtype=np.int64).reshape(-1)
-        self.group = np.asarray(self.group, dtype=np.int64).reshape(-1)
+        self.y = _writable(self.y, np.int64).reshape(-1)
+        self.a = _writable(self.a, np.int64).reshape(-1)
+        self.group = _writable(self.group, np.int64).reshape(-1)
         self.split = np.asarray(self.split).astype(str)
         self.sample_ids = np.asarray(self.sample_ids).astype(str)
         self.class_names = [str(c) for c in self.class_names]

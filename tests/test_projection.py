@@ -186,3 +186,17 @@ def test_group_centroid_shifts():
     assert s.loc[0, "cos_shift"] == pytest.approx(1.0)
     assert s.loc[1, "shift_2d"] == pytest.approx(0.0) and s.loc[1, "cos_shift"] == pytest.approx(0.0)
     assert isinstance(s, pd.DataFrame)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_exact_knn_matches_sklearn(metric):
+    from sklearn.neighbors import NearestNeighbors
+
+    x = np.random.default_rng(0).normal(size=(300, 12)).astype(np.float32)
+    idx, dist = P.exact_knn(x, 8, metric, block=64)  # several blocks
+    assert idx.shape == (300, 8) and idx.dtype == np.int32 and dist.dtype == np.float32
+    assert (idx[:, 0] == np.arange(300)).all() and (dist[:, 0] == 0).all()
+    ref_d, ref_i = NearestNeighbors(n_neighbors=8, metric=metric, algorithm="brute").fit(x).kneighbors(x)
+    np.testing.assert_array_equal(idx, ref_i)
+    np.testing.assert_allclose(dist, ref_d, atol=1e-4)
+    assert (np.diff(dist, axis=1) >= 0).all()

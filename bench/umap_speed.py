@@ -1,0 +1,86 @@
+"""Time the joint UMAP of 2 × N points (before and after calibration) after warm-up, and the cached repeat.
+
+Quality bar (issue 4): 2 × 6,000 points ≤ 30 s on the 2-core build CPU after warm-up; the second call is
+served from the store. Inputs are synthetic embeddings with class structure (L2-normalised, like CLIP's);
+"after" moves one class-correlated direction, as a calibration would.
+
+    .venv/bin/python bench/umap_speed.py                 # 2 × 6,000, e = 512
+    .venv/bin/python bench/umap_speed.py --n 6000 --dim 768 --json out.json
+
+Prints one line per stage; wall seconds and this process's CPU seconds are both reported, with the load
+average, because the build machine's 2 cores are shared (wall time grows with the load, CPU time barely).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+
+def synthetic(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """[n, dim] 'before' and 'after' float32 unit vectors: 8 classes × 2 attribute values."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(8, dim))
+    attr_dir = rng.normal(size=dim)
+    y = rng.integers(0, 8, n)
+    a = rng.integers(0, 2, n)
+    before = centres[y] + np.outer(a * 2 - 1, attr_dir) * 0.8 + rng.normal(size=(n, dim)) * 1.2
+    after = before - np.outer(before @ attr_dir / (attr_dir @ attr_dir), attr_dir)  # attribute removed
+    unit = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    return unit(before), unit(after)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=6000, help="points per side (default 6000)")
+    ap.add_argument("--dim", type=int, default=512, help="embedding dimension (default 512)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--store", default=None, help="store root (default: a temporary folder)")
+    ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = ap.parse_args(argv)
+
+    from clipcal import projection  # noqa: PLC0415
+    from clipcal.store import Store  # noqa: PLC0415
+
+    out = {"n_per_side": args.n, "dim": args.dim, "cpu_count": os.cpu_count(),
+           "load_before": os.getloadavg()}
+    t0 = time.perf_counter()
+    import umap  # noqa: F401, PLC0415 - time the import on its own (numba cache in <cache>/numba)
+    out["import_s"] = round(time.perf_counter() - t0, 2)
+    c0 = time.process_time()
+    out["warm_up_s"] = round(projection.warm_up(), 2)
+    out["warm_up_cpu_s"] = round(time.process_time() - c0, 2)
+    before, after = synthetic(args.n, args.dim, args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(args.store or tmp)
+        kf = {"bench": "umap_speed", "n": args.n, "dim": args.dim}
+        t0, c0 = time.perf_counter(), time.process_time()
+        xb, xa = projection.joint_umap(before, after, store, kf, seed=args.seed)
+        out["fit_s"] = round(time.perf_counter() - t0, 2)
+        out["fit_cpu_s"] = round(time.process_time() - c0, 2)  # this process's CPU time: robust to load
+        out["load_during_fit"] = os.getloadavg()
+        fits = projection.FIT_COUNT
+        t0 = time.perf_counter()
+        xb2, xa2 = projection.joint_umap(before, after, store, kf, seed=args.seed)
+        out["cached_s"] = round(time.perf_counter() - t0, 3)
+        out["cached_refit"] = projection.FIT_COUNT != fits
+        out["cached_identical"] = bool(np.array_equal(xb, xb2) and np.array_equal(xa, xa2))
+    out["ok_30s"] = out["fit_s"] <= 30.0
+    for k, v in out.items():
+        print(f"{k:>18}: {v}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0 if out["ok_30s"] and not out["cached_refit"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

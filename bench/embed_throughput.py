@@ -107,6 +107,24 @@ def measure(bench, spec: str, device: str, precision: str, batch_size: int, work
     return out
 
 
+def _synthetic(n: int, folder: Path):
+    """n random 224 × 224 JPEGs (quality 90) in ``folder`` as a 2-class benchmark."""
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from clipcal.data.base import Benchmark
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)).save(folder / f"{i:05d}.jpg", quality=90)
+        rows.append((f"{i:05d}", f"{i:05d}.jpg", "train", i % 2, 0))
+    table = pd.DataFrame(rows, columns=["sample_id", "path", "split", "y", "a"])
+    return Benchmark(name="csv", root=folder, table=table, class_names=["a", "b"], attr_names=["x"],
+                     params={"synthetic": n})
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbone", default="bundled:efficientnet-lite0")
@@ -118,6 +136,9 @@ def main(argv=None) -> int:
                     help="comma list of DataLoader worker counts to try; 'default' = clipcal's default")
     ap.add_argument("--naive-n", type=int, default=100, help="images for the naive loop (rate extrapolates)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads before measuring")
+    ap.add_argument("--synthetic", action="store_true",
+                    help="use --n random-noise 224 px JPEGs in a temp folder instead of the demo (no demo assets "
+                    "needed, e.g. on a GPU server)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)
 
@@ -129,10 +150,13 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     workers = [None if w == "default" else int(w) for w in args.workers.split(",")]
-    full = load_benchmark("demo")
-    table = full.table.iloc[: args.n].reset_index(drop=True)
-    bench = Benchmark(name=full.name, root=full.root, table=table, class_names=full.class_names,
-                      attr_names=full.attr_names, params={**full.params, "bench_n": args.n})
+    if args.synthetic:
+        bench = _synthetic(args.n, Path(tempfile.mkdtemp(prefix="clipcal-bench-img-")))
+    else:
+        full = load_benchmark("demo")
+        table = full.table.iloc[: args.n].reset_index(drop=True)
+        bench = Benchmark(name=full.name, root=full.root, table=table, class_names=full.class_names,
+                          attr_names=full.attr_names, params={**full.params, "bench_n": args.n})
     load1, load5, _ = os.getloadavg()
     report = {"cpu_count": os.cpu_count(), "loadavg_1m_at_start": round(load1, 2),
               "loadavg_5m_at_start": round(load5, 2), "results": []}

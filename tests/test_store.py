@@ -72,9 +72,13 @@ def test_manifest_is_written_last_and_failed_put_leaves_nothing(tmp_path, monkey
     st = Store(tmp_path)
     seen = []
     real_save = store_mod.save_npy
+    current = {"kf": KF, "listed": 0}
 
     def spy(path, arr):
         seen.append((Path(path).name, (Path(path).parent / MANIFEST).exists()))
+        # while arrays are written, nothing is visible under <root>/<kind>/ (temp folders stay hidden)
+        assert st.get("embeddings", current["kf"]) is None and len(st.list("embeddings")) == current["listed"]
+        assert not st.entry_path("embeddings", current["kf"]).exists()
         return real_save(path, arr)
 
     monkeypatch.setattr(store_mod, "save_npy", spy)
@@ -87,6 +91,7 @@ def test_manifest_is_written_last_and_failed_put_leaves_nothing(tmp_path, monkey
         raise OSError("disk full")
 
     kf2 = {**KF, "benchmark": "other"}
+    current.update(kf=kf2, listed=1)
     monkeypatch.setattr(store_mod, "_write_json_atomic", boom)
     with pytest.raises(StoreError, match="disk full"):
         st.put("embeddings", kf2, _arrays())

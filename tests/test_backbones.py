@@ -219,6 +219,21 @@ def test_lite0_projection_is_orthonormal_and_defines_the_embedding(emb_lite0):
     assert float(h.min()) >= -0.28  # SiLU/ReLU6 outputs pooled: the pre-logits feature, not logits
 
 
+def test_fast_tensor_conversion_equals_torchvision():
+    import torchvision.transforms as T
+    from PIL import Image
+
+    from clipcal.backbones import ToNormalizedTensor
+
+    rng = np.random.default_rng(0)
+    im = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    ref = T.Normalize(mean, std)(T.ToTensor()(im))
+    got = ToNormalizedTensor(mean, std)(im)
+    assert got.shape == (3, 37, 53) and got.dtype == torch.float32 and got.is_contiguous()
+    torch.testing.assert_close(got, ref, atol=2e-6, rtol=1e-6)
+
+
 def test_list_backbones_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     df = list_backbones()

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from clipcal.errors import MethodError
 from clipcal.methods._train import (DEFAULT_SCALE, ERM_DEFAULTS, SELECTION_RULES, init_notes, selection_score,
-                                    stage_progress)
+                                    stage_progress, torch_threads)
 from clipcal.methods.base import Method, MethodResult, check_cancel, report, softmax
 from clipcal.methods.erm import LAST_LAYER_HPARAMS, fit_erm_stage, uses_groups
 
@@ -148,7 +148,8 @@ class AFR(Method):
         for i, (gamma, reg) in enumerate(grid):
             check_cancel(cancel)
             w = afr_weights(p_true, data.y[held], gamma, data.n_classes)
-            V, b = fit_linear_head(z[held], data.y[held], w, V0, reg)
+            with torch_threads(data.embed_dim, data.n_classes):  # tiny problem: one thread is far faster
+                V, b = fit_linear_head(z[held], data.y[held], w, V0, reg)
             logits_val = z[val] @ V.T + b
             score = selection_score(self.selection, data.y[val], logits_val.argmax(1), data.group[val],
                                     data.n_classes, data.n_groups)

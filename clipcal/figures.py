@@ -146,8 +146,13 @@ def group_accuracy_figure(groups: pd.DataFrame, method_col: str = "method", titl
         s = g[g[method_col] == m].set_index("label").reindex(labels)
         acc = s["accuracy"].astype(float)
         worst = acc.eq(acc[s["n"].fillna(0) > 0].min()) & acc.notna()
+        # legend swatch from a plain legend-only bar (plotly draws the swatch from the first bar's style)
+        # (offsetgroup: the legend-only bar shares the method's slot instead of taking one of its own)
+        fig.add_bar(x=[None], y=[None], name=str(m), legendgroup=str(m), offsetgroup=str(m),
+                    marker_color=cmap[m], hoverinfo="skip")
         fig.add_bar(
-            x=labels, y=acc, name=str(m), marker_color=cmap[m],
+            x=labels, y=acc, name=str(m), legendgroup=str(m), offsetgroup=str(m), showlegend=False,
+            marker_color=cmap[m],
             marker_pattern_shape=["/" if w else "" for w in worst],
             marker_line_width=[3 if w else 0 for w in worst], marker_line_color="#000000",
             error_y=dict(type="data", symmetric=False, array=(s["ci_high"] - acc).clip(lower=0),
@@ -156,12 +161,17 @@ def group_accuracy_figure(groups: pd.DataFrame, method_col: str = "method", titl
                                  np.where(worst, "worst group of this method", "")], axis=1),
             hovertemplate=f"<b>{m}</b><br>%{{x}}<br>accuracy %{{y:.1%}} (95 % CI %{{customdata[1]:.1%}}–"
                           "%{customdata[2]:.1%})<br>n = %{customdata[0]}<br>%{customdata[3]}<extra></extra>")
+    fig.add_bar(x=[None], y=[None], name="worst group of a method", marker_color="#FFFFFF",
+                marker_pattern_shape="/", marker_pattern_fgcolor="#000000", marker_line_width=2,
+                marker_line_color="#000000", hoverinfo="skip", offsetgroup=str(methods[0]) if methods else None)
     _layout(fig, title or "Accuracy per group, methods side by side (hatched, outlined bar = the method's "
                           "worst group)",
             barmode="group", legend_title="method",
             xaxis_title="group (class / spurious attribute)",
-            yaxis_title="accuracy (share classified correctly; bars: 95 % Wilson interval)")
+            yaxis_title="accuracy (whiskers: 95 % Wilson interval)")
     fig.update_yaxes(range=[0, 1.05], tickformat=".0%")
+    # explicit: the legend-only bars (x = None) would otherwise make plotly guess a numeric axis
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=labels)
     return fig
 
 

@@ -57,8 +57,10 @@ def test_group_accuracy_figure_highlights_each_methods_worst_group():
     cfr = group_table(y, np.array([0, 0, 0, 1, 1, 1, 1, 0]), g, ["landbird", "waterbird"], ["land", "water"])
     long = pd.concat([erm.assign(method="ERM"), cfr.assign(method="CFR")])
     fig = F.group_accuracy_figure(long)
-    assert [t.name for t in fig.data] == ["ERM", "CFR"]
-    erm_tr, cfr_tr = fig.data
+    # per method: a legend-only swatch, then the bars (hidden from the legend); last: the hatch key
+    assert [(t.name, t.showlegend) for t in fig.data] == [("ERM", None), ("ERM", False), ("CFR", None),
+                                                          ("CFR", False), ("worst group of a method", None)]
+    erm_tr, cfr_tr = fig.data[1], fig.data[3]
     assert list(erm_tr.x)[1] == "landbird / water"
     np.testing.assert_allclose(erm_tr.y, [1.0, 0.0, 0.5, 1.0])
     assert list(erm_tr.marker.pattern.shape) == ["", "/", "", ""]          # ERM's worst: landbird / water

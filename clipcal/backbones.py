@@ -369,11 +369,12 @@ def _resolve(spec: BackboneSpec) -> _Resolved:
         repo = spec.hf_hub
         cfg_path = _hf_cached(repo, "open_clip_config.json")
         weights = next((w for w in (_hf_cached(repo, f) for f in HF_WEIGHT_NAMES) if w), None)
-        if cfg_path and weights:
+        snapshot = Path(cfg_path).parent if cfg_path else None
+        if cfg_path and weights and Path(weights).parent == snapshot:
             full = json.loads(Path(cfg_path).read_text(encoding="utf-8"))
-            return _Resolved(spec, "cached", {"hf_hub": repo, **file_fingerprint(weights)},
-                             model_name=f"hf-hub:{repo}", local_file=weights,
-                             quick_gelu=bool(full.get("model_cfg", {}).get("quick_gelu")),
+            # load the cached snapshot folder as a local dir: open_clip's hf-hub path would ask the hub first
+            return _Resolved(spec, "cached", {"hf_hub": repo}, model_name=f"local-dir:{snapshot}",
+                             local_file=weights, quick_gelu=bool(full.get("model_cfg", {}).get("quick_gelu")),
                              preprocess=_preprocess_cfg(full.get("model_cfg"), full.get("preprocess_cfg")),
                              where=f"huggingface.co/{repo}")
         return _Resolved(spec, "unavailable offline" if hf_offline() else "needs download", {"hf_hub": repo},
@@ -817,6 +818,12 @@ def _load_open_clip(r: _Resolved, device: str, precision: str) -> Backbone:
     pretrained = None
     if r.status == "random":
         pretrained = None
+    elif r.spec.tag and r.local_file:
+        # cached tag weights: load the file itself so that nothing asks the hub for updates, with the tag's
+        # preprocessing (open_clip merges it only when given the tag)
+        pretrained = r.local_file
+        kwargs["force_preprocess_cfg"] = {k: r.preprocess[k] for k in ("mean", "std", "interpolation",
+                                                                      "resize_mode") if k in r.preprocess}
     elif r.spec.tag:
         pretrained = r.spec.tag
     elif r.spec.checkpoint:
@@ -849,8 +856,7 @@ def _load_open_clip(r: _Resolved, device: str, precision: str) -> Backbone:
                                        if k in pcfg}}
     preprocess = image_transform_v2(PreprocessCfg(**{k: v for k, v in pcfg.items()
                                                      if k in PreprocessCfg.__dataclass_fields__}), is_train=False)
-    tok_name = name if r.spec.source != "tiny" else TINY_ARCH
-    tokenizer = oc.get_tokenizer(tok_name)
+    tokenizer = oc.get_tokenizer(name)
     return _OpenClipBackbone(r, model, preprocess, device, precision, tokenizer)
 
 

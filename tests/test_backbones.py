@@ -243,3 +243,50 @@ def test_list_backbones_offline(monkeypatch):
     vit = df.set_index("spec").loc["open_clip:ViT-B-32:openai"]
     assert vit["status"] == "unavailable offline" and vit["has_text"]
     assert len(df) > 50 and set(df["status"]) <= {"bundled", "random", "cached", "unavailable offline"}
+
+
+def _fake_hf_cache(root: Path, repo: str, files: dict) -> None:
+    """Lay out ``files`` (name → bytes) like huggingface_hub's cache: models--org--repo/snapshots/<rev>/."""
+    base = root / ("models--" + repo.replace("/", "--"))
+    rev = "0" * 40
+    snap = base / "snapshots" / rev
+    snap.mkdir(parents=True)
+    (base / "refs").mkdir()
+    (base / "refs" / "main").write_text(rev)
+    for name, data in files.items():
+        (snap / name).write_bytes(data)
+
+
+def test_cached_weights_load_offline_without_the_hub(emb_tiny, tmp_path, monkeypatch):
+    """A tag or hf-hub repo already in the HF cache loads under HF_HUB_OFFLINE, from the cached files."""
+    import io
+    import json
+
+    import huggingface_hub.constants as hfc
+    import open_clip.pretrained as ocp
+
+    buf = io.BytesIO()
+    torch.save(emb_tiny.model.state_dict(), buf)
+    monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # a pretrained tag for the tiny arch, with its own preprocessing, served from the (fake) cache
+    monkeypatch.setitem(ocp._PRETRAINED, "clipcal-tiny", {"cachetest": ocp._pcfg(
+        hf_hub="clipcal-test/tiny/", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))})
+    assert weights_status("open_clip:clipcal-tiny:cachetest") == "unavailable offline"
+    _fake_hf_cache(tmp_path / "hub", "clipcal-test/tiny", {"open_clip_pytorch_model.bin": buf.getvalue()})
+    assert weights_status("open_clip:clipcal-tiny:cachetest") == "cached"
+    bb = load_backbone("open_clip:clipcal-tiny:cachetest", device="cpu")
+    assert bb.identity()["preprocess"]["std"] == [0.25, 0.25, 0.25]
+    assert bb.identity()["weights"] == {"tag": "cachetest", "source": "clipcal-test/tiny"}
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(bb.encode_images(x)[1], emb_tiny.encode_images(x)[1], atol=0, rtol=0)
+    assert backbone_identity("open_clip:clipcal-tiny:cachetest", device="cpu") == bb.identity()
+    # an hf-hub repo (config + weights) in the cache
+    cfg = {"model_cfg": json.loads((REPO / "clipcal/model_configs/clipcal-tiny.json").read_text()),
+           "preprocess_cfg": {"mean": [0.4, 0.4, 0.4], "std": [0.3, 0.3, 0.3]}}
+    _fake_hf_cache(tmp_path / "hub", "clipcal-test/tiny-hub", {
+        "open_clip_config.json": json.dumps(cfg).encode(), "open_clip_pytorch_model.bin": buf.getvalue()})
+    hb = load_backbone("open_clip:hf-hub:clipcal-test/tiny-hub", device="cpu")
+    assert hb.identity()["preprocess"]["mean"] == [0.4, 0.4, 0.4] and hb.has_text
+    torch.testing.assert_close(hb.encode_images(x)[1], emb_tiny.encode_images(x)[1], atol=0, rtol=0)
+    assert hb.encode_text(["a bird"]).shape == (1, 64)

@@ -328,10 +328,15 @@ def embed_benchmark(benchmark, backbone, store: Store | None = None, batch_size:
     """
     import torch
 
-    if isinstance(backbone, str):
+    if isinstance(backbone, str):  # load it for this call only, and free it afterwards
         from clipcal.backbones import load_backbone
 
-        backbone = load_backbone(backbone, device=device, precision=precision)
+        bb = load_backbone(backbone, device=device, precision=precision)
+        try:
+            return embed_benchmark(benchmark, bb, store=store, batch_size=batch_size, num_workers=num_workers,
+                                   progress=progress, cancel=cancel, shard_size=shard_size)
+        finally:
+            bb.close()
     store = store if store is not None else Store()
     if batch_size < 1 or shard_size < 1:
         raise ClipcalError(f"batch_size ({batch_size}) and shard_size ({shard_size}) must be ≥ 1")

@@ -185,6 +185,14 @@ def get_store():
     return memo(("store", root), lambda: Store(root))
 
 
+def store_stamp(kind: str) -> int:
+    """Changes whenever an entry of ``kind`` is added or replaced (mtime of the kind's folder, ns)."""
+    try:
+        return (get_store().root / kind).stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
 def demo_built(options: dict) -> bool:
     """Whether the demo with these options is already generated in the cache."""
     from clipcal.data.demo import demo_dir
@@ -221,12 +229,21 @@ def start_demo_build(options: dict):
                              label="Generating the demo images", **options)
 
 
+def fingerprint(bench) -> str:
+    """``bench.fingerprint()``, computed once per Benchmark object (it hashes the whole table)."""
+    fp = bench.__dict__.get("_cc_fingerprint")
+    if fp is None:
+        fp = bench.fingerprint()
+        bench.__dict__["_cc_fingerprint"] = fp
+    return fp
+
+
 def load_embeddings(bench, spec: str | None = None):
     """The stored :class:`clipcal.embed.EmbeddingSet` of (benchmark, backbone), or ``None`` if not embedded."""
     from clipcal.embed import load_embeddings as _load
 
     spec = spec or backbone_spec()
-    return memo(("emb", bench.fingerprint(), spec), lambda: _load(bench, spec, store=get_store()))
+    return memo(("emb", fingerprint(bench), spec), lambda: _load(bench, spec, store=get_store()))
 
 
 @st.cache_resource(max_entries=1, show_spinner="Loading the backbone…")
@@ -279,6 +296,10 @@ def _bench_spec_from_meta(meta: dict) -> dict | None:
 def store_embeddings() -> pd.DataFrame:
     """Embedding sets in the store, newest first: benchmark, backbone, images, created (UTC), fingerprint,
     bench_spec (the spec dict to reopen it, ``None`` when the manifest does not say where the files are)."""
+    return memo(("emb_list", store_stamp("embeddings")), _store_embeddings)
+
+
+def _store_embeddings() -> pd.DataFrame:
     rows = []
     for m in get_store().list("embeddings"):  # oldest first
         meta, kf = m.get("meta") or {}, m.get("key_fields") or {}
@@ -298,22 +319,14 @@ def store_embeddings() -> pd.DataFrame:
 
 
 def store_runs() -> pd.DataFrame:
-    """Calibration runs in the store, newest first: benchmark, backbone, methods, created (UTC)."""
-    rows = []
-    for m in get_store().list("runs"):
-        meta, kf = m.get("meta") or {}, m.get("key_fields") or {}
-        f = {**kf, **meta}
-        b = f.get("benchmark")
-        methods = f.get("methods") or []
-        rows.append({
-            "benchmark": b.get("name", "?") if isinstance(b, dict) else str(b or "?"),
-            "backbone": f.get("backbone_spec") or (f.get("backbone") if isinstance(f.get("backbone"), str)
-                                                   else (f.get("backbone") or {}).get("spec", "?")),
-            "methods": ", ".join(map(str, methods)) if isinstance(methods, (list, tuple)) else str(methods),
-            "created": _fmt_time(m.get("created")),
-        })
-    df = pd.DataFrame(rows, columns=["benchmark", "backbone", "methods", "created"])
-    return df.iloc[::-1].reset_index(drop=True)  # store.list is oldest first
+    """Calibration runs in the store, newest first: created (UTC), benchmark, backbone, methods, best test
+    worst-group accuracy (:func:`clipcal.runs.list_runs`)."""
+    t = memo(("all_runs", store_stamp("runs")), lambda: _runs_module().list_runs(get_store()))
+    best = [max((v for v in (wg or {}).values() if isinstance(v, (int, float)) and v == v), default=None)
+            for wg in t["test_worst_group"]]
+    return pd.DataFrame({"created": [_fmt_time(x) for x in t["created"]], "benchmark": t["benchmark"],
+                         "backbone": t["backbone"], "methods": t["methods"].str.replace(",", ", "),
+                         "best test worst-group": best})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -443,13 +456,16 @@ def job_status(key: str, show_done: Callable | None = None, live: str | None = N
     return job
 
 
-def training_curves_chart(curves: pd.DataFrame | None, key: str | None = None, title: str | None = None) -> None:
-    """Training curves (:func:`clipcal.figures.training_curves_figure`); nothing if empty."""
+def training_curves_chart(curves: pd.DataFrame | None, key: str | None = None, title: str | None = None,
+                          cache_key: tuple | None = None) -> None:
+    """Training curves (:func:`clipcal.figures.training_curves_figure`); nothing if empty. With
+    ``cache_key`` the figure is built once (building it costs ~0.4 s)."""
     if curves is None or len(curves) == 0:
         return
     from clipcal.figures import training_curves_figure
 
-    st.plotly_chart(training_curves_figure(curves, title=title), key=key)
+    build = lambda: training_curves_figure(curves, title=title)  # noqa: E731
+    st.plotly_chart(memo(cache_key, build) if cache_key else build(), key=key)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -507,8 +523,6 @@ def teach_topic(name: str) -> None:
 
 def image_grid(paths: list, captions: list[str] | None = None, columns: int = 6, size: int = 128) -> None:
     """Thumbnails in a grid (via ``clipcal.data.images.thumbnail``); unreadable files show their reason."""
-    from clipcal.data.images import thumbnail
-
     if not paths:
         st.caption("No images.")
         return
@@ -522,10 +536,18 @@ def image_grid(paths: list, captions: list[str] | None = None, columns: int = 6,
                 st.caption(f"⚠️ {cap}: {err.message}")
 
 
-def _thumb(path: str, size: int):
+def _thumb(path: str, size: int) -> bytes:
+    """JPEG bytes of a thumbnail (encoded once; st.image sends bytes as they are)."""
+    import io
+
     from clipcal.data.images import thumbnail
 
-    return memo(("thumb", path, size), lambda: thumbnail(path, size))
+    def build():
+        buf = io.BytesIO()
+        thumbnail(path, size).save(buf, "JPEG", quality=85)
+        return buf.getvalue()
+
+    return memo(("thumb", path, size), build)
 
 
 def no_benchmark_notice() -> None:
@@ -659,7 +681,7 @@ def demo_path(bench_spec_: dict, spec: str, methods: list[str] | None = None, pr
     from clipcal.backbones import load_backbone
     from clipcal.data import load_benchmark
     from clipcal.embed import embed_benchmark
-    from clipcal.methods import run_calibration
+    from clipcal.runs import run_calibration
 
     store = get_store()
     bench = load_benchmark(bench_spec_["name"], root=bench_spec_.get("root"),
@@ -819,60 +841,65 @@ def _parse_value(raw: str):
 # runs (the only place that knows the Run object of clipcal.runs)
 # ---------------------------------------------------------------------------------------------------------
 def _runs_module():
-    try:
-        import clipcal.runs as runs
-    except ModuleNotFoundError as err:
-        if err.name != "clipcal.runs":
-            raise
-        import clipcal.methods as runs  # the contract's first home of run_calibration / load_run
+    import clipcal.runs as runs
+
     return runs
 
 
-def calib_worker(bench_spec_: dict, spec: str, methods: list[str], hparams: dict, progress=None, cancel=None):
-    """Worker of the Calibrate page: load benchmark + embeddings, :func:`run_calibration` (stores the run)."""
+def calib_worker(bench_spec_: dict, spec: str, methods: list[str], hparams: dict, seed: int = 0,
+                 selection: str | None = None, progress=None, cancel=None):
+    """Worker of the Calibrate page: load benchmark + embeddings, :func:`clipcal.runs.run_calibration`
+    (fits every method, stores the run; a cancelled run stores nothing)."""
     bench = load_bench(bench_spec_)
     emb = load_embeddings(bench, spec)
     if emb is None:
         raise ClipcalError(f"no embeddings of this benchmark with {spec} in the store",
                            hint="embed it first on the Embed page")
     run = _runs_module().run_calibration(bench, emb, methods=methods, hparams=hparams, store=get_store(),
-                                         progress=progress, cancel=cancel)
-    forget("run")
-    forget("runs")
-    return run
+                                         progress=progress, cancel=cancel, seed=seed, selection=selection)
+    return f"{len(run.results)} of {len(methods)} methods ran" + (
+        f"; not applicable: {', '.join(run.not_applicable)}" if run.not_applicable else "")
 
 
-def start_calibration(bench_spec_: dict, spec: str, methods: list[str], hparams: dict):
+def start_calibration(bench_spec_: dict, spec: str, methods: list[str], hparams: dict, seed: int = 0,
+                      selection: str | None = None):
     """Start (or return the running) calibration job of (benchmark, backbone)."""
     return get_jobs().submit(calib_job_key(bench_spec_, spec), calib_worker, bench_spec_=dict(bench_spec_),
-                             spec=spec, methods=list(methods), hparams=dict(hparams),
-                             label=f"Calibrating {', '.join(methods)}")
+                             spec=spec, methods=list(methods), hparams=dict(hparams), seed=int(seed),
+                             selection=selection, label=f"Calibrating {', '.join(methods)}")
 
 
 def feature_data(bench, emb):
     """:meth:`FeatureData.from_store` of (benchmark, embeddings): the row order every method result follows."""
     from clipcal.methods import FeatureData
 
-    return memo(("fd", bench.fingerprint(), emb.backbone_spec, str(getattr(emb, "key", ""))),
+    return memo(("fd", fingerprint(bench), emb.backbone_spec, str(getattr(emb, "key", ""))),
                 lambda: FeatureData.from_store(bench, emb))
 
 
 def runs_for(bench, spec: str) -> list[dict]:
-    """Stored runs of (benchmark, backbone), newest first, as dicts with ``id``, ``created``, ``methods``."""
-    mod = _runs_module()
-    return list(mod.list_runs(bench, spec, store=get_store()))
+    """Stored runs of (benchmark, backbone), newest first: dicts ``id`` (store key), ``created``, ``methods``,
+    ``test_worst_group`` (:func:`clipcal.runs.list_runs`)."""
+    emb = load_embeddings(bench, spec)
+    canonical = emb.backbone_spec if emb is not None else spec
+    table = memo(("runs", fingerprint(bench), canonical, store_stamp("runs")),
+                 lambda: _runs_module().list_runs(get_store(), bench, canonical))
+    return [{"id": r["key"], "created": r["created"], "methods": [m for m in r["methods"].split(",") if m],
+             "test_worst_group": r["test_worst_group"]} for _, r in table.iterrows()]
 
 
 def get_run(run_id: str):
-    """The stored run ``run_id`` (memoised; arrays memory-mapped from the store)."""
-    mod = _runs_module()
-    return memo(("run", run_id), lambda: mod.load_run(run_id, store=get_store()))
+    """The stored run ``run_id`` (:func:`clipcal.runs.load_run`; memoised, arrays memory-mapped)."""
+    return memo(("run", run_id), lambda: _runs_module().load_run(run_id, store=get_store()))
 
 
 def run_label(info: dict) -> str:
-    """``"2026-11-29 08:40 · erm, jtt, cfr"`` for a run listing entry."""
+    """``"2026-11-29 08:40 UTC · ERM, JTT, CFR · CFR worst-group 0.81"`` for a run listing entry."""
     methods = info.get("methods") or []
-    return f"{_fmt_time(info.get('created'))} · {', '.join(methods)}"
+    wg = info.get("test_worst_group") or {}
+    best = max(((v, k) for k, v in wg.items() if isinstance(v, (int, float)) and v == v), default=None)
+    tail = f" · best test worst-group {best[0]:.2f} ({method_label(best[1])})" if best else ""
+    return f"{_fmt_time(info.get('created'))} · {', '.join(method_label(m) for m in methods)}{tail}"
 
 
 def pick_run(runs: list[dict], key: str):
@@ -933,31 +960,36 @@ METRIC_COLUMNS = {"worst_group": "worst-group", "overall": "overall", "mean_grou
 
 
 def _run_id(run) -> str:
-    return str(getattr(run, "id", None) or getattr(run, "key", None) or id(run))
+    return str(getattr(run, "key", None) or getattr(run, "id", None) or id(run))
 
 
-def run_feature_data(run, bench):
-    """FeatureData matching the run's rows (its embedding set is the current backbone's)."""
-    emb = load_embeddings(bench)
+def run_feature_data(run, bench, spec: str | None = None):
+    """FeatureData of the embeddings the run was computed from, in the run's row order (worker threads must
+    pass ``spec``: they cannot read the session).
+
+    Raises:
+        ClipcalError: the embeddings are gone from the store, or their rows differ from the run's.
+    """
+    emb = load_embeddings(bench, spec)
     if emb is None:
         raise ClipcalError("the embeddings this run was computed from are no longer in the store",
                            hint="embed the benchmark again on the Embed page")
-    return feature_data(bench, emb)
+    fd = feature_data(bench, emb)
+    labels = getattr(run, "labels", None)
+    if labels is not None and (len(labels) != fd.n or not np.array_equal(labels["sample_id"].to_numpy(str),
+                                                                          fd.sample_ids)):
+        raise ClipcalError(f"run {_run_id(run)} was computed on other embeddings than the stored ones "
+                           f"({len(labels)} vs {fd.n} rows)",
+                           hint="calibrate again on the Calibrate page (the embeddings were recomputed)")
+    return fd
 
 
 def metrics_table(run, bench, split: str = "test") -> pd.DataFrame:
-    """:func:`clipcal.metrics.method_table` of the run on ``split``: one row per method with ``method, label,
-    split, n, worst_group, overall, mean_group, train_weighted, worst_class, uses_group_labels,
-    selection_rule, chosen_epoch, status`` (methods that could not run say why in ``status``)."""
-    from clipcal import metrics
-
-    def build():
-        fd = run_feature_data(run, bench)
-        labels = {n: method_label(n) for n in run_methods(run)}
-        return metrics.method_table({n: method_result(run, n) for n in run_methods(run)}, fd, splits=(split,),
-                                    not_applicable=getattr(run, "not_applicable", None) or None, labels=labels)
-
-    return memo(("metrics", _run_id(run), split), build)
+    """The run's :func:`clipcal.metrics.method_table` rows of ``split`` (computed and stored with the run):
+    ``method, label, split, n, worst_group, overall, mean_group, train_weighted, worst_class,
+    uses_group_labels, selection_rule, chosen_epoch, status``; methods that could not run keep a row whose
+    ``status`` says why."""
+    return run.headline(split)
 
 
 def metrics_dataframe(table: pd.DataFrame, key: str) -> None:
@@ -984,23 +1016,12 @@ def metric_definitions() -> None:
 
 
 def group_tables(run, bench, split: str = "test") -> pd.DataFrame:
-    """Per-group accuracy with 95 % intervals of every method (:func:`clipcal.metrics.group_table`),
-    stacked with a ``method`` column."""
-    from clipcal import metrics
-
-    def build():
-        fd = run_feature_data(run, bench)
-        m = fd.mask(split)
-        parts = []
-        for name in run_methods(run):
-            res = method_result(run, name)
-            t = metrics.group_table(fd.y[m], np.asarray(res.pred)[m], fd.group[m], fd.class_names,
-                                    fd.attr_names if fd.has_attributes else [])
-            t.insert(0, "method", method_label(name))
-            parts.append(t)
-        return pd.concat(parts, ignore_index=True)
-
-    return memo(("group_tables", _run_id(run), split), build)
+    """Per-group accuracy with 95 % intervals of every method on ``split`` (stored with the run; columns of
+    :func:`clipcal.metrics.group_table` plus ``method``, labelled for display)."""
+    g = run.group_tables
+    g = g[g["split"] == split].drop(columns=["split"]).copy()
+    g["method"] = g["method"].map(method_label)
+    return g.reset_index(drop=True)
 
 
 def records_table(run) -> pd.DataFrame:
@@ -1031,7 +1052,7 @@ def fd_table(bench, fd) -> pd.DataFrame:
         t["split"] = t["split"].astype(str)
         return t
 
-    return memo(("fd_table", bench.fingerprint(), len(fd.sample_ids), str(fd.sample_ids[:1])), build)
+    return memo(("fd_table", fingerprint(bench), len(fd.sample_ids), str(fd.sample_ids[:1])), build)
 
 
 def methods_with_after(run) -> list[str]:
@@ -1045,12 +1066,12 @@ def default_after_index(methods: list[str]) -> int:
 
 
 def _umap_key_fields(bench, run, method: str | None) -> dict:
-    return {"benchmark": bench.fingerprint(), "backbone": backbone_spec(), "run": _run_id(run),
+    return {"benchmark": fingerprint(bench), "backbone": backbone_spec(), "run": _run_id(run),
             "method": method or "before"}
 
 
-def _umap_inputs(run, bench, method: str | None):
-    fd = run_feature_data(run, bench)
+def _umap_inputs(run, bench, method: str | None, spec: str | None = None):
+    fd = run_feature_data(run, bench, spec)
     after = None if method is None else method_result(run, method).embeddings_after
     return fd.embeddings, (None if after is None else np.asarray(after, dtype=np.float32))
 
@@ -1061,11 +1082,11 @@ def umap_worker(run_id: str, bench_spec_: dict, spec: str, method: str | None, p
 
     bench = load_bench(bench_spec_)
     run = get_run(run_id)
-    before, after = _umap_inputs(run, bench, method)
+    before, after = _umap_inputs(run, bench, method, spec)
     if progress:
         progress(0, 1, f"UMAP of {len(before) * (2 if after is not None else 1):,} points "
                  "(the first fit in a process compiles numba: ~15–30 s)")
-    key_fields = {"benchmark": bench.fingerprint(), "backbone": spec, "run": run_id, "method": method or "before"}
+    key_fields = {"benchmark": fingerprint(bench), "backbone": spec, "run": run_id, "method": method or "before"}
     xy = joint_umap(before, after, store=get_store(), key_fields=key_fields, progress=progress, **UMAP_PARAMS)
     if progress:
         progress(1, 1, "done")
@@ -1264,7 +1285,8 @@ def concepts_section(run, bench, emb, method: str) -> None:
                "score = mean cosine similarity to the misclassified − to the correctly classified images.")
     from clipcal.figures import concept_scores_figure
 
-    st.plotly_chart(concept_scores_figure(scores, top=10), key="spur.concepts_fig")
+    st.plotly_chart(memo(("fig_concepts", _run_id(run), method, tuple(concepts)),
+                         lambda: concept_scores_figure(scores, top=10)), key="spur.concepts_fig")
     with st.expander("All scores"):
         st.dataframe(scores.drop(columns=["class_index"]), hide_index=True, key="spur.concepts_table")
 
@@ -1289,7 +1311,7 @@ def decodability_section(run, bench, emb) -> None:
     table = pd.concat(rows, ignore_index=True)
     from clipcal.figures import decodability_figure
 
-    st.plotly_chart(decodability_figure(table), key="spur.decod_fig")
+    st.plotly_chart(memo(("fig_decod", _run_id(run)), lambda: decodability_figure(table)), key="spur.decod_fig")
     st.dataframe(table, hide_index=True, key="spur.decod")
     if not after_methods:
         st.caption("No method of this run changed the embeddings, so there is no \"after\".")
@@ -1314,7 +1336,8 @@ def clusters_section(run, bench, emb, method: str) -> None:
     table = cl.table.drop(columns=["ids"])
     from clipcal.figures import cluster_accuracy_figure
 
-    st.plotly_chart(cluster_accuracy_figure(table), key="spur.clusters_fig")
+    st.plotly_chart(memo(("fig_clusters", _run_id(run), method, k, rep), lambda: cluster_accuracy_figure(table)),
+                    key="spur.clusters_fig")
     with st.expander("Cluster table"):
         st.dataframe(table, hide_index=True, key="spur.clusters")
     if not bench.has_attributes:
@@ -1337,8 +1360,9 @@ def calibration_set_section(run, bench) -> None:
         return
     m = st.selectbox("Method", with_sets, index=default_method_index(with_sets), format_func=method_label,
                      key="spur.calset_method")
-    rep = calibration_set_vs_groups(method_result(run, m).calibration_set, fd_table(bench, fd),
-                                    group_names=bench.group_names() if bench.has_attributes else None)
+    rep = memo(("calset", _run_id(run), m), lambda: calibration_set_vs_groups(
+        method_result(run, m).calibration_set, fd_table(bench, fd),
+        group_names=bench.group_names() if bench.has_attributes else None))
     c1, c2, c3 = st.columns(3)
     c1.metric("set size", rep.n_set)
     c2.metric("minority share (precision)", "—" if np.isnan(rep.precision) else f"{rep.precision:.0%}")
@@ -1348,7 +1372,8 @@ def calibration_set_section(run, bench) -> None:
     from clipcal.figures import calibration_set_figure
 
     if rep.available:
-        st.plotly_chart(calibration_set_figure(rep.table), key="spur.calset_fig")
+        st.plotly_chart(memo(("fig_calset", _run_id(run), m), lambda: calibration_set_figure(rep.table)),
+                        key="spur.calset_fig")
     st.dataframe(rep.table, hide_index=True, key="spur.calset")
     st.caption(f"Pool: {', '.join(rep.pool)}. Enrichment > 1 = the group is over-represented in the set.")
 
@@ -1359,7 +1384,8 @@ def gallery_section(run, bench, method: str) -> None:
 
     fd = run_feature_data(run, bench)
     res = method_result(run, method)
-    g = worst_group_gallery(fd_table(bench, fd), res.pred, res.probs, n=24)
+    g = memo(("gallery", _run_id(run), method), lambda: worst_group_gallery(fd_table(bench, fd), res.pred,
+                                                                           res.probs, n=24))
     name = bench.group_name(g.group) if g.by == "group" else fd.class_names[g.group]
     st.markdown(f"Worst {g.by} for **{method_label(method)}**: **{name}** — accuracy {g.accuracy:.2f} "
                 f"on {g.n} test images; {len(g.items)} misclassified shown.")
@@ -1389,4 +1415,5 @@ def curves_section(run) -> None:
         if curves is not None and len(curves):
             with st.expander(f"Training curves — {method_label(name)}"):
                 training_curves_chart(curves, key=f"curves.{name}",
-                                      title=f"{method_label(name)}: loss terms and validation metrics per epoch")
+                                      title=f"{method_label(name)}: loss terms and validation metrics per epoch",
+                                      cache_key=("curves_fig", _run_id(run), name))

@@ -50,11 +50,11 @@ if emb is not None:
     job = c.get_jobs().get(key)
     running = job is not None and job.is_running
     if st.button("Run calibration", type="primary", disabled=running or not chosen, key="calib.start"):
-        c.start_calibration(bench_spec, spec, chosen, hparams)
+        c.start_calibration(bench_spec, spec, chosen, hparams, seed=seed, selection=rule)
         st.rerun()
 
     def _done(job) -> None:
-        st.success(f"Calibration finished in {c.fmt_eta(job.elapsed_s)}.")
+        st.success(f"Calibration finished in {c.fmt_eta(job.elapsed_s)}: {job.result}.")
 
     c.job_status(key, show_done=_done, live="curves")
 

@@ -123,7 +123,7 @@ if bench is not None:
     m[3].metric("groups", bench.n_groups or "—")
     st.caption(f"Classes ({bench.target_name}): {', '.join(bench.class_names)}"
                + (f" · attribute ({bench.attr_name}): {', '.join(bench.attr_names)}" if bench.n_attrs else "")
-               + f" · fingerprint `{bench.fingerprint()}` · root `{bench.root}`")
+               + f" · fingerprint `{c.fingerprint(bench)}` · root `{bench.root}`")
     if not bench.has_attributes:
         st.warning("This benchmark has no spurious-attribute labels: groups are per class only. "
                    "Worst-group views fall back to classes, and cluster discovery (Spurious attributes) "
@@ -146,7 +146,7 @@ if bench is not None:
                 f"{r.name} ({r.n})" for r in small.itertuples()) + " — their accuracy has wide intervals.")
 
     st.markdown("#### Validation report")
-    report_key = ("validation", bench.fingerprint())
+    report_key = ("validation", c.fingerprint(bench))
     rep = c.memo_peek(report_key)
     if rep is not None:
         if rep.ok:

@@ -40,7 +40,8 @@ if run is not None and emb is not None:
         with c.guarded("drawing the map"):
             points = c.points_table(run, bench, emb, method, xy)
             shown = points[points["split"].isin(splits)]
-            fig = c.umap_figure(shown, color_opts[color], layout if method else "side by side")
+            fig = c.memo(("umap_fig", c._run_id(run), method, color, layout, tuple(splits)),
+                         lambda: c.umap_figure(shown, color_opts[color], layout if method else "side by side"))
             event = st.plotly_chart(fig, key="repr.umap", on_select="rerun", selection_mode=("lasso", "box"),
                                     config={"scrollZoom": True, "displaylogo": False})
             ids = c.selected_ids(event, shown)

@@ -65,8 +65,9 @@ def seeded_store(seeded_embeddings, emb_tiny):
     bench, emb, store = s["bench"], s["emb"], Store(s["root"])
     classes = c.method_classes()
     methods = [m for m in classes if emb_tiny.has_text or not classes[m].needs_text]
-    run = c._runs_module().run_calibration(bench, emb, methods=methods, hparams=_fast_hparams(methods),
-                                           store=store)
+    from clipcal.runs import run_calibration
+
+    run = run_calibration(bench, emb, methods=methods, hparams=_fast_hparams(methods), store=store)
     run_id = c._run_id(run)
     fd = FeatureData.from_store(bench, emb)
     after = run.results["cfr"].embeddings_after if "cfr" in run.results else None

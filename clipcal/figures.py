@@ -217,6 +217,16 @@ def _hover_template(hover: Sequence[str], start: int = 1, panel: str = "") -> st
     return "<br>".join(lines) + (f"<extra>{panel}</extra>" if panel else "<extra></extra>")
 
 
+def _hover_strings(s: pd.Series) -> np.ndarray:
+    """Column as display strings: floats with 3 significant digits, missing values as "unknown"."""
+    if pd.api.types.is_float_dtype(s):
+        out = np.array([f"{v:.3g}" for v in s.to_numpy()], dtype=object)
+    else:
+        out = s.astype(str).to_numpy(dtype=object)
+    out[s.isna().to_numpy()] = "unknown"
+    return out
+
+
 def _is_continuous(s: pd.Series) -> bool:
     return pd.api.types.is_float_dtype(s) and s.nunique(dropna=True) > 12
 
@@ -259,8 +269,7 @@ def umap_figure(points: pd.DataFrame, color: str, mode: str = "side_by_side", ho
     size = marker_size or (4 if n > 5000 else 6 if n > 1000 else 8)
     hover = [h for h in hover if h in p and h not in ("sample_id", color)]
     hv = [color] + hover
-    cd = np.column_stack([p["sample_id"].astype(str).to_numpy()]
-                         + [p[h].astype(str).where(p[h].notna(), "unknown").to_numpy() for h in hv])
+    cd = np.column_stack([p["sample_id"].astype(str).to_numpy()] + [_hover_strings(p[h]) for h in hv])
     label = color_label or color
     panels = [("before", "x_before", "y_before")] + ([("after", "x_after", "y_after")] if has_after else [])
     side = has_after and mode == "side_by_side"

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import difflib
 import gc
 import hashlib
@@ -754,8 +755,20 @@ def lite0_projection(dim_in: int = 1280, dim_out: int = LITE0_EMBED_DIM, seed: i
     Gaussian matrix from ``numpy.random.default_rng(seed)``, QR, columns' signs fixed by diag(R) > 0, so P is
     unique for a seed and ``P.T @ P = I``.
     """
+    return _lite0_projection(dim_in, dim_out, seed).copy()
+
+
+@functools.lru_cache(maxsize=4)
+def _lite0_projection(dim_in: int, dim_out: int, seed: int) -> np.ndarray:
     a = np.random.default_rng(seed).standard_normal((dim_in, dim_out))
-    q, r = np.linalg.qr(a)
+    try:  # one BLAS thread: ~0.3 s, while a multi-threaded QR on a busy 2-core machine took 4–6 s
+        from threadpoolctl import threadpool_limits
+
+        limit = threadpool_limits(1)
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        limit = contextlib.nullcontext()
+    with limit:
+        q, r = np.linalg.qr(a)
     q *= np.sign(np.diag(r))[None, :]
     return q.astype(np.float32)
 

@@ -46,6 +46,8 @@ class _FakeFit:
 
 @pytest.mark.slow  # first UMAP fit in a process pays numba JIT (15-60 s on 2 shared cores)
 def test_joint_umap_shapes_separation_and_determinism():
+    assert P.warm_up() >= 0.0
+    assert P.warm_up() == 0.0  # compiled once per process
     before, after, y = _blobs(shift=3.0)
     xb, xa = P.joint_umap(before, after, store=None, seed=0, n_neighbors=10)
     assert xb.shape == (120, 2) and xa.shape == (120, 2)
@@ -83,7 +85,11 @@ def test_store_serves_the_second_call_and_keys_on_content_and_params(tmp_path, m
     assert len(fake.calls) == 1
     np.testing.assert_array_equal(r1[0], r2[0])
     np.testing.assert_array_equal(r1[1], r2[1])
-    assert len(store.list("projections")) == 1
+    (manifest,) = store.list("projections")
+    kf_stored = manifest["key_fields"]
+    assert kf_stored["benchmark"] == "demo-abc" and kf_stored["input_sha256"] == P.array_digest(before, after)
+    assert (kf_stored["n_neighbors"], kf_stored["min_dist"], kf_stored["metric"], kf_stored["seed"]) == (15, 0.1, "cosine", 0)
+    assert manifest["meta"]["n_points"] == 40 and manifest["meta"]["rows"] == "before then after"
     # different content, different params, or a different seed → a new fit each
     after2 = after.copy()
     after2[0, 0] += 1e-3

@@ -1,0 +1,212 @@
+"""AppTest of the result pages (Calibrate, Groups, Representations, Spurious attributes) over the seeded
+store: widgets present, the numbers shown are the core's, jobs complete or cancel, errors become messages,
+and reruns are fast once the data is in the store."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pages import _common as c
+from tests.test_app_setup_pages import _no_exception, _wait_job, count, frame_with
+
+PAGES = ["calibrate", "groups", "representations", "spurious"]
+
+pytestmark = pytest.mark.slow  # seeding the store (embed + six methods + UMAP) takes ~1 min on 2 cores
+
+
+def _fd(seeded_store):
+    from clipcal.methods import FeatureData
+
+    return FeatureData.from_store(seeded_store["bench"], seeded_store["emb"])
+
+
+def test_calibrate_page_widgets_and_results_match_core(app, seeded_store):
+    at = app("calibrate")
+    _no_exception(at)
+    ms = at.multiselect(key="calib.methods")
+    # tiny:clip has a text tower, so every method applies (zero-shot included)
+    assert ms.value == ["zeroshot", "erm", "jtt", "afr", "dfr", "cfr"]
+    epochs = at.number_input(key="calib.hp.erm.epochs")
+    assert epochs.value == 100 and epochs.help  # the paper's default, with its one-line help
+    assert at.number_input(key="calib.hp.cfr.lr").value == pytest.approx(1e-4)
+    assert at.radio(key="calib.rule").value == "worst-class"
+    shown = frame_with(at, "label", "worst_group", "overall", "mean_group", "train_weighted", "worst_class")
+    run = seeded_store["run"]
+    expect = run.headline("test")
+    for col in ("worst_group", "overall", "mean_group", "train_weighted", "worst_class"):
+        np.testing.assert_allclose(shown[col].astype(float), expect[col].astype(float), equal_nan=True)
+    assert list(shown["label"]) == list(expect["label"])
+
+
+def test_calibrate_job_completes_and_cancel_keeps_store(app, seeded_store):
+    bench_spec, spec = seeded_store["bench_spec"], seeded_store["backbone"]
+    before = len(c.runs_for(seeded_store["bench"], spec))
+    at = app("calibrate")
+    at.multiselect(key="calib.methods").set_value(["erm"]).run()
+    at.number_input(key="calib.hp.erm.epochs").set_value(3).run()
+    at.number_input(key="calib.seed").set_value(7).run()
+    at.button(key="calib.start").click().run()
+    job = _wait_job(c.calib_job_key(bench_spec, spec))
+    assert job.status == "done", job.error_message
+    at.run()
+    _no_exception(at)
+    assert any("Calibration finished" in s.value for s in at.success)
+    runs = c.runs_for(seeded_store["bench"], spec)
+    assert len(runs) == before + 1 and runs[0]["methods"] == ["erm"]
+    # a cancelled run stores nothing and the page says so
+    at.multiselect(key="calib.methods").set_value(["cfr"]).run()
+    at.button(key="calib.start").click().run()
+    job = c.get_jobs().get(c.calib_job_key(bench_spec, spec))
+    job.cancel()
+    assert job.wait(120) and job.status == "cancelled"
+    at.run()
+    _no_exception(at)
+    assert any("cancelled" in w.value for w in at.warning)
+    assert len(c.runs_for(seeded_store["bench"], spec)) == before + 1
+    # leave the newest run = the seeded one for the other tests
+    at.session_state[c.K_RUN] = seeded_store["run_id"]
+
+
+def test_groups_page_numbers_are_the_core_metrics(app, seeded_store):
+    from clipcal import metrics
+
+    at = app("groups", **{c.K_RUN: seeded_store["run_id"]})
+    _no_exception(at)
+    run, fd = seeded_store["run"], _fd(seeded_store)
+    shown = frame_with(at, "label", "worst_group", "train_weighted")
+    test = fd.mask("test")
+    for name, res in run.results.items():
+        s = metrics.summarize(fd.y[test], res.pred[test], fd.group[test], fd.group_counts("train"),
+                              fd.n_classes, fd.n_attrs)
+        row = shown[shown["label"] == c.method_label(name)].iloc[0]
+        for k in ("worst_group", "overall", "mean_group", "train_weighted", "worst_class"):
+            assert float(row[k]) == pytest.approx(s[k]), (name, k)
+    # every metric is defined on the page
+    text = " ".join(m.value for m in at.markdown)
+    for k, d in metrics.METRIC_DEFINITIONS.items():
+        if k in c.METRIC_COLUMNS:
+            assert d in text
+    # per-group table of CFR = clipcal.metrics.group_table on the test split
+    groups = frame_with(at, "method", "group", "accuracy", "ci_low", "ci_high")
+    cfr = groups[groups["method"] == c.method_label("cfr")].reset_index(drop=True)
+    gt = metrics.group_table(fd.y[test], run.results["cfr"].pred[test], fd.group[test], fd.class_names,
+                             fd.attr_names)
+    np.testing.assert_array_equal(cfr["n"].to_numpy(), gt["n"].to_numpy())
+    np.testing.assert_allclose(cfr["accuracy"].astype(float), gt["accuracy"], equal_nan=True)
+    assert cfr["n"].tolist() == [20, 20, 20, 20]
+    # which methods used group labels
+    rec = frame_with(at, "uses group labels", "selection rule")
+    used = dict(zip(rec["method"], rec["uses group labels"]))
+    assert used[c.method_label("dfr")] == "yes" and used[c.method_label("cfr")] == "no"
+    assert set(rec["selection rule"]) - {""}, "selection rules are shown"
+    assert len(at.get("plotly_chart")) >= 1
+
+
+def test_representations_page_map_and_selection_path(app, seeded_store):
+    at = app("representations", **{c.K_RUN: seeded_store["run_id"]})
+    _no_exception(at)
+    assert at.selectbox(key="repr.method").value == "cfr"
+    colours = at.selectbox(key="repr.color").options
+    for want in ("class", "spurious attribute", "group", "split", f"correct / incorrect: {c.method_label('cfr')}",
+                 f"calibration set: {c.method_label('cfr')}", "crossed the decision boundary"):
+        assert want in colours
+    assert len(at.get("plotly_chart")) >= 2  # the map, the crossings, the centroid shifts
+    assert any(m.value.startswith("#### Selection (0 samples)") for m in at.markdown)
+    for colour in ("group", f"calibration set: {c.method_label('cfr')}"):
+        at.selectbox(key="repr.color").set_value(colour).run()
+        _no_exception(at)
+    at.radio(key="repr.layout").set_value("overlaid").run()
+    _no_exception(at)
+    # the selection path the page uses, fed with a plotly event of three points of the drawn figure
+    bench, run = seeded_store["bench"], seeded_store["run"]
+    xy = c.memo_peek(("umap", seeded_store["run_id"], "cfr"))
+    assert xy is not None and xy[0].shape == (240, 2) and xy[1].shape == (240, 2)
+    points = c.points_table(run, bench, seeded_store["emb"], "cfr", xy)
+    fig = c.umap_figure(points, "group", "side by side")
+    tr = fig.data[1]
+    event = {"selection": {"points": [{"curve_number": 1, "point_index": i, "customdata": list(tr.customdata[i])}
+                                      for i in range(3)]}}
+    ids = c.selected_ids(event, points)
+    assert ids == [str(tr.customdata[i][0]) for i in range(3)]
+    sel = c.selection_table(points, ids)
+    assert sel["sample_id"].tolist() == ids
+    truth = bench.table.set_index("sample_id").loc[ids]
+    assert sel["class"].tolist() == [bench.class_names[y] for y in truth["y"]]
+
+
+def test_spurious_page_views(app, seeded_store):
+    from clipcal.inspect import attribute_decodability
+
+    at = app("spurious", **{c.K_RUN: seeded_store["run_id"]})
+    _no_exception(at)
+    assert len(at.tabs) == 5
+    assert at.selectbox(key="spur.method").value == "cfr"
+    # (a) concept scores exist for tiny:clip (it has a text tower)
+    scores = frame_with(at, "concept", "score", "effect_size")
+    assert len(scores) > 10 and set(scores["class"]) == {"landbird", "waterbird"}
+    # (b) decodability = clipcal.inspect on the same arrays
+    dec = frame_with(at, "representation", "balanced_accuracy", "auroc")
+    fd, run = _fd(seeded_store), seeded_store["run"]
+    ref = attribute_decodability(fd.embeddings, run.results["cfr"].embeddings_after, fd.a, fd.split).table
+    by_rep = dec.set_index("representation")["balanced_accuracy"]
+    assert by_rep["before (frozen)"] == pytest.approx(ref["balanced_accuracy"].iloc[0])
+    assert by_rep[f"after ({c.method_label('cfr')})"] == pytest.approx(ref["balanced_accuracy"].iloc[1])
+    # one "after" row per method of the run that changed the embeddings
+    assert len(dec) == 1 + len(c.methods_with_after(run))
+    # (c) clusters per class, (d) calibration set, (e) gallery
+    cl = frame_with(at, "cluster", "accuracy", "majority_attribute")
+    assert set(cl["class"]) == {"landbird", "waterbird"} and cl["n"].sum() == 240
+    cal = frame_with(at, "n_in_set", "share_in_set", "enrichment")
+    assert cal["n_in_set"].sum() == len(run.results["cfr"].calibration_set)
+    assert count(at, "Image") > 0
+    assert any("Worst group for" in m.value for m in at.markdown)
+
+
+def test_spurious_page_without_text_tower_says_why(app, seeded_store, monkeypatch):
+    real = c.load_embeddings
+    monkeypatch.setattr(c, "load_embeddings",
+                        lambda bench, spec=None: dataclasses.replace(real(bench, spec), has_text=False))
+    at = app("spurious", **{c.K_RUN: seeded_store["run_id"]})
+    _no_exception(at)
+    assert any("has no text tower" in i.value for i in at.info)
+
+
+def test_result_pages_without_a_run_point_to_calibrate(app, seeded_store, monkeypatch):
+    monkeypatch.setattr(c, "runs_for", lambda bench, spec: [])
+    for page in ("groups", "representations", "spurious"):
+        at = app(page)
+        _no_exception(at)
+        assert any("No calibration run" in i.value for i in at.info), page
+
+
+def test_core_error_in_a_run_renders_as_message(app, seeded_store, monkeypatch):
+    from clipcal.errors import StoreError
+
+    def broken(run_id):
+        raise StoreError(f"no calibration run with key {run_id!r}", hint="calibrate again")
+
+    monkeypatch.setattr(c, "get_run", broken)
+    for page in ("groups", "representations", "spurious"):
+        at = app(page)
+        _no_exception(at)
+        assert any("no calibration run with key" in e.value and "calibrate again" in e.value for e in at.error)
+
+
+def test_reruns_are_fast_once_data_is_in_the_store(app, seeded_store):
+    """Quality bar: a page re-renders in ≤ 1 s when its data is in the store (measured with AppTest on the
+    2-core build machine; the bound asserted here is looser because the machine is shared)."""
+    times = {}
+    for page in ["home", "data", "embed", *PAGES]:
+        at = app(None if page == "home" else page, **{c.K_RUN: seeded_store["run_id"]})
+        at.run()  # warm: caches filled
+        t0 = time.perf_counter()
+        at.run()
+        times[page] = time.perf_counter() - t0
+        _no_exception(at)
+    print("rerun seconds:", {k: round(v, 2) for k, v in times.items()})
+    assert max(times.values()) < 2.0, times

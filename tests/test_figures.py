@@ -217,3 +217,18 @@ def test_cluster_and_calibration_set_figures():
     assert [tr.name for tr in cf.data] == ["share in pool (train)", "share in calibration set"]
     assert list(cf.data[1].y) == [0.0, 0.5, 0.5, 0.0]
     assert list(cf.data[1].marker.pattern.shape) == ["", "/", "/", ""]
+
+
+def test_umap_points_frame(tmp_path):
+    b = _bench(tmp_path)
+    xy = np.arange(24, dtype=float).reshape(12, 2)
+    pts = F.umap_points(b.table, xy, xy + 1, b.class_names, b.attr_names, extra={"ERM": ["correct"] * 12})
+    assert list(pts.columns) == ["sample_id", "x_before", "y_before", "x_after", "y_after", "split", "class",
+                                 "attribute", "group", "ERM"]
+    assert pts.loc[2, "group"] == "landbird / water" and pts.loc[2, "x_after"] == 5.0
+    t2 = b.table.assign(a=-1)
+    assert F.umap_points(t2, xy, None, b.class_names, b.attr_names)["group"].eq("unknown").all()
+    fig = F.umap_figure(pts, "group", hover=["split", "ERM"])
+    assert len(fig.data) == 8
+    with pytest.raises(ValueError):
+        F.umap_points(b.table, xy[:5])

@@ -112,14 +112,11 @@ def versions() -> dict:
 def resolve_hparams(methods: list[str], hparams: dict | None, seed: int, selection: str | None) -> dict:
     """Full hyperparameters per method: class defaults, then ``seed`` / ``selection``, then ``hparams``.
 
-    Unknown method names in ``hparams`` or unknown hyperparameters raise :class:`MethodError`. Methods whose
-    module is missing get ``{}`` (they are reported as not applicable later).
+    Entries for methods not in ``methods`` are ignored (a page may keep settings of every method); unknown
+    hyperparameters raise :class:`MethodError`. Methods whose module is missing get ``{}`` (reported as not
+    applicable later).
     """
     hparams = {str(k).lower(): dict(v) for k, v in (hparams or {}).items()}
-    extra = set(hparams) - set(methods)
-    if extra:
-        raise MethodError(f"hyperparameters given for method(s) not in this run: {sorted(extra)}",
-                          hint=f"methods of the run: {', '.join(methods)}")
     out = {}
     for m in methods:
         try:

@@ -207,3 +207,36 @@ def test_sample_weights_change_the_fit(syn_small):
     plain = train_last_layer(syn_small, epochs=5, seed=0)
     up = train_last_layer(syn_small, epochs=5, seed=0, sample_weight=w)
     assert not np.allclose(plain.predict_all()[0], up.predict_all()[0])
+
+
+def test_sgd_matches_torch_sgd():
+    from clipcal.methods._train import SGD
+
+    rng = np.random.default_rng(0)
+    p0 = torch.tensor(rng.standard_normal((4, 3)), dtype=torch.float64)
+    a, b = p0.clone().requires_grad_(True), p0.clone().requires_grad_(True)
+    ours = SGD([{"params": [a], "weight_decay": 1e-2}], lr=0.1, momentum=0.9)
+    ref = torch.optim.SGD([b], lr=0.1, momentum=0.9, weight_decay=1e-2)
+    for step in range(5):
+        g = torch.tensor(rng.standard_normal((4, 3)), dtype=torch.float64)
+        for opt, p in ((ours, a), (ref, b)):
+            opt.zero_grad(set_to_none=True)
+            (p * g).sum().backward()
+            opt.step()
+    assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_afr_linear_head_gradient():
+    from clipcal.methods.afr import fit_linear_head
+
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal((30, 5))
+    y = rng.integers(0, 3, 30)
+    w = np.full(30, 1 / 30)
+    V0 = rng.standard_normal((3, 5))
+    V, b = fit_linear_head(z, y, w, V0, reg=0.1)
+    # at the optimum the gradient vanishes: w-weighted residuals balance the pull towards V0
+    p = np.exp(z @ V.T + b)
+    p /= p.sum(1, keepdims=True)
+    r = w[:, None] * (p - np.eye(3)[y])
+    assert np.abs(r.T @ z + 0.2 * (V - V0)).max() < 1e-5 and np.abs(r.sum(0)).max() < 1e-5

@@ -11,7 +11,8 @@ The trained model is CLIP's image last layer plus a cosine classifier over cache
   training embeddings ``normalize(h W₀)`` (cfr-method.md: "Without a text tower: initialised from the ERM
   stage" — the class-mean start is what the ERM stage itself starts from).
 * Feature dropout (p = 0.1) on ``z`` in training only (the reference also drops at test time, a bug).
-* SGD, momentum 0.9, weight decay 1e-5 (not on log s), batch 128, no schedule; the best epoch by the
+* SGD (:class:`SGD`, torch.optim.SGD's update), momentum 0.9, weight decay 1e-5 (not on log s), batch
+  128, no schedule; the best epoch by the
   validation score is kept. Selection rules: ``"worst-class"`` (validation worst-class accuracy, needs no group
   labels — default) or ``"worst-group"`` (validation worst-group accuracy, uses group labels).
 * Deterministic for a seed: a CPU ``torch.Generator`` orders batches and a device generator draws dropout
@@ -172,16 +173,62 @@ class LastLayer(nn.Module):
         return self.logits_from_z(self.feature_dropout(self.project(h)))
 
 
-def make_optimizer(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 1e-5
-                   ) -> torch.optim.SGD:
-    """SGD over the trainable parameters; weight decay on W and T only (never on log s)."""
+class SGD:
+    """SGD with momentum and weight decay — the update of ``torch.optim.SGD`` (dampening 0, no Nesterov).
+
+    ``d = g + wd · p;  b = μ · b + d`` (``b = d`` on the first step)``;  p −= lr · b``, per parameter group.
+
+    Why not ``torch.optim.SGD``: its first ``step()`` imports ``torch._dynamo`` (≈ 900 modules incl. sympy),
+    which took 5–20 s on the shared 2-core CPU — longer than a whole synthetic ERM fit. Same interface
+    subset: ``param_groups``, ``zero_grad(set_to_none=True)``, ``step()``, ``state_dict()``.
+    """
+
+    def __init__(self, groups: list[dict], lr: float, momentum: float = 0.9):
+        self.param_groups = [{"lr": lr, "momentum": momentum, "weight_decay": 0.0, **g} for g in groups]
+        self._buf: dict[int, torch.Tensor] = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is not None:
+                    if set_to_none:
+                        p.grad = None
+                    else:
+                        p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for g in self.param_groups:
+            lr, mu, wd = g["lr"], g["momentum"], g["weight_decay"]
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
+                if mu:
+                    buf = self._buf.get(id(p))
+                    if buf is None:
+                        buf = self._buf[id(p)] = d.detach().clone()
+                    else:
+                        buf.mul_(mu).add_(d)
+                    d = buf
+                p.add_(d, alpha=-lr)
+
+    def state_dict(self) -> dict:
+        """Hyperparameters and momentum buffers (for inspection; not used for resuming)."""
+        return {"param_groups": [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups],
+                "buffers": len(self._buf)}
+
+
+def make_optimizer(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 1e-5) -> SGD:
+    """:class:`SGD` over the trainable parameters; weight decay on W and T only (never on log s)."""
     decay = [p for n, p in model.named_parameters() if p.requires_grad and n != "log_scale"]
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if getattr(model, "log_scale", None) is not None and model.log_scale.requires_grad:
         groups.append({"params": [model.log_scale], "weight_decay": 0.0})
-    if not any(g["params"] for g in groups):
+    groups = [g for g in groups if g["params"]]
+    if not groups:
         raise MethodError("nothing to train: every parameter is frozen")
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    return SGD(groups, lr=lr, momentum=momentum)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ Group Robustness by Automatic Feature Reweighting"), on cached features.
    class balancing).
 4. Retrain only the final linear layer on the fixed ERM embeddings ``z = normalize(h W_ERM)``:
    ``logits = z Vᵀ + b`` from ``V₀ = s · T_ERM, b₀ = 0``, loss ``Σ wᵢ CEᵢ + λ ‖V − V₀‖²`` (AFR's pull towards
-   the ERM layer), full batch with L-BFGS.
+   the ERM layer), full batch with L-BFGS (scipy).
 5. γ (and λ) are chosen on validation by the annotation-free rule (default worst-class); the paper tunes
    them by validation worst-group, available here as ``selection="worst-group"``.
 """
@@ -20,12 +20,10 @@ import itertools
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 
 from clipcal.errors import MethodError
 from clipcal.methods._train import (DEFAULT_SCALE, ERM_DEFAULTS, SELECTION_RULES, init_notes, selection_score,
-                                    stage_progress, torch_threads)
+                                    stage_progress)
 from clipcal.methods.base import Method, MethodResult, check_cancel, report, softmax
 from clipcal.methods.erm import LAST_LAYER_HPARAMS, fit_erm_stage, uses_groups
 
@@ -63,29 +61,32 @@ def fit_linear_head(z: np.ndarray, y: np.ndarray, w: np.ndarray, V0: np.ndarray,
                     max_iter: int = 200) -> tuple[np.ndarray, np.ndarray]:
     """Full-batch weighted logistic regression on fixed embeddings with a pull towards ``V0``.
 
-    Minimises ``Σ wᵢ CE(z V ᵀ + b, yᵢ) + reg · ‖V − V0‖²`` (w sums to 1) by L-BFGS (strong Wolfe), float64,
-    starting at ``(V0, 0)``. Returns (V [K, e], b [K]).
+    Minimises ``Σ wᵢ CE(z Vᵀ + b, yᵢ) + reg · ‖V − V0‖²`` (w sums to 1) with scipy's L-BFGS-B and the
+    analytic gradient, float64, starting at ``(V0, 0)`` (numpy only: no torch optimiser import). Returns
+    (V [K, e], b [K]).
     """
-    zt = torch.as_tensor(z, dtype=torch.float64)
-    yt = torch.as_tensor(y, dtype=torch.int64)
-    wt = torch.as_tensor(w, dtype=torch.float64)
-    v0 = torch.as_tensor(V0, dtype=torch.float64)
+    from scipy.optimize import minimize
+
+    z = np.asarray(z, np.float64)
+    w = np.asarray(w, np.float64)
+    V0 = np.asarray(V0, np.float64)
     k, e = V0.shape
-    # one flat parameter vector: L-BFGS needs contiguous gradients
-    theta = torch.cat([v0.reshape(-1), torch.zeros(k, dtype=torch.float64)]).requires_grad_(True)
-    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-9, tolerance_change=1e-12)
+    onehot = np.eye(k)[np.asarray(y)]
 
-    def closure():
-        opt.zero_grad()
-        V, b = theta[: k * e].view(k, e), theta[k * e:]
-        loss = (wt * F.cross_entropy(zt @ V.T + b, yt, reduction="none")).sum() + reg * ((V - v0) ** 2).sum()
-        loss.backward()
-        return loss
+    def fun(theta):
+        V, b = theta[: k * e].reshape(k, e), theta[k * e:]
+        logits = z @ V.T + b
+        logits -= logits.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(logits).sum(axis=1))
+        p = np.exp(logits - lse[:, None])
+        loss = float((w * (lse - (logits * onehot).sum(1))).sum() + reg * ((V - V0) ** 2).sum())
+        g = w[:, None] * (p - onehot)
+        gV = g.T @ z + 2 * reg * (V - V0)
+        return loss, np.concatenate([gV.ravel(), g.sum(0)])
 
-    opt.step(closure)
-    t = theta.detach()
-    return t[: k * e].view(k, e).numpy().copy(), t[k * e:].numpy().copy()
+    x0 = np.concatenate([V0.ravel(), np.zeros(k)])
+    res = minimize(fun, x0, jac=True, method="L-BFGS-B", options={"maxiter": max_iter, "gtol": 1e-9})
+    return res.x[: k * e].reshape(k, e).copy(), res.x[k * e:].copy()
 
 
 class AFR(Method):
@@ -148,8 +149,7 @@ class AFR(Method):
         for i, (gamma, reg) in enumerate(grid):
             check_cancel(cancel)
             w = afr_weights(p_true, data.y[held], gamma, data.n_classes)
-            with torch_threads(data.embed_dim, data.n_classes):  # tiny problem: one thread is far faster
-                V, b = fit_linear_head(z[held], data.y[held], w, V0, reg)
+            V, b = fit_linear_head(z[held], data.y[held], w, V0, reg)
             logits_val = z[val] @ V.T + b
             score = selection_score(self.selection, data.y[val], logits_val.argmax(1), data.group[val],
                                     data.n_classes, data.n_groups)

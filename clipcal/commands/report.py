@@ -1,0 +1,162 @@
+"""``python -m clipcal report`` — print / write the tables of a stored calibration run (markdown + CSV)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+Show the latest calibration run of a benchmark and backbone (or a run given by --key): the method
+table (worst-group accuracy, the three averages, worst-class accuracy, whether group labels were used
+and how the model was selected) and, with --groups, every method's per-group accuracy with 95 % Wilson
+intervals. --out DIR writes report.md, metrics.csv, group_tables.csv, curves_<method>.csv and
+manifest.json there.
+"""
+
+HEADLINE = [("label", "method"), ("split", "split"), ("worst_group", "worst-group"), ("overall", "overall"),
+            ("mean_group", "mean group"), ("train_weighted", "train-weighted"), ("worst_class", "worst-class"),
+            ("uses_group_labels", "group labels"), ("selection_rule", "selection")]
+
+
+def register(subparsers) -> None:
+    """Add the ``report`` command."""
+    from clipcal.commands.data import add_benchmark_args
+
+    p = subparsers.add_parser("report", help="print / write the tables of the latest calibration run",
+                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_benchmark_args(p)
+    p.add_argument("--backbone", "-m", metavar="SPEC", default="bundled:efficientnet-lite0",
+                   help="backbone spec of the run (default bundled:efficientnet-lite0)")
+    p.add_argument("--key", metavar="KEY", help="a specific run (see --list) instead of the latest")
+    p.add_argument("--list", action="store_true", help="list the stored runs of this benchmark and backbone")
+    p.add_argument("--split", default="test", choices=["val", "test", "all"], help="split shown (default test)")
+    p.add_argument("--groups", action="store_true", help="also print the per-group tables")
+    p.add_argument("--out", metavar="DIR", help="write report.md and CSV files into this folder")
+    p.set_defaults(func=run)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return "—" if math.isnan(v) else f"{v:.3f}"
+    return str(v)
+
+
+def markdown_table(df, columns: list[tuple[str, str]]) -> str:
+    """A GitHub-markdown table of ``df`` with ``(column, header)`` pairs; floats with 3 decimals, NaN → —."""
+    cols = [(c, h) for c, h in columns if c in df.columns]
+    lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(_fmt(r[c]).replace("|", "/") for c, _ in cols) + " |")
+    return "\n".join(lines)
+
+
+def method_rows(metrics, split: str = "test"):
+    """Metrics rows of one split (or all), with 'not applicable' rows kept; status folded into the label."""
+    m = metrics.copy()
+    m["split"] = m["split"].fillna("").astype(str)
+    if split != "all":
+        m = m[(m["split"] == split) | (m["status"] != "ok")]
+    m = m.copy()
+    na = m["status"] != "ok"
+    m.loc[na, "label"] = m.loc[na, "label"].astype(str) + " — " + m.loc[na, "status"].astype(str)
+    return m
+
+
+def run_markdown(run, split: str = "test", groups: bool = False) -> str:
+    """The whole report of a :class:`clipcal.runs.Run` as markdown."""
+    from clipcal.metrics import METRIC_DEFINITIONS
+
+    meta = run.manifest.get("meta", {})
+    cfg = run.config
+    out = [f"# Calibration run {run.key}", "",
+           f"- benchmark: {cfg.get('benchmark_name', '?')} (fingerprint {cfg.get('benchmark')})",
+           f"- backbone: {cfg.get('backbone')} · embeddings {cfg.get('embeddings')} · projection "
+           f"{meta.get('embeddings', {}).get('projection', '?')}",
+           f"- methods: {', '.join(cfg.get('methods', []))} · seed {cfg.get('seed')} · selection "
+           f"{cfg.get('selection') or 'method defaults (worst-class)'}",
+           f"- created {run.created} · versions " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()
+                                                          if v), "",
+           f"## Methods ({split})", "", markdown_table(method_rows(run.metrics, split), HEADLINE), ""]
+    out += ["Definitions:", ""] + [f"- **{k}** — {v}" for k, v in METRIC_DEFINITIONS.items()
+                                   if k in dict(HEADLINE)] + [""]
+    notes = []
+    for m, r in run.results.items():
+        for n in r.record.get("notes", []):
+            notes.append(f"- {m}: {n}")
+    if notes:
+        out += ["## Notes", ""] + list(dict.fromkeys(notes)) + [""]
+    if groups and len(run.group_tables):
+        g = run.group_tables
+        for m in run.results:
+            for s in (["val", "test"] if split == "all" else [split]):
+                t = g[(g["method"] == m) & (g["split"] == s)]
+                out += [f"### {m} · {s}", "", markdown_table(t, [("class", "class"), ("attribute", "attribute"),
+                                                                 ("n", "n"), ("accuracy", "accuracy"),
+                                                                 ("ci_low", "95 % low"),
+                                                                 ("ci_high", "95 % high")]), ""]
+    return "\n".join(out)
+
+
+def write_report(run, out_dir, split: str = "test") -> list[Path]:
+    """Write report.md, metrics.csv, group_tables.csv, curves_<method>.csv, manifest.json into ``out_dir``."""
+    import json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "report.md", out / "metrics.csv", out / "group_tables.csv", out / "manifest.json"]
+    files[0].write_text(run_markdown(run, split=split, groups=True) + "\n", encoding="utf-8")
+    run.metrics.to_csv(files[1], index=False)
+    run.group_tables.to_csv(files[2], index=False)
+    files[3].write_text(json.dumps(run.manifest, indent=2, default=str), encoding="utf-8")
+    for m, r in run.results.items():
+        p = out / f"curves_{m}.csv"
+        r.curves.to_csv(p, index=False)
+        files.append(p)
+    return files
+
+
+def canonical_spec(spec: str) -> str:
+    """The canonical form of a backbone spec (as stored in runs); the input if it cannot be parsed."""
+    try:
+        from clipcal.backbones import parse_spec
+
+        return str(parse_spec(spec))
+    except Exception:  # noqa: BLE001 - an unparsable spec simply matches nothing
+        return spec
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print (and optionally write) the report. Returns 0, or 1 when no run is stored."""
+    from clipcal.commands.data import benchmark_from_args
+    from clipcal.runs import list_runs, load_run
+    from clipcal.store import Store
+
+    store = Store()
+    bench = benchmark_from_args(args)
+    spec = canonical_spec(args.backbone)
+    runs = list_runs(store, benchmark=bench, backbone=spec)
+    if args.list:
+        if not len(runs):
+            print(f"no calibration runs stored for {bench.name} with {spec}")
+            return 1
+        print(runs.drop(columns=["test_worst_group"]).to_string(index=False))
+        return 0
+    if args.key:
+        r = load_run(args.key, store)
+    elif len(runs):
+        r = load_run(runs["key"].iloc[0], store)
+    else:
+        print(f"no calibration runs stored for {bench.name} with {spec}; run:\n  python -m clipcal calibrate "
+              f"--benchmark {bench.name} --backbone {args.backbone}", file=sys.stderr)
+        return 1
+    print(run_markdown(r, split=args.split, groups=args.groups))
+    if args.out:
+        files = write_report(r, args.out, split=args.split)
+        print(f"\nwrote {len(files)} files to {Path(args.out).resolve()}", file=sys.stderr)
+    return 0

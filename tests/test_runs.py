@@ -128,3 +128,42 @@ def test_report_writes_markdown_and_csv(syn_small_ds, store, tmp_path):
     back = pd.read_csv(tmp_path / "rep" / "metrics.csv")
     assert set(back["method"]) == {"erm", "dfr", "zeroshot"}
     assert json.loads((tmp_path / "rep" / "manifest.json").read_text())["meta"]["seed"] == 0
+
+
+@pytest.mark.slow
+def test_real_pipeline_tiny_clip_with_skipped_images(tmp_path, store, emb_tiny, emb_make_benchmark):
+    """Embed real (tiny) images with the tiny open_clip model, then calibrate: text head, skipped rows."""
+    from clipcal.embed import embed_benchmark
+
+    bench = emb_make_benchmark(tmp_path / "imgs", n=48, bad=2)
+    es = embed_benchmark(bench, emb_tiny, store=store, num_workers=0)
+    assert len(es.skipped) == 2
+    run = run_calibration(bench, es, "zeroshot,erm,dfr", hparams={"erm": {"epochs": 2}}, store=store)
+    assert set(run.results) == {"zeroshot", "erm", "dfr"}, run.not_applicable
+    assert run.data.n == 48 and any("2 sample(s) without embeddings" in n for n in run.data.notes)
+    assert run.data.text_head is not None and run.data.text_head.shape == (2, es.embeddings.shape[1])
+    assert run.results["erm"].record["init"]["head"] == "text"
+    zs = run.results["zeroshot"]
+    assert np.array_equal(zs.pred, (run.data.embeddings @ run.data.text_head.T).argmax(1))
+
+
+@pytest.mark.slow
+def test_cli_calibrate_and_report(tmp_path, tmp_store_root, emb_make_benchmark, monkeypatch, capsys):
+    """`python -m clipcal calibrate … --backbone tiny:clip` then `report --out`, benchmark patched in."""
+    import clipcal.commands.data as data_cmd
+    from clipcal.cli import main
+
+    bench = emb_make_benchmark(tmp_path / "imgs", n=36)
+    monkeypatch.setattr(data_cmd, "benchmark_from_args", lambda args, progress=None: bench)
+    rc = main(["calibrate", "--benchmark", "csv", "--backbone", "tiny:clip", "--methods", "zeroshot,erm,dfr",
+               "--set", "erm.epochs=2", "--set", "dfr.n_retrain=2", "--device", "cpu", "--seed", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "| method | split | worst-group | overall | mean group | train-weighted | worst-class |" in out
+    assert "DFR (uses group labels)" in out and "run " in out
+    rc = main(["report", "--benchmark", "csv", "--backbone", "tiny:clip", "--out", str(tmp_path / "rep")])
+    assert rc == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "ERM (last layer)" in md and "seed 1" in md
+    assert main(["calibrate", "--benchmark", "csv", "--backbone", "tiny:clip", "--methods", "erm",
+                 "--set", "cfr.lr=1"]) == 2  # --set for a method not in --methods: clear error, exit 2

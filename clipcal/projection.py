@@ -84,7 +84,14 @@ def _check(name: str, arr: np.ndarray) -> np.ndarray:
 
 def projection_key(before: np.ndarray, after: np.ndarray | None, key_fields: Mapping[str, Any] | None,
                    params: Mapping[str, Any]) -> dict:
-    """The store key of a projection: caller's key fields + input content hash + UMAP parameters."""
+    """The store key of a projection: caller's key fields + input content hash + UMAP parameters.
+
+    Arrays are hashed as float32 (what :func:`joint_umap` fits), so float64 inputs give the same key.
+    ``params``: ``{"seed", "n_neighbors", "min_dist", "metric"}``; prefer :func:`stored_joint_umap` for
+    look-ups, which builds them exactly as :func:`joint_umap` does.
+    """
+    before = np.asarray(before, dtype=np.float32)
+    after = None if after is None else np.asarray(after, dtype=np.float32)
     key = {str(k): (v if isinstance(v, (str, int, float, bool)) or v is None else str(v))
            for k, v in dict(key_fields or {}).items()}
     key.update({
@@ -97,6 +104,30 @@ def projection_key(before: np.ndarray, after: np.ndarray | None, key_fields: Map
     })
     key.update({k: v for k, v in params.items()})
     return key
+
+
+def _params(seed, n_neighbors, min_dist, metric) -> dict:
+    return {"seed": None if seed is None else int(seed), "n_neighbors": int(n_neighbors),
+            "min_dist": float(min_dist), "metric": str(metric)}
+
+
+def stored_joint_umap(before: np.ndarray, after: np.ndarray | None, store, key_fields: Mapping[str, Any] | None = None,
+                      seed: int | None = 0, n_neighbors: int = 15, min_dist: float = 0.1, metric: str = "cosine"
+                      ) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """The stored result of :func:`joint_umap` for these inputs, or ``None`` if not computed yet.
+
+    Never fits (no numba, no lock): for a page that shows the map when it exists and otherwise starts a
+    background job running :func:`joint_umap` with the same arguments.
+    """
+    n = len(before)
+    key = projection_key(before, after, key_fields, _params(seed, n_neighbors, min_dist, metric))
+    entry = store.get(KIND, key)
+    if entry is None:
+        return None
+    xy = np.asarray(entry.array("xy", mmap=False), dtype=np.float32)
+    if xy.shape != (n * (2 if after is not None else 1), 2):
+        return None
+    return xy[:n], (xy[n:] if after is not None else None)
 
 
 #: Up to this many rows (before + after), neighbours are computed exactly with blockwise BLAS (seconds for
@@ -218,8 +249,8 @@ def joint_umap(before: np.ndarray, after: np.ndarray | None = None, store=None,
     total = n * (2 if after is not None else 1)
     if total < 4:
         raise MethodError(f"UMAP needs at least 4 points, got {total}", hint="select more samples")
-    params = {"seed": seed, "n_neighbors": int(n_neighbors), "min_dist": float(min_dist), "metric": metric}
-    key = projection_key(before, after, key_fields, params) if store is not None else None
+    key = projection_key(before, after, key_fields, _params(seed, n_neighbors, min_dist, metric)) \
+        if store is not None else None
 
     def split(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         return xy[:n], (xy[n:] if after is not None else None)

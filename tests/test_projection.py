@@ -98,6 +98,12 @@ def test_store_serves_the_second_call_and_keys_on_content_and_params(tmp_path, m
     P.joint_umap(before, after, store, kf, seed=1)
     assert len(fake.calls) == 4
     assert len(store.list("projections")) == 4
+    # look-up without fitting: same key for float64 copies of the inputs; None for unseen inputs
+    hit = P.stored_joint_umap(before.astype(np.float64), after, store, kf)
+    np.testing.assert_array_equal(hit[0], r1[0])
+    np.testing.assert_array_equal(hit[1], r1[1])
+    assert P.stored_joint_umap(before, after, store, kf, min_dist=0.5) is None
+    assert len(fake.calls) == 4
     # a fresh Store object on the same folder (another process) reads the entry without fitting
     r3 = P.joint_umap(before, after, Store(tmp_path / "store"), kf)
     assert len(fake.calls) == 4

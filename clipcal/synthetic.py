@@ -246,8 +246,10 @@ def reference_baselines(data: FeatureData, C: float = 1e4, seed: int = 0) -> dic
 
 
 def compare(methods=("erm", "jtt", "afr", "dfr"), seeds=(0, 1, 2), hparams: dict | None = None,
-            progress=None, **gen_kwargs) -> pd.DataFrame:
+            progress=None, on_row=None, **gen_kwargs) -> pd.DataFrame:
     """Fit ``methods`` on the generator for each seed (data seed = method seed) and score the test split.
+
+    ``on_row(dict)`` is called after each fit (e.g. to print as you go).
 
     Returns:
         DataFrame with one row per method and seed: ``method, seed, worst_group, overall, mean_group,
@@ -278,6 +280,8 @@ def compare(methods=("erm", "jtt", "afr", "dfr"), seeds=(0, 1, 2), hparams: dict
             rows.append({"method": m, "seed": seed, **{k: s[k] for k in ("worst_group", "overall", "mean_group",
                                                                            "train_weighted", "worst_class")},
                          "seconds": round(time.perf_counter() - t0, 2), "status": "ok"})
+            if on_row is not None:
+                on_row(rows[-1])
     return pd.DataFrame(rows)
 
 
@@ -304,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             v = value
         hp.setdefault(m, {})[name] = v
-    df = compare(args.methods.split(","), args.seeds, hp, correlation=args.correlation, n_train=args.n_train)
+    df = compare(args.methods.split(","), args.seeds, hp, on_row=lambda r: print(r, flush=True),
+                 correlation=args.correlation, n_train=args.n_train)
     print(df.to_string(index=False))
     ok = df[df["status"] == "ok"]
     agg = ok.groupby("method", sort=False)[["worst_group", "overall", "mean_group", "train_weighted",

@@ -7,7 +7,6 @@ Implementation: :func:`clipcal.methods._train.train_last_layer`.
 
 from __future__ import annotations
 
-import numpy as np
 
 from clipcal.methods._train import DEFAULT_SCALE, ERM_DEFAULTS, SELECTION_RULES, init_notes, train_last_layer
 from clipcal.methods.base import FeatureData, Method, MethodResult

@@ -898,8 +898,8 @@ def run_label(info: dict) -> str:
     methods = info.get("methods") or []
     wg = info.get("test_worst_group") or {}
     best = max(((v, k) for k, v in wg.items() if isinstance(v, (int, float)) and v == v), default=None)
-    tail = f" · best test worst-group {best[0]:.2f} ({method_label(best[1])})" if best else ""
-    return f"{_fmt_time(info.get('created'))} · {', '.join(method_label(m) for m in methods)}{tail}"
+    tail = f" · best test worst-group {best[0]:.2f} ({method_short(best[1])})" if best else ""
+    return f"{_fmt_time(info.get('created'))} · {', '.join(method_short(m) for m in methods)}{tail}"
 
 
 def pick_run(runs: list[dict], key: str):
@@ -942,6 +942,11 @@ def method_label(name: str) -> str:
     """Display label of a method name (``cfr`` → ``CFR``)."""
     cls = method_classes().get(name)
     return getattr(cls, "label", name) if cls is not None else name
+
+
+def method_short(name: str) -> str:
+    """Short display name (``cfr`` → ``CFR``, ``zeroshot`` → ``zero-shot``) for tight places."""
+    return {"zeroshot": "zero-shot"}.get(name, name.upper())
 
 
 def default_method_index(methods: list[str]) -> int:
@@ -1226,7 +1231,9 @@ def movement_section(run, bench, emb, method: str, xy, points: pd.DataFrame) -> 
         cols = [c for c in ("sample_id", "class", "attribute", "split", "move_2d", "cos_change", "crossed")
                 if c in points]
         st.dataframe(points.sort_values("move_2d", ascending=False).head(20)[cols], hide_index=True,
-                     key="repr.moved", height=300)
+                     key="repr.moved", height=300,
+                     column_config={"move_2d": st.column_config.NumberColumn(format="%.3f"),
+                                    "cos_change": st.column_config.NumberColumn(format="%.2e")})
     with right:
         bm = baseline_method(run)
         if bm and bm != method:
@@ -1284,6 +1291,14 @@ def concepts_section(run, bench, emb, method: str) -> None:
     st.caption(f"Scored on the val + test images with {method_label(method)}'s predictions. "
                "score = mean cosine similarity to the misclassified − to the correctly classified images.")
     from clipcal.figures import concept_scores_figure
+
+    for k, sub in scores.groupby("class", sort=False):
+        if sub["score"].isna().all():
+            nw, nr = int(sub["n_wrong"].iloc[0]), int(sub["n_correct"].iloc[0])
+            why = (f"{method_short(method)} classified all {nr} of them correctly: no errors to explain"
+                   if nw == 0 else f"{method_short(method)} got all {nw} of them wrong: no correct images to "
+                   "compare with — pick another method above")
+            st.info(f"**{k}** ({nw + nr} val + test images): {why}.")
 
     st.plotly_chart(memo(("fig_concepts", _run_id(run), method, tuple(concepts)),
                          lambda: concept_scores_figure(scores, top=10)), key="spur.concepts_fig")

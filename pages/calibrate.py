@@ -26,7 +26,8 @@ if emb is not None:
     usable = c.applicable_methods(emb)
     chosen = st.multiselect(
         "Methods", usable, default=usable, key="calib.methods",
-        format_func=lambda n: f"{METHODS[n].label}{' 👥' if METHODS[n].uses_group_labels else ''}")
+        format_func=lambda n: f"{c.method_short(n)}{' 👥' if METHODS[n].uses_group_labels else ''}",
+        help="👥 = uses group labels (DFR: for training the last layer on the validation split)")
     missing = [n for n in METHODS if n not in usable]
     if missing:
         st.caption("Not offered: " + ", ".join(METHODS[n].label for n in missing)

@@ -55,16 +55,14 @@ with c.guarded("reading the store"):
     st.caption(f"Store folder: `{cache_dir()}` (set `CLIPCAL_CACHE` to move it).")
     emb = c.store_embeddings()
     runs = c.store_runs()
-    left, right = st.columns(2)
-    with left:
-        st.markdown(f"**Embeddings** ({len(emb)})")
-        if len(emb):
-            st.dataframe(emb.drop(columns=["bench_spec", "fingerprint"]), hide_index=True, key="home.emb")
-        else:
-            st.caption("None yet — embed a benchmark on the Embed page or with `python -m clipcal embed`.")
-    with right:
-        st.markdown(f"**Calibration runs** ({len(runs)})")
-        if len(runs):
-            st.dataframe(runs, hide_index=True, key="home.runs")
-        else:
-            st.caption("None yet — calibrate on the Calibrate page or with `python -m clipcal calibrate`.")
+    st.markdown(f"**Embeddings** ({len(emb)})")
+    if len(emb):
+        st.dataframe(emb.drop(columns=["bench_spec", "fingerprint"]), hide_index=True, key="home.emb")
+    else:
+        st.caption("None yet — embed a benchmark on the Embed page or with `python -m clipcal embed`.")
+    st.markdown(f"**Calibration runs** ({len(runs)})")
+    if len(runs):
+        st.dataframe(runs, hide_index=True, key="home.runs",
+                     column_config={"best test worst-group": st.column_config.NumberColumn(format="%.3f")})
+    else:
+        st.caption("None yet — calibrate on the Calibrate page or with `python -m clipcal calibrate`.")

@@ -23,9 +23,10 @@ if run is not None and emb is not None:
         if not after_methods:
             st.info("No method of this run changed the embeddings (only CFR does); the map shows the "
                     "embeddings before calibration only.")
-        cols = st.columns([2, 2, 2, 1])
+        cols = st.columns([3, 3, 2, 3])
         method = cols[0].selectbox("After = embeddings of", after_methods or ["(none)"],
-                                   index=c.default_after_index(after_methods), key="repr.method")
+                                   index=c.default_after_index(after_methods), key="repr.method",
+                                   format_func=lambda m: m if m == "(none)" else c.method_label(m))
         method = None if method == "(none)" else method
         st.session_state[c.K_METHOD] = method
         color_opts = c.color_options(run, bench)

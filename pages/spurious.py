@@ -20,7 +20,7 @@ with c.guarded("loading"):
 if run is not None and emb is not None:
     methods = c.run_methods(run)
     method = st.selectbox("Method whose predictions are inspected", methods,
-                          index=c.default_method_index(methods), key="spur.method")
+                          index=c.default_method_index(methods), key="spur.method", format_func=c.method_label)
     tabs = st.tabs(["(a) Text concepts", "(b) Attribute decodability", "(c) Cluster discovery",
                     "(d) Calibration set vs groups", "(e) Worst-group gallery"])
 

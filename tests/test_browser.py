@@ -25,8 +25,12 @@ SHOTS = ROOT / "artifacts" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-PAGES = [("home", ""), ("data", "data"), ("embed", "embed"), ("calibrate", "calibrate"), ("groups", "groups"),
-         ("representations", "representations"), ("spurious", "spurious")]
+#: (screenshot name, url path, text that appears once the page has fully rendered)
+PAGES = [("home", "", "Calibration runs"), ("data", "data", "Samples per group"),
+         ("embed", "embed", "Next: Calibrate"), ("calibrate", "calibrate", "Training curves"),
+         ("groups", "groups", "How each method was trained"), ("representations", "representations", "What moved"),
+         ("spurious", "spurious", "Candidate concepts")]
+VIEWPORT = {"width": 1500, "height": 2400}  # tall: Streamlit scrolls inside the page, full_page cannot
 
 pytestmark = [pytest.mark.browser]
 
@@ -80,7 +84,7 @@ def browser_page(server):
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page = browser.new_page(viewport=VIEWPORT)
         page.set_default_timeout(60_000)
         yield page
         browser.close()
@@ -101,12 +105,25 @@ def _settle(page, timeout_s: float = 60) -> None:
     raise AssertionError("page did not settle")
 
 
-def _goto(page, url: str) -> float:
+def _goto(page, url: str, marker: str | None = None) -> float:
+    """Open ``url`` and wait until ``marker`` text is shown and the script run finished; return seconds."""
     t0 = time.monotonic()
     page.goto(url)
     page.wait_for_selector('[data-testid="stMain"] h1')
+    if marker:
+        page.get_by_text(marker).first.wait_for(timeout=120_000)
     _settle(page)
     return time.monotonic() - t0
+
+
+def _images_loaded(page, timeout_s: float = 30) -> None:
+    """Wait until every visible image on the page has been decoded (grids are filled)."""
+    time.sleep(0.5)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=\"stMain\"] img')]"
+        ".filter(i => i.offsetParent !== null).every(i => i.complete && i.naturalWidth > 0)",
+        timeout=timeout_s * 1000)
+    _settle(page)
 
 
 def _no_exception(page, name: str) -> None:
@@ -118,22 +135,29 @@ def test_every_page_loads_and_selection_works(server, browser_page, seeded_store
     page = browser_page
     SHOTS.mkdir(parents=True, exist_ok=True)
     times = {}
-    for name, path in PAGES:
-        times[name] = _goto(page, f"{server}/{path}")
+    for name, path, marker in PAGES:
+        times[name] = _goto(page, f"{server}/{path}", marker)
         _no_exception(page, name)
-        if name == "representations":
+        if name in ("representations", "groups", "spurious"):
             page.wait_for_selector(".js-plotly-plot", timeout=90_000)
-            _settle(page)
+        _images_loaded(page)
         page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
-    print("page load + settle seconds:", {k: round(v, 2) for k, v in times.items()})
+    # the other views of Spurious attributes are tabs: open each and keep a screenshot
+    for i, tab in enumerate(["(b) Attribute decodability", "(c) Cluster discovery",
+                             "(d) Calibration set vs groups", "(e) Worst-group gallery"]):
+        page.get_by_role("tab", name=tab).click()
+        _images_loaded(page)
+        _no_exception(page, tab)
+        page.screenshot(path=str(SHOTS / f"spurious-{'bcde'[i]}.png"), full_page=True)
+    print("first visit (load + render) seconds:", {k: round(v, 2) for k, v in times.items()})
 
     # Home lists the seeded embeddings and run
-    _goto(page, server)
+    _goto(page, server, "Calibration runs")
     body = page.locator('[data-testid="stMain"]').inner_text()
     assert "tiny:clip" in body
 
     # Representations: box-select by mouse drag over the whole "before" panel
-    _goto(page, f"{server}/representations")
+    _goto(page, f"{server}/representations", "What moved")
     plot = page.locator(".js-plotly-plot").first
     plot.wait_for()
     plot.hover()

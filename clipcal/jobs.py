@@ -230,12 +230,14 @@ class Job:
 
 
 def _accepts(fn: Callable, name: str) -> bool:
-    """Whether ``fn`` takes a keyword argument ``name`` (or ``**kwargs``)."""
+    """Whether ``fn`` names a parameter ``name`` (a bare ``**kwargs`` does not count: it usually forwards
+    to options that would reject it)."""
     try:
-        params = inspect.signature(fn).parameters.values()
+        params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
-    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+    p = params.get(name)
+    return p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
 
 
 class JobManager:
@@ -259,7 +261,7 @@ class JobManager:
         """Run ``fn(*args, **kwargs, progress=…, cancel=…)`` in a daemon worker thread.
 
         ``progress`` (:meth:`Job.report`) and ``cancel`` (``threading.Event``) are passed only to a function
-        that accepts them by keyword (or takes ``**kwargs``), and only if the caller did not pass them.
+        with a parameter of that name (not merely ``**kwargs``), and only if the caller did not pass them.
 
         Args:
             key: identity of the work; while a job with this key is pending or running it is returned and

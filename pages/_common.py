@@ -225,8 +225,10 @@ def start_demo_build(options: dict):
     """Start (or return the running) job that generates the demo images."""
     from clipcal.data.demo import build_demo
 
-    return get_jobs().submit(demo_build_key(options), build_demo,
-                             label="Generating the demo images", **options)
+    def build(progress=None):
+        return build_demo(progress=progress, **options)
+
+    return get_jobs().submit(demo_build_key(options), build, label="Generating the demo images")
 
 
 def fingerprint(bench) -> str:
@@ -400,7 +402,7 @@ def _render_running(job, cancel_key: str) -> None:
         st.caption("Cancelling… (work finished so far is kept)")
     elif st.button("Cancel", key=cancel_key, help="Stop the job; finished work stays in the store"):
         job.cancel()
-        st.rerun(scope="fragment")
+        st.rerun()
 
 
 @st.fragment(run_every=1.0)
@@ -601,6 +603,13 @@ def sidebar() -> None:
         if bb != backbone_spec():
             set_backbone(bb)
             st.rerun()
+        try:
+            bench = load_bench()
+            runs = runs_for(bench, backbone_spec()) if bench is not None else []
+            if runs:
+                run_picker(runs)
+        except Exception as err:  # noqa: BLE001 - the page shows the error in full
+            st.caption(f"runs not readable: {err}")
         running = get_jobs().jobs(running_only=True)
         if running:
             st.markdown("### Running jobs")
@@ -849,7 +858,7 @@ def _runs_module():
 def calib_worker(bench_spec_: dict, spec: str, methods: list[str], hparams: dict, seed: int = 0,
                  selection: str | None = None, progress=None, cancel=None):
     """Worker of the Calibrate page: load benchmark + embeddings, :func:`clipcal.runs.run_calibration`
-    (fits every method, stores the run; a cancelled run stores nothing)."""
+    (fits every method, stores the run; a cancelled run stores nothing). Returns ``(run key, summary)``."""
     bench = load_bench(bench_spec_)
     emb = load_embeddings(bench, spec)
     if emb is None:
@@ -857,8 +866,20 @@ def calib_worker(bench_spec_: dict, spec: str, methods: list[str], hparams: dict
                            hint="embed it first on the Embed page")
     run = _runs_module().run_calibration(bench, emb, methods=methods, hparams=hparams, store=get_store(),
                                          progress=progress, cancel=cancel, seed=seed, selection=selection)
-    return f"{len(run.results)} of {len(methods)} methods ran" + (
-        f"; not applicable: {', '.join(run.not_applicable)}" if run.not_applicable else "")
+    return run.key, f"{len(run.results)} of {len(methods)} methods ran" + (
+        f"; not applicable: {'; '.join(f'{m}: {why}' for m, why in run.not_applicable.items())}"
+        if run.not_applicable else "")
+
+
+def show_new_run_once(job) -> None:
+    """Make the run a finished calibration job stored the current one (once per job), then rerun so the
+    sidebar shows it."""
+    seen = st.session_state.setdefault("cc.seen_jobs", set())
+    if id(job) in seen:
+        return
+    seen.add(id(job))
+    st.session_state[K_RUN] = job.result[0]
+    st.rerun()
 
 
 def start_calibration(bench_spec_: dict, spec: str, methods: list[str], hparams: dict, seed: int = 0,
@@ -902,20 +923,28 @@ def run_label(info: dict) -> str:
     return f"{_fmt_time(info.get('created'))} · {', '.join(method_short(m) for m in methods)}{tail}"
 
 
-def pick_run(runs: list[dict], key: str):
-    """A selectbox over ``runs`` bound to the shared ``K_RUN``; returns the loaded run."""
+def _sync_run() -> None:
+    st.session_state[K_RUN] = st.session_state.get("sb.run")
+
+
+def run_picker(runs: list[dict]) -> str:
+    """The sidebar's run selectbox (widget key ``sb.run``) bound to the shared ``K_RUN``; returns the id.
+
+    ``K_RUN`` is ``None`` or unknown → the newest run.
+    """
     ids = [r["id"] for r in runs]
-    cur = st.session_state.get(K_RUN)
-    idx = ids.index(cur) if cur in ids else 0
+    if st.session_state.get(K_RUN) not in ids:
+        st.session_state[K_RUN] = ids[0]
+    st.session_state["sb.run"] = st.session_state[K_RUN]
     labels = {r["id"]: run_label(r) for r in runs}
-    chosen = st.selectbox("Calibration run", ids, index=idx, format_func=labels.get, key=key)
-    st.session_state[K_RUN] = chosen
-    return get_run(chosen)
+    st.selectbox("Calibration run", ids, format_func=labels.get, key="sb.run", on_change=_sync_run,
+                 help="Shown on Calibrate (results), Groups, Representations and Spurious attributes")
+    return st.session_state[K_RUN]
 
 
 def current_run(page: str):
-    """``(benchmark, run)`` of the current selection with a run picker (widget key ``<page>.run``), rendering
-    what is missing; ``(bench | None, None)`` if there is no run yet."""
+    """``(benchmark, run)`` of the current selection (the run chosen in the sidebar, default the newest),
+    rendering what is missing; ``(bench | None, None)`` if there is no run yet."""
     bench = load_bench()
     if bench is None:
         no_benchmark_notice()
@@ -925,7 +954,16 @@ def current_run(page: str):
         st.info(f"No calibration run of **{bench_label(bench_spec())}** with **{backbone_spec()}** yet.")
         st.page_link(PAGE["calibrate"], label="Go to Calibrate", icon="🎯")
         return bench, None
-    return bench, pick_run(runs, key=f"{page}.run")
+    return bench, shown_run(runs)
+
+
+def shown_run(runs: list[dict]):
+    """Load the run ``K_RUN`` (or the newest) and say which one it is."""
+    ids = [r["id"] for r in runs]
+    rid = st.session_state.get(K_RUN)
+    rid = rid if rid in ids else ids[0]
+    st.caption(f"Calibration run: **{run_label(runs[ids.index(rid)])}** (choose another in the sidebar)")
+    return get_run(rid)
 
 
 def run_methods(run) -> list[str]:

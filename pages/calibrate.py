@@ -55,7 +55,8 @@ if emb is not None:
         st.rerun()
 
     def _done(job) -> None:
-        st.success(f"Calibration finished in {c.fmt_eta(job.elapsed_s)}: {job.result}.")
+        st.success(f"Calibration finished in {c.fmt_eta(job.elapsed_s)}: {job.result[1]}.")
+        c.show_new_run_once(job)
 
     c.job_status(key, show_done=_done, live="curves")
 
@@ -66,7 +67,7 @@ if emb is not None:
         if not runs:
             st.info("No calibration run of this benchmark and backbone yet.")
         else:
-            run = c.pick_run(runs, key="calib.run")
+            run = c.shown_run(runs)
             c.results_table(run, bench, key="calib.table")
             c.curves_section(run)
             st.page_link(c.PAGE["groups"], label="Next: per-group accuracy", icon="📊")

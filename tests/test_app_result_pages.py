@@ -26,7 +26,7 @@ def _fd(seeded_store):
 
 
 def test_calibrate_page_widgets_and_results_match_core(app, seeded_store):
-    at = app("calibrate")
+    at = app("calibrate", **{c.K_RUN: seeded_store["run_id"]})
     _no_exception(at)
     ms = at.multiselect(key="calib.methods")
     # tiny:clip has a text tower, so every method applies (zero-shot included)
@@ -58,11 +58,18 @@ def test_calibrate_job_completes_and_cancel_keeps_store(app, seeded_store):
     assert any("Calibration finished" in s.value for s in at.success)
     runs = c.runs_for(seeded_store["bench"], spec)
     assert len(runs) == before + 1 and runs[0]["methods"] == ["erm"]
+    # the new run became the current one (sidebar) and the results table shows it
+    assert at.session_state[c.K_RUN] == runs[0]["id"] == job.result[0]
+    shown = frame_with(at, "label", "worst_group")
+    assert shown["label"].tolist() == [c.method_label("erm")]
     # a cancelled run stores nothing and the page says so
     at.multiselect(key="calib.methods").set_value(["cfr"]).run()
     at.button(key="calib.start").click().run()
-    job = c.get_jobs().get(c.calib_job_key(bench_spec, spec))
-    job.cancel()
+    key = c.calib_job_key(bench_spec, spec)
+    job = c.get_jobs().get(key)
+    assert job.is_running
+    # the Cancel button lives in the polling fragment, under the live progress line
+    at.button(key=f"cancel.{key}").click().run()
     assert job.wait(120) and job.status == "cancelled"
     at.run()
     _no_exception(at)

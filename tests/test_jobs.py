@@ -175,16 +175,20 @@ def test_one_job_per_key():
     assert j3 is not j1 and j3.result == "again" and jobs.get("same") is j3
 
 
-def test_progress_and_cancel_passed_only_when_accepted():
+def test_progress_and_cancel_passed_only_when_named():
     seen = {}
 
-    def takes_kwargs(**kw):
-        seen.update(kw)
+    def named(x, progress=None, *, cancel=None):
+        seen.update(x=x, progress=progress, cancel=cancel)
+
+    def forwards_options(**options):  # like build_demo(**options): must not receive cancel / progress
+        seen["options"] = options
 
     jobs = JobManager()
-    jobs.submit("kw", takes_kwargs, x=1).wait(5)
-    assert set(seen) == {"x", "progress", "cancel"}
-    assert isinstance(seen["cancel"], threading.Event)
+    jobs.submit("kw", named, x=1).wait(5)
+    assert seen["x"] == 1 and callable(seen["progress"]) and isinstance(seen["cancel"], threading.Event)
+    jobs.submit("opts", forwards_options, n_train=8).wait(5)
+    assert seen["options"] == {"n_train": 8}
     j = jobs.submit("plain", lambda: 7)
     j.wait(5)
     assert j.result == 7

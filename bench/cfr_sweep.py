@@ -38,10 +38,10 @@ def split_metrics(data, pred, split):
             "worst_class": float(min(cls))}
 
 
-def load(kind: str, seed: int):
+def load(kind: str, seed: int, text_head=None):
     if kind == "synthetic":
         from clipcal.synthetic import generate
-        return generate(correlation=0.95, seed=seed).data
+        return generate(correlation=0.95, seed=seed, text_head=text_head).data
     if kind == "demo":
         from clipcal.data import load_benchmark
         from clipcal.embed import embed_benchmark
@@ -61,7 +61,10 @@ def main(argv=None) -> int:
     ap.add_argument("--inits", nargs="+", default=["pretrained"])
     ap.add_argument("--negatives", nargs="+", default=["hard"])
     ap.add_argument("--selection", default="worst-class")
+    ap.add_argument("--train-head", type=int, nargs="+", default=[1])
+    ap.add_argument("--text-head", default=None, help="synthetic only: None, 'core' or 'spurious'")
     ap.add_argument("--erm-epochs", type=int, default=None)
+    ap.add_argument("--erm-lrs", type=float, nargs="+", default=[None])
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
 
@@ -73,12 +76,19 @@ def main(argv=None) -> int:
     rows = []
     cache = {}
     for seed in args.seeds:
-        data = cache.setdefault((args.data, seed if args.data == "synthetic" else 0), load(args.data, seed))
+        key = (args.data, seed if args.data == "synthetic" else 0)
+        if key not in cache:
+            cache[key] = load(args.data, seed, args.text_head)
+        data = cache[key]
         for init in args.inits:
             for neg in args.negatives:
                 for lr in args.lrs:
-                    for ep in args.epochs:
-                        kw = dict(lr=lr, epochs=ep, init=init, negatives=neg, seed=seed, selection=args.selection)
+                    for ep, th, elr in [(e, t, r) for e in args.epochs for t in args.train_head
+                                        for r in args.erm_lrs]:
+                        kw = dict(lr=lr, epochs=ep, init=init, negatives=neg, seed=seed, selection=args.selection,
+                                  train_head=bool(th))
+                        if elr is not None:
+                            kw["erm_lr"] = elr
                         if args.erm_epochs:
                             kw["erm_epochs"] = args.erm_epochs
                         t = time.perf_counter()
@@ -87,6 +97,7 @@ def main(argv=None) -> int:
                         val_curve = r.curves[(r.curves.stage == "cfr") & (r.curves.split == "val")]
                         row = {
                             "data": args.data, "seed": seed, "init": init, "negatives": neg, "lr": lr, "epochs": ep,
+                            "train_head": bool(th), "erm_lr": kw.get("erm_lr"),
                             "erm_epoch": r.record["erm"]["chosen_epoch"],
                             "cfr_epoch": r.record["chosen_epoch"], "val_score": r.record.get("best_score"),
                             "cal_size": r.record["calibration_set"]["size"],
@@ -105,10 +116,11 @@ def main(argv=None) -> int:
     if len(args.seeds) > 1:
         import pandas as pd
         df = pd.DataFrame([{"init": r["init"], "negatives": r["negatives"], "lr": r["lr"], "epochs": r["epochs"],
+                            "train_head": r["train_head"],
                             "erm_wg": r["erm_test"]["worst_group"], "cfr_wg": r["cfr_test"]["worst_group"],
                             "erm_acc": r["erm_test"]["overall"], "cfr_acc": r["cfr_test"]["overall"]}
                            for r in rows])
-        print(df.groupby(["init", "negatives", "lr", "epochs"]).agg(["mean", "std"]).round(3).to_string())
+        print(df.groupby(["init", "negatives", "lr", "epochs", "train_head"]).agg(["mean", "std"]).round(3).to_string())
     return 0
 
 

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from clipcal.errors import MethodError
 from clipcal.methods import _train as T
-from clipcal.methods.base import FeatureData, Method, MethodResult, ProgressFn
+from clipcal.methods.base import FeatureData, Method, MethodResult, ProgressFn, check_cancel
 
 NEGATIVE_MODES = ("hard", "random-other-class")
 INIT_MODES = ("pretrained", "erm")
@@ -216,8 +216,9 @@ def contrastive_loss(anchor: torch.Tensor, positives: torch.Tensor, negatives: t
     Returns:
         scalar tensor (differentiable w.r.t. all three inputs).
     """
-    sp = torch.einsum("ae,ape->ap", anchor, positives) / tau
-    sn = torch.einsum("ae,ane->an", anchor, negatives) / tau
+    a = anchor.unsqueeze(-1)                                   # [A, e, 1]; batched mat-vec, no transposed copies
+    sp = torch.matmul(positives, a).squeeze(-1) / tau          # [A, P]
+    sn = torch.matmul(negatives, a).squeeze(-1) / tau          # [A, N]
     neg_lse = torch.logsumexp(sn, dim=1, keepdim=True)  # [A, 1]
     # −log(e^{sp} / (e^{sp} + Σ e^{sn})) = log(e^{sp} + e^{lse_n}) − sp
     return (torch.logaddexp(sp, neg_lse.expand_as(sp)) - sp).mean()
@@ -268,13 +269,11 @@ def project_unique(model: T.LastLayer, h: torch.Tensor, *index_sets: torch.Tenso
     """
     flat = torch.cat([i.reshape(-1) for i in index_sets])
     uniq, inv = torch.unique(flat, return_inverse=True)
-    # index_select's backward is index_add (much faster on the CPU than advanced indexing's index_put)
+    # index_select's backward is one index_add (advanced indexing's index_put is slower on the CPU), and
+    # torch.split's backward is one cat (slicing would zero-fill a full-size gradient per part)
     z = model.project(h.index_select(0, uniq)).index_select(0, inv)
-    out, s = [], 0
-    for i in index_sets:
-        out.append(z[s:s + i.numel()].reshape(*i.shape, z.shape[-1]))
-        s += i.numel()
-    return out
+    parts = torch.split(z, [i.numel() for i in index_sets])
+    return [p.view(*i.shape, z.shape[-1]) for p, i in zip(parts, index_sets)]
 
 
 def cfr_step_loss(model: T.LastLayer, h: torch.Tensor, y: torch.Tensor, batch: torch.Tensor,
@@ -363,6 +362,7 @@ class CFR(Method):
         "loss_schedule": ("fixed", "'fixed' weights, or 'cosine': CE/contrastive × (1+0.5·cos(2π·ep/epochs))/1.5 "
                                    "as in the reference code"),
         "init": ("pretrained", "stage-2 start: 'pretrained' (W₀ and text head / ERM head) or 'erm'"),
+        "train_head": (True, "train the class head T in stage 2 (False: only the last layer W moves)"),
         "dropout": (0.1, "feature dropout on z (training only)"),
         "learn_scale": (False, "learn the logit scale (start 1/0.07); fixed by default"),
         "selection": ("worst-class", "model selection: 'worst-class' (annotation-free) or 'worst-group'"),
@@ -376,7 +376,7 @@ class CFR(Method):
                  batch_size: int = 128, n_pos: int = 16, n_neg: int = 16, negatives: str = "hard",
                  tau: float = 1.0, supcon: bool = True, supcon_temperature: float = 0.07, w_ce: float = 1.5,
                  w_contrastive: float = 1.5, w_supcon: float = 1.0, loss_schedule: str = "fixed",
-                 init: str = "pretrained", dropout: float = 0.1, learn_scale: bool = False,
+                 init: str = "pretrained", train_head: bool = True, dropout: float = 0.1, learn_scale: bool = False,
                  selection: str = "worst-class", erm_epochs: int = T.ERM_DEFAULTS["epochs"],
                  erm_lr: float = T.ERM_DEFAULTS["lr"], seed: int = 0, device: str = "auto"):
         self.epochs = epochs
@@ -395,6 +395,7 @@ class CFR(Method):
         self.w_supcon = w_supcon
         self.loss_schedule = loss_schedule
         self.init = init
+        self.train_head = train_head
         self.dropout = dropout
         self.learn_scale = learn_scale
         self.selection = selection
@@ -494,8 +495,8 @@ class CFR(Method):
         notes += T.init_notes({"weight": wsrc, "head": "text" if data.text_head is not None else "erm"}, data) \
             if self.init == "pretrained" else []
 
-        model = T.LastLayer(W_start, T_start, learn_scale=bool(self.learn_scale), dropout=float(self.dropout)
-                            ).to(dev)
+        model = T.LastLayer(W_start, T_start, learn_scale=bool(self.learn_scale), dropout=float(self.dropout),
+                            train_head=bool(self.train_head)).to(dev)
         model.generator = torch.Generator(device=dev).manual_seed(seed * 1000 + 2)
         gen = torch.Generator().manual_seed(seed * 1000 + 3)
         opt = T.make_optimizer(model, lr=float(self.lr), momentum=float(self.momentum),
@@ -570,6 +571,7 @@ class CFR(Method):
             perm = torch.randperm(len(tr), generator=gen)
             sums = {"loss": 0.0, "ce": 0.0, "contrastive": 0.0, "supcon": 0.0}
             for s in range(steps):
+                check_cancel(cancel)                    # an epoch can take tens of seconds on a CPU
                 batch = tr_t[perm[s * B:(s + 1) * B]]
                 apos = next_anchors()
                 anchors = cal_t[apos]
@@ -603,8 +605,6 @@ class CFR(Method):
         if not T.check_converged(loop.train_losses):
             notes.append(f"cfr: training loss had not levelled off after {epochs} epochs "
                          f"(last {loop.train_losses[-1]:.4f}); lr {self.lr} may be too small for this start")
-        if loop.best_epoch == 0:
-            notes.append("cfr: no epoch beat the start")
         record.update(
             chosen_epoch=loop.best_epoch, best_score=loop.best_score, steps_per_epoch=steps,
             mean_unique_rows_per_step=float(np.mean(uniq_counts)) if uniq_counts else None,

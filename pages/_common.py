@@ -248,14 +248,6 @@ def load_embeddings(bench, spec: str | None = None):
     return memo(("emb", fingerprint(bench), spec), lambda: _load(bench, spec, store=get_store()))
 
 
-@st.cache_resource(max_entries=1, show_spinner="Loading the backbone…")
-def get_backbone(spec: str, device: str = "auto", precision: str = "auto"):
-    """The loaded :class:`clipcal.backbones.Backbone`; one at a time (a new spec releases the old model)."""
-    from clipcal.backbones import load_backbone
-
-    return load_backbone(spec, device=device, precision=precision)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # store listings
 # ---------------------------------------------------------------------------------------------------------
@@ -723,19 +715,24 @@ def list_backbones() -> pd.DataFrame:
     return memo(("backbones",), _list)
 
 
-_MODEL_LOCK = threading.Lock()
-_MODEL: dict = {}
+@st.cache_resource(show_spinner=False)
+def _model_slot() -> tuple[dict, threading.Lock]:
+    """The one slot holding a loaded backbone, shared by sessions and worker threads."""
+    return {}, threading.Lock()
 
 
 def shared_backbone(spec: str, device: str = "auto", precision: str = "auto"):
-    """The one loaded backbone model of this process (worker threads and pages share it).
+    """The one loaded backbone model of this process (worker threads and pages share it; the slot lives in
+    ``st.cache_resource``).
 
-    Asking for another spec / device / precision releases the previous model first (so GPU memory is
-    not held by a model nobody uses; field-notes pitfall 8).
+    Asking for another spec / device / precision releases the previous model first with
+    :meth:`Backbone.close` (so GPU memory is not held by a model nobody uses; field-notes pitfall 8) —
+    unless an embedding job is still using it, then garbage collection frees it when the job ends.
     """
     from clipcal.backbones import load_backbone
 
     want = (spec, device, precision)
+    _MODEL, _MODEL_LOCK = _model_slot()
     with _MODEL_LOCK:
         if _MODEL.get("key") != want:
             old = _MODEL.pop("model", None)

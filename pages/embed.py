@@ -27,7 +27,7 @@ source = st.radio("Backbone source", SOURCES, horizontal=True, key="embed.source
                   index=2 if current.startswith("bundled:") else 3 if current.startswith("tiny:") else 0)
 spec = None
 if source == "open_clip list":
-    with c.guarded("listing backbones"):
+    with c.guarded("listing backbones"), st.spinner("Checking which weights are cached (first time only)…"):
         table = c.list_backbones()
         st.dataframe(table, hide_index=True, height=240, key="embed.table")
         specs = list(table["spec"])

@@ -209,3 +209,16 @@ def test_data_page_generates_a_missing_demo(app):
     _no_exception(at)
     counts = frame_with(at, "train", "val", "test", "total")
     assert counts["total"].sum() == 16 and counts["train"].sum() == 8
+
+
+def test_embed_page_open_clip_list_shows_weight_status(app):
+    at = app("embed")
+    at.radio(key="embed.source").set_value("open_clip list").run()
+    _no_exception(at)
+    table = frame_with(at, "spec", "arch", "tag", "has_text", "status")
+    assert {"bundled:efficientnet-lite0", "tiny:clip", "open_clip:ViT-B-32:openai"} <= set(table["spec"])
+    # tests run with HF_HUB_OFFLINE=1 and an empty hub cache: hub weights are unavailable, and the page says
+    # what to do when one of them is picked
+    assert table.set_index("spec").loc["open_clip:ViT-B-32:openai", "status"] == "unavailable offline"
+    at.selectbox(key="embed.pick").set_value("open_clip:ViT-B-32:openai").run()
+    assert any("local checkpoint" in w.value for w in at.warning)

@@ -55,7 +55,8 @@ if run is not None and emb is not None:
                 sel = c.selection_table(points, ids)
                 st.download_button("Download the selection as CSV", sel.to_csv(index=False).encode(),
                                    file_name="selection.csv", mime="text/csv", key="repr.download")
-                st.dataframe(sel, hide_index=True, key="repr.selection", height=240)
+                st.dataframe(sel.drop(columns=["path"], errors="ignore"), hide_index=True, key="repr.selection",
+                             height=240)
                 c.selection_grid(bench, run, sel["sample_id"], limit=24)
                 if len(sel) > 24:
                     st.caption(f"First 24 of {len(sel)} shown; the CSV has all.")

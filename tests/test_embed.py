@@ -274,7 +274,8 @@ def test_demo_integration_tiny_and_lite0(demo_small, emb_tiny, emb_lite0, tmp_pa
     assert (pred == y[split == "test"]).mean() > 0.7
 
 
-def test_cli_embed_and_list(demo_small, capsys):
+def test_cli_embed_and_list(tmp_store_root, capsys):
+    # A private store: other tests embed the same small demo into the session store first.
     from clipcal.cli import main
 
     args = ["embed", "--benchmark", "demo", "--n-train", "120", "--n-val", "40", "--n-test", "80",

@@ -107,8 +107,9 @@ def main(argv=None) -> int:
                             "cfr_val": split_metrics(data, r.pred, "val"),
                             "val_worst_class_by_10": val_curve[val_curve.metric == "worst_class"]
                             .value.round(3).tolist()[::10],
-                            "loss_first_last": [round(v, 4) for v in r.curves[
-                                (r.curves.stage == "cfr") & (r.curves.metric == "loss")].value.iloc[[0, -1]]],
+                            "train_loss_first_last_epoch": [round(v, 4) for v in r.curves[
+                                (r.curves.stage == "cfr") & (r.curves.split == "train")
+                                & (r.curves.metric == "loss")].value.iloc[[0, -1]]],
                             "seconds": round(time.perf_counter() - t, 1),
                         }
                         rows.append(row)

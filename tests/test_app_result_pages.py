@@ -217,3 +217,45 @@ def test_reruns_are_fast_once_data_is_in_the_store(app, seeded_store):
         _no_exception(at)
     print("rerun seconds:", {k: round(v, 2) for k, v in times.items()})
     assert max(times.values()) < 2.0, times
+
+
+def test_benchmark_without_attribute_labels(app, seeded_store, emb_tiny, tmp_path):
+    """Own CSV without an attribute column: the attribute views say why they are empty, clusters take over."""
+    from clipcal.data import load_benchmark
+    from clipcal.embed import embed_benchmark
+    from clipcal.runs import run_calibration
+    from clipcal.store import Store
+    from tests.fixtures_app import _fast_hparams
+    from tests.fixtures_data import make_csv_dataset
+
+    rows = [{"id": f"i{k}", "filename": f"img/{k}.jpg", "split": ("train", "val", "test")[k % 3],
+             "y": ("cat", "dog")[(k // 3) % 2]} for k in range(36)]
+    make_csv_dataset(tmp_path / "noattr", rows)
+    spec = {"name": "csv", "root": str(tmp_path / "noattr"), "options": {}}
+    bench = load_benchmark("csv", root=spec["root"])
+    assert not bench.has_attributes
+    store = Store(seeded_store["root"])
+    emb = embed_benchmark(bench, emb_tiny, store=store)
+    run_calibration(bench, emb, methods=["erm", "cfr"], hparams=_fast_hparams(["erm", "cfr"]), store=store)
+    state = {c.K_BENCH: spec, c.K_RUN: None}
+
+    at = app("groups", **state)
+    _no_exception(at)
+    assert any("no spurious-attribute labels" in i.value for i in at.info)
+    groups = frame_with(at, "method", "class", "attribute", "accuracy")
+    assert set(groups["attribute"]) == {"unknown"} and set(groups["class"]) == {"cat", "dog"}
+
+    at = app("representations", **state)  # the first visit computes this run's UMAP in a job
+    for job in c.get_jobs().jobs(running_only=True):
+        assert job.wait(300) and job.status == "done", job.error_message
+    at.run()
+    _no_exception(at)
+    assert len(at.get("plotly_chart")) >= 1
+    colours = at.selectbox(key="repr.color").options
+    assert "spurious attribute" not in colours and "group" not in colours and "class" in colours
+
+    at = app("spurious", **state)
+    _no_exception(at)
+    assert any("no attribute labels" in i.value for i in at.info)
+    cl = frame_with(at, "cluster", "accuracy", "majority_attribute")
+    assert set(cl["class"]) == {"cat", "dog"} and cl["n"].sum() == 36

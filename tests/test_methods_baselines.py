@@ -113,6 +113,9 @@ def test_jtt_upweighting(syn_small):
     assert (erm.pred[err] == syn_small.y[err]).mean() == 0.0
     with pytest.raises(MethodError, match="lambda_up"):
         JTT(lambda_up=0.5, epochs=1).fit(syn_small)
+    # id_epochs = T: the identification model is the last of T epochs (no selection)
+    t1 = JTT(id_epochs=6, **FAST).fit(syn_small).result_
+    assert t1.record["erm_chosen_epoch"] == 6 and t1.record["error_set_size"] == len(t1.calibration_set)
 
 
 def test_afr_pieces():

@@ -374,7 +374,7 @@ class LoopResult:
 
 
 def run_epochs(model: LastLayer, *, epochs: int, train_epoch: Callable[[int], dict], evaluator: Evaluator,
-               stage: str, progress: ProgressFn | None = None, cancel=None) -> LoopResult:
+               stage: str, progress: ProgressFn | None = None, cancel=None, select: bool = True) -> LoopResult:
     """Run ``epochs`` epochs, evaluate after each, keep and restore the best state.
 
     Args:
@@ -385,6 +385,8 @@ def run_epochs(model: LastLayer, *, epochs: int, train_epoch: Callable[[int], di
         evaluator: an :class:`Evaluator` (selection rule, validation metrics).
         stage: label for curves / progress (``"erm"``, ``"cfr"`` …).
         progress / cancel: as in :meth:`Method.fit`; progress counts epochs.
+        select: True (default) keeps the best validation epoch; False keeps the last epoch (e.g. JTT's
+            identification model trained for a fixed number of epochs).
 
     Raises:
         MethodError: ``epochs < 1``. Cancelled: ``cancel`` set (checked before each epoch).
@@ -407,13 +409,16 @@ def run_epochs(model: LastLayer, *, epochs: int, train_epoch: Callable[[int], di
         score, r = evaluator.evaluate(model, ep, stage)
         rows += r
         s = score if np.isfinite(score) else -math.inf
-        if best_state is None or s > best_score:
+        if not select:
+            best_epoch, best_score = ep, s
+        elif best_state is None or s > best_score:
             best_epoch, best_score, best_state = ep, s, copy.deepcopy(model.state_dict())
         report(progress, ep, epochs,
                f"{stage} epoch {ep}/{epochs} · loss {train_m.get('loss', float('nan')):.4f} · "
                f"val {evaluator.rule} {score:.3f}", stage,
                train_loss=float(train_m.get("loss", float("nan"))), val_score=float(score))
-    model.load_state_dict(best_state)
+    if select:
+        model.load_state_dict(best_state)
     model.eval()
     curves = pd.DataFrame(rows, columns=list(empty_curves().columns)) if rows else empty_curves()
     return LoopResult(best_epoch=best_epoch, best_score=float(best_score), curves=curves, train_losses=losses,
@@ -537,7 +542,7 @@ def train_last_layer(data: FeatureData, *, train_idx: np.ndarray | None = None,
                      dropout: float = ERM_DEFAULTS["dropout"], selection: str = "worst-class", seed: int = 0,
                      device: str = "auto", train_weight: bool = True, train_head: bool = True,
                      curve_splits: tuple[str, ...] = ("val",), progress: ProgressFn | None = None,
-                     cancel=None) -> TrainedLastLayer:
+                     cancel=None, select: bool = True) -> TrainedLastLayer:
     """Train W and T with (weighted) cross-entropy, selecting the epoch by the validation score.
 
     Loss per batch: ``Σ wᵢ CE(logitsᵢ, yᵢ) / Σ wᵢ`` (``w`` = 1 without ``sample_weight``; JTT's up-weighting
@@ -557,6 +562,7 @@ def train_last_layer(data: FeatureData, *, train_idx: np.ndarray | None = None,
         device: ``"auto"`` / ``"cpu"`` / ``"cuda"``.
         train_weight / train_head: which of W, T learn.
         curve_splits: splits evaluated for the curves each epoch.
+        select: keep the best validation epoch (default) or, if False, the last epoch.
 
     Returns:
         :class:`TrainedLastLayer` (the model at the chosen epoch).
@@ -614,7 +620,7 @@ def train_last_layer(data: FeatureData, *, train_idx: np.ndarray | None = None,
 
     with torch_threads(data.feature_dim, data.embed_dim, dev):
         loop = run_epochs(model, epochs=epochs, train_epoch=one_epoch, evaluator=evaluator, stage=stage,
-                          progress=progress, cancel=cancel)
+                          progress=progress, cancel=cancel, select=select)
     conv = check_converged(loop.train_losses)
     notes = []
     if not conv:

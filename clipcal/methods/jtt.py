@@ -6,8 +6,10 @@ Training Group Information"), on the last layer over cached features.
 2. Retrain the last layer and head from the same starting point with the error set up-weighted by
    ``lambda_up`` (loss weights; equal to JTT's up-sampling in expectation).
 
-No group labels are used (unless ``selection="worst-group"``). Deviation from the paper: the identification
-model is the validation-selected ERM model rather than one stopped after a tuned number of epochs T.
+No group labels are used (unless ``selection="worst-group"``). The identification model is, by default
+(``id_epochs=None``), the validation-selected ERM model — the same error set CFR calibrates on. JTT's paper
+instead stops it after T epochs (``id_epochs=T``: last epoch kept, no selection); on features that ERM fits
+perfectly (the Lite0 demo: 0 training errors at the selected epoch) only a small T leaves an error set.
 """
 
 from __future__ import annotations
@@ -29,14 +31,17 @@ class JTT(Method):
     uses_group_labels = False
     description = "retrain the last layer with the ERM error set up-weighted (Liu et al. 2021)"
     HPARAMS = {"lambda_up": (20.0, "loss weight of the ERM error set in the second training (JTT's λ_up)"),
+               "id_epochs": (None, "epochs of the identification model, last epoch kept (JTT's T); "
+                                   "None = the validation-selected ERM model"),
                **LAST_LAYER_HPARAMS}
 
-    def __init__(self, lambda_up=20.0, epochs=ERM_DEFAULTS["epochs"], lr=ERM_DEFAULTS["lr"],
+    def __init__(self, lambda_up=20.0, id_epochs=None, epochs=ERM_DEFAULTS["epochs"], lr=ERM_DEFAULTS["lr"],
                  weight_decay=ERM_DEFAULTS["weight_decay"], momentum=ERM_DEFAULTS["momentum"],
                  batch_size=ERM_DEFAULTS["batch_size"], dropout=ERM_DEFAULTS["dropout"],
                  learn_scale=ERM_DEFAULTS["learn_scale"], selection=ERM_DEFAULTS["selection"], seed=0,
                  device="auto"):
         self.lambda_up = lambda_up
+        self.id_epochs = id_epochs
         self.epochs = epochs
         self.lr = lr
         self.weight_decay = weight_decay
@@ -51,8 +56,12 @@ class JTT(Method):
     def _fit(self, data, progress, cancel) -> MethodResult:
         if not float(self.lambda_up) >= 1.0:
             raise MethodError(f"lambda_up must be ≥ 1, got {self.lambda_up}")
-        total = 2 * int(self.epochs)
-        erm = fit_erm_stage(self, data, stage_progress(progress, 0, total), cancel, stage="erm")
+        n_id = int(self.epochs) if self.id_epochs is None else int(self.id_epochs)
+        if n_id < 1:
+            raise MethodError(f"id_epochs must be ≥ 1, got {self.id_epochs}")
+        total = n_id + int(self.epochs)
+        erm = fit_erm_stage(self, data, stage_progress(progress, 0, total), cancel, stage="erm", epochs=n_id,
+                            select=self.id_epochs is None)
         probs0, _ = erm.predict_all()
         train = data.indices("train")
         wrong = probs0[train].argmax(1) != data.y[train]
@@ -62,7 +71,7 @@ class JTT(Method):
             notes.append("empty error set: the ERM model classifies every training sample correctly, so JTT's "
                          "second training equals ERM")
         weights = np.where(wrong, float(self.lambda_up), 1.0)
-        up = fit_erm_stage(self, data, stage_progress(progress, self.epochs, total), cancel, stage="jtt",
+        up = fit_erm_stage(self, data, stage_progress(progress, n_id, total), cancel, stage="jtt",
                            sample_weight=weights)
         probs, z = up.predict_all()
         curves = pd.concat([erm.curves, up.curves], ignore_index=True)

@@ -304,7 +304,7 @@ def test_cfr_beats_erm_worst_group_on_synthetic():
     lr = 1e-3, not the reference's 1e-4: without a text tower the stage-2 start is W₀ (identity) with the ERM
     head, a mismatched pair at chance level; at 1e-4 CFR needs ~10 epochs to realign and by then the
     cross-entropy on the (small) calibration set starts flipping majority groups, so the gain is not reliable
-    (3 seeds, test worst-group: ERM 0.563 ± 0.036, CFR lr 1e-4 0.572 ± 0.063, CFR lr 1e-3 0.712 ± 0.099;
+    (3 seeds, test worst-group: ERM 0.563 ± 0.036, CFR lr 1e-4 0.572 ± 0.064, CFR lr 1e-3 0.712 ± 0.099;
     bench/cfr_sweep.py). epochs = 5 instead of 100 to keep the test short: at lr 1e-3 validation worst-class
     accuracy peaks at epoch 1 and falls afterwards on every seed, so the selected model is the same.
     Selection uses validation worst-class accuracy only.

@@ -152,7 +152,8 @@ class Job:
     def report(self, *args, **kwargs) -> None:
         """The ``progress`` callback given to the function.
 
-        Accepts ``report("message")`` (keeps the counts), ``report(obj)`` where ``obj`` has ``done`` and ``total`` (and optionally ``images_per_s`` /
+        Accepts ``report("message")`` (keeps the counts), ``report(obj)`` where ``obj`` has ``done`` and
+        ``total`` (and optionally ``images_per_s`` /
         ``rate``, ``eta_s``, ``message``; other public attributes go to ``extra``), ``report(done, total)``,
         ``report(done, total, message)``, or keywords ``done=, total=, message=, rate=, eta_s=, **extra``.
 

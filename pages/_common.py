@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-import time
 import traceback
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -63,8 +62,8 @@ def init_state() -> None:
     """Fill the shared keys with defaults on a session's first run.
 
     A new session opens what is already in the store: the benchmark and backbone of the newest embedding
-    set (e.g. embedded headless with ``python -m clipcal embed``), else the built-in demo and the bundled
-    backbone.
+    set that can be reopened (e.g. embedded headless with ``python -m clipcal embed``; the manifest must say
+    where the benchmark's files are), else the built-in demo and the bundled backbone.
     """
     ss = st.session_state
     if K_BENCH in ss and K_BACKBONE in ss:
@@ -72,10 +71,9 @@ def init_state() -> None:
     bench, spec = dict(DEFAULT_BENCH), DEFAULT_BACKBONE
     try:
         emb = store_embeddings()
-        if len(emb):
-            newest = emb.iloc[0]
-            if newest["bench_spec"] is not None:
-                bench, spec = newest["bench_spec"], newest["backbone"]
+        reopenable = emb[emb["bench_spec"].notna()]
+        if len(reopenable):  # newest first; entries whose files cannot be located are skipped
+            bench, spec = reopenable.iloc[0]["bench_spec"], reopenable.iloc[0]["backbone"]
     except Exception:  # noqa: BLE001 - an unreadable store must not stop the app; pages say more
         pass
     ss.setdefault(K_BENCH, bench)

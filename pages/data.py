@@ -139,7 +139,8 @@ if bench is not None:
         pivot["total"] = pivot.sum(axis=1)
         left, right = st.columns([2, 3])
         left.dataframe(pivot, key="data.counts")
-        right.plotly_chart(figures.group_counts_figure(counts, title="Images per group and split"), key="data.counts_chart")
+        right.plotly_chart(figures.group_counts_figure(counts, title="Images per group and split"),
+                           key="data.counts_chart")
         small = counts[(counts["split"] == "train") & (counts["n"] < 20)]
         if len(small):
             st.caption("Small training groups (< 20 images): " + ", ".join(

@@ -40,7 +40,8 @@ if source == "open_clip list":
 elif source == "local checkpoint":
     arch = st.text_input("Architecture (open_clip name, e.g. ViT-B-32-quickgelu for OpenAI weights)",
                          value="ViT-B-32-quickgelu", key="embed.arch")
-    path = st.text_input("Checkpoint file or folder", key="embed.ckpt", placeholder="/path/to/open_clip_model.safetensors")
+    path = st.text_input("Checkpoint file or folder", key="embed.ckpt",
+                         placeholder="/path/to/open_clip_model.safetensors")
     kind = st.radio("It is", ["a checkpoint file", "a local hf-hub folder (open_clip_config.json + weights)"],
                     key="embed.ckpt_kind")
     if path:

@@ -8,7 +8,6 @@ import dataclasses
 import time
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from pages import _common as c

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 import pandas as pd
-import pytest
 
 from pages import _common as c
 

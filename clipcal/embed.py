@@ -386,6 +386,8 @@ def _embed_locked(benchmark, backbone, store, key_fields, batch_size, num_worker
     done = sum(stop - start for i, start, stop in bounds if (i, start, stop) not in todo)
     if done:
         report(done, message=f"resuming: {n_shards - len(todo)} of {n_shards} shards already done")
+    else:  # a report before the first batch, so a progress bar's clock starts before the first batch
+        report(0, message="starting")
 
     n_computed = 0
     if todo:

@@ -18,6 +18,7 @@ import torch
 from clipcal.embed import (
     KIND,
     EmbeddingSet,
+    Progress,
     class_text_embeddings,
     embed_benchmark,
     embedding_key,
@@ -291,3 +292,23 @@ def test_cli_embed_and_list(tmp_store_root, capsys):
     assert main(["embed", "--backbone", "open_clip:ViT-B-33:openai"]) == 2
     err = capsys.readouterr().err
     assert "unknown open_clip architecture" in err and "ViT-B-32" in err
+
+
+def test_fresh_run_reports_before_the_first_batch(tmp_path, emb_tiny, emb_make_benchmark, monkeypatch):
+    """A fresh run reports done=0 before encoding, so the CLI bar starts at 0 (it once started at the first
+    batch's count and showed the rate of the last few images only: "66/66 … 2.32 s/img")."""
+    bench = emb_make_benchmark(tmp_path / "data", n=12)
+    encoded = []
+    real = emb_tiny.encode_images
+    monkeypatch.setattr(emb_tiny, "encode_images", lambda x: (encoded.append(len(x)), real(x))[1])
+    seen = []
+    embed_benchmark(bench, emb_tiny, store=Store(tmp_path / "store"), batch_size=8, num_workers=0,
+                    progress=lambda p: seen.append((p.done, p.message, sum(encoded))))
+    assert seen[0] == (0, "starting", 0)
+    from clipcal.commands.embed import _Bar
+
+    bar = _Bar()
+    for done, msg in [(0, "starting"), (8, "embedding"), (12, "embedding")]:
+        bar(Progress(done, 12, None, None, msg))
+    assert bar.bar.n == 12 and bar.bar.initial == 0
+    bar.close()

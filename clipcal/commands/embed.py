@@ -133,7 +133,7 @@ class _Bar:
         if self.bar is None:  # start at what earlier runs finished, so the rate is this run's
             self.bar = tqdm(total=p.total, initial=p.done, desc="embedding", unit="img", file=sys.stderr,
                             dynamic_ncols=True)
-        if p.message and p.message != "embedding":
+        if p.message and p.message not in ("embedding", "starting"):
             self.bar.write(p.message, file=sys.stderr)
         if p.done > self.bar.n:
             self.bar.update(p.done - self.bar.n)

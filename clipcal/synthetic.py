@@ -79,7 +79,7 @@ class SyntheticDataset:
         """An object with the ``clipcal.embed.EmbeddingSet`` attributes, for ``run_calibration`` and tests."""
         d = self.data
         key = "synthetic-" + "-".join(f"{k}={v}" for k, v in sorted(self.params.items()))
-        return _SyntheticEmbeddingSet(
+        return _synthetic_embedding_set_class()(
             sample_ids=d.sample_ids.copy(), features=d.features, embeddings=d.embeddings,
             proj_weight=d.proj_weight, projection=d.projection, has_text=d.has_text,
             backbone_spec="synthetic", skipped=pd.DataFrame({"sample_id": [], "reason": []}), key=key,
@@ -87,19 +87,15 @@ class SyntheticDataset:
             text_head=d.text_head)
 
 
-@dataclass
-class _SyntheticEmbeddingSet:
-    sample_ids: np.ndarray
-    features: np.ndarray
-    embeddings: np.ndarray
-    proj_weight: np.ndarray | None
-    projection: str
-    has_text: bool
-    backbone_spec: str
-    skipped: pd.DataFrame
-    key: str
-    manifest: dict
-    text_head: np.ndarray | None = None
+def _synthetic_embedding_set_class():
+    """``EmbeddingSet`` plus the synthetic text head (imported lazily: clipcal.embed is the real type)."""
+    from clipcal.embed import EmbeddingSet
+
+    @dataclass
+    class _SyntheticEmbeddingSet(EmbeddingSet):
+        text_head: np.ndarray | None = None
+
+    return _SyntheticEmbeddingSet
 
 
 def generate(n_train: int = 2000, n_val: int = 600, n_test: int = 2000, dim: int = 64, n_classes: int = 2,

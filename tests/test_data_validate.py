@@ -92,3 +92,28 @@ def test_demo_validates(demo_small):
     assert r.ok and r.images_checked == 240
     ct = r.counts_table()
     assert ct.iloc[-1][["train", "val", "test", "total"]].tolist() == [120, 40, 80, 240]
+
+
+def _validate_rows(tmp_path, rows):
+    make_csv_dataset(tmp_path, rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return validate(load_benchmark("csv", tmp_path))
+
+
+def test_class_problems_are_errors(tmp_path):
+    """Found by a newcomer's trial: one class only, a gap in integer labels and a class missing from train all
+    said "Result: OK" (only empty-group warnings), and calibration then failed or learnt a phantom class."""
+    split = ["train", "train", "val", "test"]
+    one = _validate_rows(tmp_path / "one", [{"filename": f"{i}.jpg", "split": split[i % 4], "y": "cat"}
+                                            for i in range(8)])
+    assert not one.ok and "only 1 class(es) have images (cat): a classifier needs at least 2" in one.errors
+    gap = _validate_rows(tmp_path / "gap", [{"filename": f"{i}.jpg", "split": split[i % 4], "y": 2 * (i % 2)}
+                                            for i in range(16)])
+    assert not gap.ok and any(e.startswith("class '1' has no images at all") for e in gap.errors)
+    rows = [{"filename": f"{i}.jpg", "split": split[i % 4], "y": ["cat", "dog"][i % 2]} for i in range(16)]
+    rows += [{"filename": "b.jpg", "split": "test", "y": "bird"}, {"filename": "c.jpg", "split": "val", "y": "bird"}]
+    notrain = _validate_rows(tmp_path / "notrain", rows)
+    assert notrain.errors == ["class 'bird' has no training images: no method can learn it"]
+    fine = _validate_rows(tmp_path / "fine", rows[:16])
+    assert fine.ok, fine.errors

@@ -52,7 +52,8 @@ class ValidationReport:
 
     @property
     def ok(self) -> bool:
-        """True when no file is missing or unreadable, ids are unique and train and test are non-empty."""
+        """True when no file is missing or unreadable, ids are unique, train and test are non-empty and at
+        least two classes, each with training images, exist."""
         return not self.errors
 
     def counts_table(self) -> pd.DataFrame:
@@ -147,6 +148,20 @@ def validate(benchmark: Benchmark, check_images: bool = True, progress: Callable
     for s in ("train", "test"):
         if int(n_split.get(s, 0)) == 0:
             errors.append(f"the {s} split is empty")
+    # classes: a classifier needs two, and cannot learn a class that has no training image
+    names = list(benchmark.class_names)
+    n_train = t.loc[t["split"] == "train", "y"].value_counts()
+    n_all = t["y"].value_counts()
+    present = [k for k in range(len(names)) if int(n_all.get(k, 0)) > 0]
+    if len(present) < 2:
+        errors.append(f"only {len(present)} class(es) have images ({', '.join(names[k] for k in present) or 'none'}): "
+                      "a classifier needs at least 2")
+    for k, name in enumerate(names):
+        if int(n_all.get(k, 0)) == 0:
+            errors.append(f"class {name!r} has no images at all (integer labels must be 0 … K-1 without gaps, "
+                          "or give the classes as names)")
+        elif int(n_train.get(k, 0)) == 0 and int(n_split.get("train", 0)) > 0:
+            errors.append(f"class {name!r} has no training images: no method can learn it")
     if int(n_split.get("val", 0)) == 0:
         warns.append("the val split is empty: model selection will fall back to train")
     params = benchmark.params or {}

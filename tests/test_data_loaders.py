@@ -253,3 +253,15 @@ def test_csv_partial_attribute_unknown(tmp_path):
         b = load_benchmark("csv", tmp_path)
     assert b.table["a"].iloc[0] == -1 and b.table["group"].iloc[0] == -1
     assert np.all(b.table["a"].iloc[1:] >= 0)
+
+
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_csv_semicolon_or_tab_separated(tmp_path, sep):
+    """A spreadsheet's ';'-separated "CSV" once failed with "missing column(s) 'filename', …; columns found:
+    id;filename;split;y;a"."""
+    path = make_csv_dataset(tmp_path, _rows(split=[0, 1, 2]))
+    df = pd.read_csv(path)
+    df.to_csv(path, sep=sep, index=False)
+    b = load_benchmark("csv", tmp_path)
+    assert b.table["sample_id"].tolist()[:2] == ["s0", "s1"] and b.class_names == ["0", "1"]
+    assert b.table["split"].tolist()[:3] == ["train", "val", "test"]

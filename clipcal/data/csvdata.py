@@ -48,7 +48,11 @@ def require_root(root: str | Path | None, benchmark: str, layout: str) -> Path:
 
 
 def read_metadata(path: Path, what: str, layout: str | None = None, **read_csv_kw) -> pd.DataFrame:
-    """Read a metadata CSV, raising ``DataError`` naming the file if it is missing, empty or not a CSV."""
+    """Read a metadata CSV, raising ``DataError`` naming the file if it is missing, empty or not a CSV.
+
+    A file whose header parses as one column holding ``;``, tab or ``|`` is re-read with that separator
+    (spreadsheets in many locales save "CSV" with ``;``).
+    """
     if not path.is_file():
         raise DataError(f"{what}: metadata file not found: {path}",
                         hint=f"expected layout:\n{layout}" if layout else "check the path")
@@ -57,6 +61,12 @@ def read_metadata(path: Path, what: str, layout: str | None = None, **read_csv_k
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
         raise DataError(f"{what}: cannot parse {path} as CSV: {err}",
                         hint="the file must be a comma-separated table with a header row") from None
+    if len(df.columns) == 1 and "sep" not in read_csv_kw:
+        # spreadsheets in many locales save ';'- (or tab-) separated "CSV": read those with their separator
+        head = str(df.columns[0])
+        sep = next((c for c in (";", "\t", "|") if c in head), None)
+        if sep is not None:
+            return read_metadata(path, what, layout, sep=sep, **read_csv_kw)
     if df.empty:
         raise DataError(f"{what}: {path} has no rows", hint="the metadata must list one image per row")
     df.columns = [str(c).strip() for c in df.columns]

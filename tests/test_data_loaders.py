@@ -265,3 +265,15 @@ def test_csv_semicolon_or_tab_separated(tmp_path, sep):
     b = load_benchmark("csv", tmp_path)
     assert b.table["sample_id"].tolist()[:2] == ["s0", "s1"] and b.class_names == ["0", "1"]
     assert b.table["split"].tolist()[:3] == ["train", "val", "test"]
+
+
+def test_csv_windows_path_separators(tmp_path):
+    """A CSV written on Windows (img\\a.jpg) once listed every image as missing on Linux."""
+    path = make_csv_dataset(tmp_path, [{"filename": f"img/{i}.jpg", "split": ["train", "val", "test"][i % 3],
+                                        "y": i % 2} for i in range(6)])
+    df = pd.read_csv(path)
+    df["filename"] = df["filename"].str.replace("/", "\\")
+    df.to_csv(path, index=False)
+    b = load_benchmark("csv", tmp_path)
+    assert b.table["path"].tolist()[:2] == ["img/0.jpg", "img/1.jpg"]
+    assert all(b.image_path(p).is_file() for p in b.table["path"])

@@ -3,7 +3,8 @@
 Expected schema (column names are mappable with the ``*_col`` arguments)::
 
     id        optional   unique sample id (default: the filename)
-    filename  required   image path, relative to the image folder (or absolute); ``path`` is accepted too
+    filename  required   image path, relative to the image folder (or absolute); ``path`` is accepted too;
+                         Windows separators (``img\\a.jpg``) are read as ``img/a.jpg``
     split     required   0/1/2 or train/val/test (case-insensitive; also training, valid, validation, testing)
     y         required   class label: integers ≥ 0 or strings (strings → sorted names)
     a         optional   spurious attribute: integers ≥ 0 or strings; empty cells → unknown (-1)
@@ -233,6 +234,9 @@ def load_csv(
     img_root = base if image_dir is None else (Path(image_dir) if Path(image_dir).is_absolute()
                                                else base / image_dir)
     paths = df[path_col].astype(str).str.strip()
+    # a CSV written on Windows has img\a.jpg: read backslashes as folder separators (when no '/' is used)
+    win = paths.str.contains("\\", regex=False) & ~paths.str.contains("/", regex=False)
+    paths = paths.where(~win, paths.str.replace("\\", "/", regex=False))
     if (df[path_col].isna() | (paths == "")).any():
         rows = [int(i) + 2 for i in df.index[df[path_col].isna() | (paths == "")][:5]]
         raise DataError(f"{csv_path}: column {path_col!r} has empty cells (lines {rows})",

@@ -312,3 +312,17 @@ def test_fresh_run_reports_before_the_first_batch(tmp_path, emb_tiny, emb_make_b
         bar(Progress(done, 12, None, None, msg))
     assert bar.bar.n == 12 and bar.bar.initial == 0
     bar.close()
+
+
+def test_cli_embed_bad_numbers_rejected_before_loading(monkeypatch, capsys):
+    """--batch-size 0 once loaded the backbone, then failed with a bare "batch_size (0) … must be ≥ 1"."""
+    from clipcal import backbones
+    from clipcal.cli import main
+
+    monkeypatch.setattr(backbones, "load_backbone", lambda *a, **k: pytest.fail("backbone loaded"))
+    for opt, val, msg in [("--batch-size", "0", "0 is too small: must be ≥ 1"),
+                          ("--workers", "-1", "-1 is too small: must be ≥ 0"),
+                          ("--batch-size", "lots", "'lots' is not a whole number")]:
+        with pytest.raises(SystemExit) as info:
+            main(["embed", "--benchmark", "demo", opt, val])
+        assert info.value.code == 2 and msg in capsys.readouterr().err

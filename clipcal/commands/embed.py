@@ -49,13 +49,26 @@ def register(subparsers) -> None:
                    help="auto (GPU if available), cpu, cuda, cuda:1 … (default: auto)")
     g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto = bf16 on a GPU that supports it (else fp16), fp32 on the CPU")
-    g.add_argument("--batch-size", type=int, default=64, metavar="N",
+    g.add_argument("--batch-size", type=_count(1), default=64, metavar="N",
                    help="images per forward pass (default 64; halved automatically if the GPU runs out of memory)")
-    g.add_argument("--workers", type=int, default=None, metavar="N",
+    g.add_argument("--workers", type=_count(0), default=None, metavar="N",
                    help="processes decoding images (default: half the CPU cores on CPU, up to 8 on GPU; 0 = none)")
     p.add_argument("--list-backbones", action="store_true",
                    help="list the known backbones and whether their weights are available here, then exit")
     p.set_defaults(func=run)
+
+
+def _count(lo: int):
+    """argparse type: an integer ≥ ``lo`` (checked before any model is loaded)."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if n < lo:
+            raise argparse.ArgumentTypeError(f"{n} is too small: must be ≥ {lo}")
+        return n
+    return parse
 
 
 def _list_backbones() -> int:

@@ -44,7 +44,8 @@ TRAINED = ["erm", "jtt", "afr", "dfr", "cfr"]  # every method that applies witho
 ERROR_TEXT = re.compile(r"Traceback \(most recent call last\)|unexpected [A-Za-z]*(Error|Exception)"
                         r"|Details \(for a bug report\)")
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+# ~10 min on 2 free cores; the shared build machine (load 7-8 on 2 cores) needs about twice that
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
 def _free_port() -> int:
@@ -283,11 +284,14 @@ def test_demo_end_to_end(server, page, store_root, clock):
     chosen = page.locator('[data-testid="stMain"] [data-testid="stMultiSelect"]').first.inner_text()
     for m in TRAINED:
         assert m.upper() in chosen, f"{m} not among the chosen methods: {chosen!r}"
-    t0 = time.monotonic()
-    _button(page, "Run calibration").click()
-    _wait_text(page, "Calibration finished in", timeout_s=900)
-    clock.put("calibrate_s", time.monotonic() - t0)
-    clock.put("start_to_first_calibrated_result_s", clock.since_start())
+    if os.environ.get("CLIPCAL_E2E_CACHE") and "No calibration run" not in body:
+        clock.put("calibrate_s", None)  # reused store (working on this test): the stored run is used
+    else:
+        t0 = time.monotonic()
+        _button(page, "Run calibration").click()
+        _wait_text(page, "Calibration finished in", timeout_s=900)
+        clock.put("calibrate_s", time.monotonic() - t0)
+        clock.put("start_to_first_calibrated_result_s", clock.since_start())
     _wait_text(page, "Next: per-group accuracy")
     _settle(page)
     _no_error(page, "calibrate")
@@ -324,10 +328,12 @@ def test_demo_end_to_end(server, page, store_root, clock):
     table = page.locator('[data-testid="stMain"] [data-testid="stDataFrame"]').first
     cells = _grid_cells(table)
     shown = " | ".join(cells)
-    for _, r in ok.iterrows():
-        for c in cols[2:]:
-            want = f"{r[c]:.1%}"
-            assert want in cells, f"{r['method']} {c} = {want} not in the Groups table: {shown}"
+    for _, r in ok.iterrows():  # the grid's accessible cells hold the raw values (shown as percentages)
+        i = next((k for k, x in enumerate(cells) if x == r["label"]), None)
+        assert i is not None, f"no row {r['label']!r} in the Groups table: {shown}"
+        got = [float(x) for x in cells[i + 2:i + 7]]
+        want = [float(r[c]) for c in cols[2:]]
+        assert got == pytest.approx(want, abs=1e-9), f"{r['method']}: table {got} vs stored run {want}"
     _shot(page, "groups")
 
     # Representations: joint UMAP (computed now), then a box selection by mouse drag

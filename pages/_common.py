@@ -560,6 +560,14 @@ def need_embeddings(bench) -> Any:
 # ---------------------------------------------------------------------------------------------------------
 # sidebar
 # ---------------------------------------------------------------------------------------------------------
+def sidebar_key(base: str, current: str) -> str:
+    """Widget key of a sidebar selectbox showing ``current`` (``"sb.bench"`` / ``"sb.backbone"`` + a short
+    hash of the current choice, so the widget is recreated whenever a page changes the choice)."""
+    import hashlib
+
+    return f"{base}.{hashlib.sha1(current.encode()).hexdigest()[:10]}"
+
+
 def sidebar() -> None:
     """The shared sidebar: current benchmark and backbone (choices: defaults + what is in the store), and
     the running jobs."""
@@ -581,14 +589,18 @@ def sidebar() -> None:
             st.caption(f"store not readable: {err}")
         keys = list(choices)
         cur = spec_key(current)
+        # The widget keys carry the current choice: a choice made on Data / Embed then gives a fresh widget
+        # that starts at ``index`` = the new choice. With one fixed key the widget kept its old value and the
+        # next rerun switched straight back to it.
         picked = st.selectbox("Benchmark", keys, index=keys.index(cur),
-                              format_func=lambda k: bench_label(choices[k]), key="sb.bench",
+                              format_func=lambda k: bench_label(choices[k]), key=sidebar_key("sb.bench", cur),
                               help="Change it in detail (own CSV, root folder) on the Data page.")
         if picked != cur:
             set_benchmark(choices[picked])
             st.rerun()
         backbones = list(dict.fromkeys(backbones))
-        bb = st.selectbox("Backbone", backbones, index=backbones.index(backbone_spec()), key="sb.backbone",
+        bb = st.selectbox("Backbone", backbones, index=backbones.index(backbone_spec()),
+                          key=sidebar_key("sb.backbone", backbone_spec()),
                           help="Pick another (open_clip, local checkpoint) on the Embed page.")
         if bb != backbone_spec():
             set_backbone(bb)

@@ -35,6 +35,13 @@ def frame_with(at, *columns) -> pd.DataFrame:
     raise AssertionError(f"no dataframe with columns {columns}: {[list(_frame(e).columns) for e in at.dataframe]}")
 
 
+def sb(at, label: str):
+    """The sidebar selectbox labelled ``label`` (its key carries a hash of the current choice)."""
+    found = [w for w in at.sidebar.selectbox if w.label == label]
+    assert found, f"no sidebar selectbox {label!r}"
+    return found[0]
+
+
 def count(at, element: str) -> int:
     """How many elements of a type (e.g. "Image") the main area holds."""
     return sum(type(e).__name__ == element for e in at.main)
@@ -52,7 +59,7 @@ def test_home_lists_store_and_offers_demo_path(app, seeded_store):
     assert (runs["backbone"] == "tiny:clip").any()
     assert any(set(seeded_store["methods"]) == set(m.split(", ")) for m in runs["methods"])
     # the sidebar shares the current benchmark / backbone
-    assert at.sidebar.selectbox(key="sb.backbone").value == "tiny:clip"
+    assert sb(at, "Backbone").value == "tiny:clip"
 
 
 def test_new_session_opens_newest_embedding_in_store(seeded_embeddings):
@@ -221,3 +228,42 @@ def test_embed_page_open_clip_list_shows_weight_status(app):
     assert table.set_index("spec").loc["open_clip:ViT-B-32:openai", "status"] == "unavailable offline"
     at.selectbox(key="embed.pick").set_value("open_clip:ViT-B-32:openai").run()
     assert any("local checkpoint" in w.value for w in at.warning)
+
+
+def _png_csv_dataset(root, n: int = 24, csv_name: str = "meta.csv"):
+    """A small own-CSV dataset of real PNGs (PIL) under ``root``; returns the CSV path."""
+    import numpy as np
+    from PIL import Image
+
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for k in range(n):
+        px = np.full((16, 16, 3), (k * 10) % 256, dtype=np.uint8)
+        Image.fromarray(px).save(root / "img" / f"{k}.png")
+        rows.append({"image_id": f"i{k}", "file": f"img/{k}.png", "part": ("train", "val", "test")[k % 3],
+                     "label": ("cat", "dog")[k % 2], "place": ("in", "out")[(k // 2) % 2]})
+    pd.DataFrame(rows).to_csv(root / csv_name, index=False)
+    return root / csv_name
+
+
+def test_use_this_benchmark_sticks_after_rerun(app, tmp_path):
+    """Regression: the sidebar's "sb.bench" kept the old choice and switched back to the demo on the rerun."""
+    _png_csv_dataset(tmp_path / "own")
+    at = app("data")
+    at.selectbox(key="data.name").set_value("csv").run()
+    at.text_input(key="data.csv_root").input(str(tmp_path / "own")).run()
+    at.text_input(key="data.csv_path").input("meta.csv").run()
+    at.selectbox(key="data.map.id_col").set_value("image_id")
+    at.selectbox(key="data.map.path_col").set_value("file")
+    at.selectbox(key="data.map.split_col").set_value("part")
+    at.selectbox(key="data.map.y_col").set_value("label")
+    at.selectbox(key="data.map.a_col").set_value("place").run()
+    at.button(key="data.use").click().run()
+    at.run()
+    at.run()
+    _no_exception(at)
+    cur = at.session_state[c.K_BENCH]
+    assert cur["name"] == "csv" and cur["root"] == str(tmp_path / "own")
+    assert frame_with(at, "train", "val", "test", "total")["total"].sum() == 24
+
+

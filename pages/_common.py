@@ -124,6 +124,10 @@ def bench_label(spec: dict) -> str:
         except ClipcalError:
             return "demo — Waterbirds-lite"
     root = spec.get("root") or ""
+    if name == "csv" and opts.get("csv"):  # several own CSVs: name the file and its folder
+        from pathlib import Path
+
+        return f"csv — {Path(str(opts['csv'])).name} in {root or Path(str(opts['csv'])).parent}"
     return f"{name} — {root}" if root else name
 
 
@@ -280,13 +284,41 @@ def _bench_spec_from_meta(meta: dict) -> dict | None:
                 opts[k] = type(DEFAULTS[k])(float(v)) if isinstance(DEFAULTS[k], int) else type(DEFAULTS[k])(v)
         opts = {k: v for k, v in opts.items() if DEFAULTS[k] != v}
         return {"name": "demo", "root": None, "options": opts}
+    if name == "csv" and root is None and params.get("csv"):  # load_csv records the CSV and image folder
+        from pathlib import Path
+
+        cols = params.get("columns") or {}
+        opts = {"csv": str(params["csv"])}
+        if params.get("image_dir"):
+            opts["image_dir"] = str(params["image_dir"])
+        for short, arg in (("id", "id_col"), ("path", "path_col"), ("split", "split_col"), ("y", "y_col"),
+                           ("a", "a_col")):
+            if cols.get(short):
+                opts[arg] = cols[short]
+        return {"name": "csv", "root": str(Path(params["csv"]).parent), "options": opts}
     if root is None:
         return None
     return {"name": name, "root": str(root), "options": params}
 
 
+def source_label(meta: dict) -> str:
+    """Where an embedded benchmark's files are, from its manifest: ``"meta.csv in /data/own"`` for an
+    own CSV, the root folder for a named benchmark, ``""`` for the demo or when the manifest does not say."""
+    b = meta.get("benchmark") if isinstance(meta.get("benchmark"), dict) else {}
+    params = b.get("params") if isinstance(b.get("params"), dict) else {}
+    if b.get("name") == "demo":
+        return ""
+    if params.get("csv"):
+        from pathlib import Path
+
+        csv = Path(str(params["csv"]))
+        return f"{csv.name} in {params.get('image_dir') or csv.parent}"
+    return str(b.get("root") or params.get("root") or "")
+
+
 def store_embeddings() -> pd.DataFrame:
-    """Embedding sets in the store, newest first: benchmark, backbone, images, created (UTC), fingerprint,
+    """Embedding sets in the store, newest first: benchmark, source (own CSV file + folder or root, see
+    :func:`source_label`), backbone, images, created (UTC), fingerprint,
     bench_spec (the spec dict to reopen it, ``None`` when the manifest does not say where the files are)."""
     return memo(("emb_list", store_stamp("embeddings")), _store_embeddings)
 
@@ -298,6 +330,7 @@ def _store_embeddings() -> pd.DataFrame:
         b = meta.get("benchmark") if isinstance(meta.get("benchmark"), dict) else {}
         rows.append({
             "benchmark": b.get("name", "?"),
+            "source": source_label(meta),
             "backbone": meta.get("backbone_spec") or (kf.get("backbone") or {}).get("spec", "?"),
             "images": meta.get("n_embedded"),
             "skipped": meta.get("n_skipped", 0),
@@ -305,7 +338,7 @@ def _store_embeddings() -> pd.DataFrame:
             "fingerprint": kf.get("benchmark") or b.get("fingerprint"),
             "bench_spec": _bench_spec_from_meta(meta),
         })
-    df = pd.DataFrame(rows, columns=["benchmark", "backbone", "images", "skipped", "created", "fingerprint",
+    df = pd.DataFrame(rows, columns=["benchmark", "source", "backbone", "images", "skipped", "created", "fingerprint",
                                      "bench_spec"])
     return df.iloc[::-1].reset_index(drop=True)  # store.list is oldest first
 

@@ -267,3 +267,20 @@ def test_use_this_benchmark_sticks_after_rerun(app, tmp_path):
     assert frame_with(at, "train", "val", "test", "total")["total"].sum() == 24
 
 
+
+
+def test_own_csv_embeddings_are_told_apart_by_file_and_folder(tmp_path):
+    """Regression: Home and the sidebar listed every own-CSV embedding set as plain "csv"."""
+    metas = [{"benchmark": {"name": "csv", "params": {
+        "csv": str(tmp_path / d / "meta.csv"), "image_dir": str(tmp_path / d),
+        "columns": {"id": "image_id", "path": "file", "split": "part", "y": "label", "a": None}}}}
+        for d in ("birds", "cells")]
+    labels = [c.source_label(m) for m in metas]
+    assert labels == [f"meta.csv in {tmp_path / 'birds'}", f"meta.csv in {tmp_path / 'cells'}"]
+    specs = [c._bench_spec_from_meta(m) for m in metas]
+    assert specs[0] == {"name": "csv", "root": str(tmp_path / "birds"), "options": {
+        "csv": str(tmp_path / "birds" / "meta.csv"), "image_dir": str(tmp_path / "birds"), "id_col": "image_id",
+        "path_col": "file", "split_col": "part", "y_col": "label"}}
+    assert c.bench_label(specs[0]) != c.bench_label(specs[1])
+    assert c.bench_label(specs[1]) == f"csv — meta.csv in {tmp_path / 'cells'}"
+    assert c.source_label({"benchmark": {"name": "demo", "params": {"n_train": 8}}}) == ""

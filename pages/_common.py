@@ -650,7 +650,27 @@ def sidebar() -> None:
             st.markdown("### Running jobs")
             for j in running:
                 f = j.progress.fraction
-                st.progress(f or 0.0, text=f"{j.label} ({f * 100:.0f} %)" if f is not None else j.label)
+                st.progress(f or 0.0, text=job_short_line(j))
+
+
+def job_short_line(job) -> str:
+    """``"Run the demo — 2/3 embedding 896/2,400"``: the job's label, its current stage (the message part
+    before ``:``, as :func:`_staged` writes it) and that stage's own count. Multi-stage jobs restart their
+    count at every stage, so an overall percentage would seem to go backwards."""
+    p = job.progress
+    msg = str(p.message or "")
+    import re
+
+    m = re.match(r"\s*(\d+/\d+ [^:]+)(:|$)", msg)  # "2/3 embedding: …" (see _staged)
+    stage = m.group(1).strip() if m else ""
+    parts = [job.label]
+    if stage:
+        parts.append(stage)
+    if p.total:
+        parts.append(f"{p.done:,.0f}/{p.total:,.0f}")
+    elif not stage and msg:
+        parts.append(msg)
+    return " — ".join([parts[0], " ".join(parts[1:])]) if len(parts) > 1 else parts[0]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -284,3 +284,15 @@ def test_own_csv_embeddings_are_told_apart_by_file_and_folder(tmp_path):
     assert c.bench_label(specs[0]) != c.bench_label(specs[1])
     assert c.bench_label(specs[1]) == f"csv — meta.csv in {tmp_path / 'cells'}"
     assert c.source_label({"benchmark": {"name": "demo", "params": {"n_train": 8}}}) == ""
+
+
+def test_sidebar_job_line_names_the_stage_and_its_own_count():
+    """Regression: the demo path's sidebar bar went 17 % → 48 % → 8 % (each stage restarts its count)."""
+    from types import SimpleNamespace as NS
+
+    job = NS(label="Run the demo", progress=NS(done=896, total=2400, message="2/3 embedding: 12.5 images/s"))
+    assert c.job_short_line(job) == "Run the demo — 2/3 embedding 896/2,400"
+    job.progress = NS(done=3, total=6, message="3/3 calibrating: cfr")
+    assert c.job_short_line(job) == "Run the demo — 3/3 calibrating 3/6"
+    job.progress = NS(done=0, total=None, message="loading tiny:clip")
+    assert c.job_short_line(job) == "Run the demo — loading tiny:clip"

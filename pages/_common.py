@@ -223,6 +223,17 @@ def demo_build_key(options: dict) -> str:
     return f"demo-build:{json.dumps(options, sort_keys=True)}"
 
 
+def demo_building_job(options: dict):
+    """The running job that generates the demo with these options — its own build job, or a "Run the demo"
+    job of that demo (whatever backbone) — or ``None``. Offering a second build meanwhile would race it."""
+    jobs = get_jobs()
+    own = jobs.get(demo_build_key(options))
+    if own is not None and own.is_running:
+        return own
+    prefix = f"demo-path:{spec_key({'name': 'demo', 'root': None, 'options': dict(options)})}:"
+    return next((j for j in jobs.jobs(running_only=True) if j.key.startswith(prefix)), None)
+
+
 def start_demo_build(options: dict):
     """Start (or return the running) job that generates the demo images."""
     from clipcal.data.demo import build_demo

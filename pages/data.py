@@ -107,12 +107,11 @@ with c.guarded("loading the benchmark"):
         key = c.demo_build_key(cur["options"])
         st.info("The demo images are generated on this machine the first time (about a minute for the "
                 "default size).")
-        job = c.get_jobs().get(key)
-        if st.button("Generate the demo images", type="primary", key="data.build",
-                     disabled=job is not None and job.is_running):
+        busy = c.demo_building_job(cur["options"])  # also "Run the demo" from Home builds it
+        if st.button("Generate the demo images", type="primary", key="data.build", disabled=busy is not None):
             c.start_demo_build(cur["options"])
             st.rerun()
-        c.job_status(key)
+        c.job_status(busy.key if busy is not None else key)
 
 if bench is not None:
     t = bench.table

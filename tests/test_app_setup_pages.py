@@ -296,3 +296,27 @@ def test_sidebar_job_line_names_the_stage_and_its_own_count():
     assert c.job_short_line(job) == "Run the demo — 3/3 calibrating 3/6"
     job.progress = NS(done=0, total=None, message="loading tiny:clip")
     assert c.job_short_line(job) == "Run the demo — loading tiny:clip"
+
+
+def test_demo_build_counts_the_demo_path_job_as_building():
+    """Regression: "Generate the demo images" stayed enabled while Home's demo-path job built that demo."""
+    import threading
+
+    opts = {"n_train": 16, "n_val": 8, "n_test": 8, "seed": 123}
+    release = threading.Event()
+
+    def worker(progress=None, cancel=None):
+        release.wait(30)
+        return "done"
+
+    assert c.demo_building_job(opts) is None
+    spec = {"name": "demo", "root": None, "options": dict(opts)}
+    job = c.get_jobs().submit(c.demo_job_key(spec, "tiny:clip"), worker, label="Run the demo")
+    try:
+        found = c.demo_building_job(opts)
+        assert found is not None and found.key == job.key
+        assert c.demo_building_job({**opts, "seed": 124}) is None  # another demo is not being built
+    finally:
+        release.set()
+        assert job.wait(30)
+    assert c.demo_building_job(opts) is None

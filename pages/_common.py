@@ -1098,12 +1098,25 @@ def run_feature_data(run, bench, spec: str | None = None):
     return fd
 
 
-def metrics_table(run, bench, split: str = "test") -> pd.DataFrame:
+def metrics_table(run, bench, split: str = "test", numbers_only: bool = False) -> pd.DataFrame:
     """The run's :func:`clipcal.metrics.method_table` rows of ``split`` (computed and stored with the run):
     ``method, label, split, n, worst_group, overall, mean_group, train_weighted, worst_class,
     uses_group_labels, selection_rule, chosen_epoch, status``; methods that could not run keep a row whose
-    ``status`` says why."""
-    return run.headline(split)
+    ``status`` says why — unless ``numbers_only``: then those rows are left out (their cells would all be
+    empty and n = 0; :func:`not_applicable_notes` lists them with the reason)."""
+    t = run.headline(split)
+    if numbers_only and "method" in t:
+        t = t[~t["method"].isin(list(getattr(run, "not_applicable", {}) or {}))].reset_index(drop=True)
+    return t
+
+
+def not_applicable_notes(run) -> list[str]:
+    """``["Zero-shot — not applicable: <reason>", …]`` for the methods of the run that could not run."""
+    out = []
+    for m, why in (getattr(run, "not_applicable", {}) or {}).items():
+        why = str(why)
+        out.append(f"{method_label(m)} — {why if why.startswith('not applicable') else 'not applicable: ' + why}")
+    return out
 
 
 def metrics_dataframe(table: pd.DataFrame, key: str) -> None:
@@ -1134,6 +1147,7 @@ def group_tables(run, bench, split: str = "test") -> pd.DataFrame:
     :func:`clipcal.metrics.group_table` plus ``method``, labelled for display)."""
     g = run.group_tables
     g = g[g["split"] == split].drop(columns=["split"]).copy()
+    g = g[~g["method"].isin(list(getattr(run, "not_applicable", {}) or {}))]  # no numbers, listed apart
     g["method"] = g["method"].map(method_label)
     return g.reset_index(drop=True)
 

@@ -20,8 +20,10 @@ if run is not None:
     split = st.radio("Evaluated on", ["test", "val"], horizontal=True, key="groups.split",
                      help="test is the honest figure; val is what model selection looked at")
     with c.guarded("computing metrics"):
-        table = c.metrics_table(run, bench, split)
+        table = c.metrics_table(run, bench, split, numbers_only=True)
         c.metrics_dataframe(table, key="groups.metrics")
+        for note in c.not_applicable_notes(run):  # e.g. zero-shot without a text tower: no numbers at all
+            st.caption(note)
         c.metric_definitions()
 
         st.markdown("#### Per-group accuracy")

@@ -258,3 +258,27 @@ def test_benchmark_without_attribute_labels(app, seeded_store, emb_tiny, tmp_pat
     assert any("no attribute labels" in i.value for i in at.info)
     cl = frame_with(at, "cluster", "accuracy", "majority_attribute")
     assert set(cl["class"]) == {"cat", "dog"} and cl["n"].sum() == 36
+
+
+def test_not_applicable_method_gets_no_row_of_empty_numbers():
+    """Regression: zero-shot without a text tower showed n = 0 and "None" in every cell of Groups."""
+    from types import SimpleNamespace as NS
+
+    import numpy as np
+    import pandas as pd
+
+    from pages import _common as c
+
+    headline = pd.DataFrame({"method": ["erm", "zeroshot"], "n": [80, 0], "worst_group": [0.5, np.nan],
+                             "status": ["ok", "not applicable: the backbone has no text tower"]})
+    groups = pd.DataFrame({"method": ["erm", "zeroshot"], "split": ["test", "test"], "group": [0, 0],
+                           "accuracy": [0.5, np.nan]})
+    run = NS(headline=lambda split: headline, group_tables=groups,
+             not_applicable={"zeroshot": "not applicable: the backbone has no text tower"})
+    t = c.metrics_table(run, None, "test", numbers_only=True)
+    assert t["method"].tolist() == ["erm"] and t["n"].tolist() == [80]
+    assert c.metrics_table(run, None, "test")["method"].tolist() == ["erm", "zeroshot"]  # full table kept
+    assert c.group_tables(run, None, "test")["accuracy"].tolist() == [0.5]
+    notes = c.not_applicable_notes(run)
+    assert len(notes) == 1 and notes[0].endswith("not applicable: the backbone has no text tower")
+    assert notes[0].startswith(c.method_label("zeroshot"))

@@ -1453,6 +1453,17 @@ def decodability_section(run, bench, emb) -> None:
     st.dataframe(table, hide_index=True, key="spur.decod")
     if not after_methods:
         st.caption("No method of this run changed the embeddings, so there is no \"after\".")
+    no_after = [m for m in run_methods(run) if m not in after_methods]
+    if no_after:
+        st.caption(no_after_note(no_after))
+
+
+def no_after_note(methods: list[str]) -> str:
+    """Why some methods have no "after" row in decodability: they retrain only the classifier."""
+    names = ", ".join(method_label(m) for m in methods)
+    return (f"No \"after\" for {names}: these change only the classifier on top of the frozen embeddings "
+            "(e.g. DFR retrains the last layer), not the representation, so their embeddings are the "
+            "\"before\" ones.")
 
 
 def clusters_section(run, bench, emb, method: str) -> None:
@@ -1487,8 +1498,9 @@ def clusters_section(run, bench, emb, method: str) -> None:
         _grid_from_ids(bench, fd, r["ids"], limit=8, columns=8)
 
 
-def calibration_set_section(run, bench) -> None:
-    """(d) The calibration / error sets of the run's methods against the true groups."""
+def calibration_set_section(run, bench, method: str | None = None) -> None:
+    """(d) The calibration / error set of ``method`` (the page's method picker) against the true groups; if
+    that method selects none, the first method of the run that does (said on the page)."""
     from clipcal.inspect import calibration_set_vs_groups
 
     fd = run_feature_data(run, bench)
@@ -1496,8 +1508,13 @@ def calibration_set_section(run, bench) -> None:
     if not with_sets:
         st.info("No method of this run selects a calibration set (CFR does; JTT's error set too).")
         return
-    m = st.selectbox("Method", with_sets, index=default_method_index(with_sets), format_func=method_label,
-                     key="spur.calset_method")
+    if method in with_sets:
+        m = method
+    else:  # one method picker per page: the page's; fall back and say so
+        m = with_sets[default_method_index(with_sets)]
+        st.caption(f"{method_label(method) if method else 'The chosen method'} selects no calibration set; "
+                   f"showing {method_label(m)}'s (methods with one: "
+                   f"{', '.join(method_label(x) for x in with_sets)}).")
     rep = memo(("calset", _run_id(run), m), lambda: calibration_set_vs_groups(
         method_result(run, m).calibration_set, fd_table(bench, fd),
         group_names=bench.group_names() if bench.has_attributes else None))

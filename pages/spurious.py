@@ -56,7 +56,7 @@ if run is not None and emb is not None:
         st.markdown("Which training samples a method singled out (CFR's calibration set, JTT's error set) "
                     "against the true groups: a good selection over-represents the minority groups.")
         with c.guarded("comparing the calibration set"):
-            c.calibration_set_section(run, bench)
+            c.calibration_set_section(run, bench, method)
 
     with tabs[4]:
         st.markdown("Test images of the group where the method is worst, misclassified ones first.")

@@ -169,6 +169,10 @@ def test_spurious_page_views(app, seeded_store):
     assert set(cl["class"]) == {"landbird", "waterbird"} and cl["n"].sum() == 240
     cal = frame_with(at, "n_in_set", "share_in_set", "enrichment")
     assert cal["n_in_set"].sum() == len(run.results["cfr"].calibration_set)
+    # one method picker on the page (tab (d) follows it), and (b) says why e.g. DFR has no "after"
+    assert [s.label for s in at.selectbox if "ethod" in s.label] == ["Method whose predictions are inspected"]
+    no_after = [m for m in run.results if m not in c.methods_with_after(run)]
+    assert no_after and any(cap.value == c.no_after_note(no_after) for cap in at.caption)
     assert count(at, "Image") > 0
     assert any("Worst group for" in m.value for m in at.markdown)
 

@@ -39,6 +39,24 @@ import streamlit as st
 
 from clipcal.errors import ClipcalError
 
+
+def _route_through_app() -> None:
+    """Send a v1-style run of a page file back through app.py.
+
+    Streamlit decides process-wide whether ``pages/`` is a v1 multipage folder until ``st.navigation`` is first
+    called: when a fresh server's first request is a deep link (``/groups`` bookmarked or reloaded after a
+    restart), it runs ``pages/groups.py`` alone — no sidebar, a raw file list as navigation. Clearing that flag
+    and rerunning makes app.py (and its ``st.navigation``) handle the same URL.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_route_through_app()
+
 K_BENCH = "cc.benchmark"
 K_BACKBONE = "cc.backbone"
 K_RUN = "cc.run"

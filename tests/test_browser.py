@@ -132,6 +132,21 @@ def _no_exception(page, name: str) -> None:
     assert exc.count() == 0, f"{name}: exception on the page: {exc.first.inner_text()[:500]}"
 
 
+def test_deep_link_on_a_fresh_server_goes_through_the_app(server, browser_page):
+    """The server's very first request is a deep link (a bookmark after a restart): app.py must route it.
+
+    Runs first in this module, so nothing has visited ``/`` yet. Before the fix Streamlit ran
+    ``pages/groups.py`` alone in v1 mode: no "Current selection" sidebar and a raw file list as navigation.
+    """
+    page = browser_page
+    page.goto(f"{server}/groups")
+    page.wait_for_selector('[data-testid="stMain"] h1', timeout=300_000)
+    page.get_by_text("Current selection").first.wait_for(timeout=300_000)
+    assert "Groups" in page.locator('[data-testid="stMain"] h1').first.inner_text()
+    nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
+    assert "Spurious attributes" in nav and "common" not in nav
+
+
 def test_every_page_loads_and_selection_works(server, browser_page, seeded_store):
     page = browser_page
     SHOTS.mkdir(parents=True, exist_ok=True)

@@ -317,13 +317,6 @@ def _bench_spec_from_meta(meta: dict) -> dict | None:
         from pathlib import Path
 
         cols = params.get("columns") or {}
-        if isinstance(cols, str):  # Benchmark.describe() stores params as strings: "{'y': 'label', …}"
-            import ast
-
-            try:
-                cols = ast.literal_eval(cols)
-            except (ValueError, SyntaxError):
-                cols = {}
         cols = cols if isinstance(cols, dict) else {}
         opts = {"csv": str(params["csv"])}
         if params.get("image_dir"):

@@ -325,11 +325,18 @@ def test_demo_build_counts_the_demo_path_job_as_building():
     assert c.demo_building_job(opts) is None
 
 
-def test_csv_manifest_with_stringified_column_mapping_reopens():
-    """Benchmark.describe() stores params as strings; a csv entry's column mapping must still be read (it
+def test_csv_manifest_column_mapping_reopens():
+    """A csv entry's column mapping, as Benchmark.describe() records it, is read back (a stringified mapping
     raised AttributeError and emptied Home's store tables)."""
-    meta = {"benchmark": {"name": "csv", "params": {"csv": "/data/own/meta.csv",
-                                                     "columns": "{'y': 'label', 'a': 'background'}"}}}
+    import pandas as pd
+
+    from clipcal.data.base import Benchmark
+
+    table = pd.DataFrame({"sample_id": ["s0", "s1"], "path": ["a.png", "b.png"], "split": ["train", "test"],
+                          "y": [0, 1], "a": [0, 1]})
+    bench = Benchmark("csv", "/data/own", table, ["cat", "dog"], ["in", "out"],
+                      params={"csv": "/data/own/meta.csv", "columns": {"y": "label", "a": "background"}})
+    meta = {"benchmark": bench.describe()}
     spec = c._bench_spec_from_meta(meta)
     assert spec == {"name": "csv", "root": "/data/own",
                     "options": {"csv": "/data/own/meta.csv", "y_col": "label", "a_col": "background"}}

@@ -106,7 +106,7 @@ class Benchmark:
         """JSON-able summary (name, params, names, sizes, fingerprint) for manifests."""
         return {
             "name": self.name,
-            "params": {k: str(v) for k, v in self.params.items()},
+            "params": {k: _jsonable(v) for k, v in self.params.items()},
             "class_names": list(self.class_names),
             "attr_names": list(self.attr_names),
             "n_samples": int(len(self.table)),
@@ -132,6 +132,17 @@ class Benchmark:
                 for y in range(self.n_classes):
                     rows.append((split, -1, self.class_names[y], "unknown", int((s["y"] == y).sum())))
         return pd.DataFrame(rows, columns=["split", "group", "class", "attribute", "n"])
+
+
+def _jsonable(v):
+    """``v`` unchanged when JSON can hold it (so manifests reopen with the same types), else ``str(v)``."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    return str(v)
 
 
 def finalize_table(table: pd.DataFrame, n_classes: int, n_attrs: int) -> pd.DataFrame:

@@ -1032,6 +1032,17 @@ def run_picker(runs: list[dict]) -> str:
     return st.session_state[K_RUN]
 
 
+def current_run_with_embeddings(page: str):
+    """``(benchmark, run, embeddings)`` of the current selection inside one guarded block; ``run`` and
+    ``embeddings`` are None when missing (what is missing is rendered by :func:`current_run`)."""
+    run = bench = emb = None
+    with guarded("loading"):
+        bench, run = current_run(page)
+        if run is not None:
+            emb = load_embeddings(bench)
+    return bench, run, emb
+
+
 def current_run(page: str):
     """``(benchmark, run)`` of the current selection (the run chosen in the sidebar, default the newest),
     rendering what is missing; ``(bench | None, None)`` if there is no run yet."""

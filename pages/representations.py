@@ -11,11 +11,7 @@ st.caption("One UMAP map fitted jointly on the frozen embeddings (before) and a 
            "embeddings (after), so positions are comparable. Drag a box or lasso over points to see them.")
 c.teach_topic("umap")
 
-run = bench = emb = None
-with c.guarded("loading"):
-    bench, run = c.current_run("repr")
-    if run is not None:
-        emb = c.load_embeddings(bench)
+bench, run, emb = c.current_run_with_embeddings("repr")
 
 if run is not None and emb is not None:
     with c.guarded("preparing the map"):

@@ -11,11 +11,7 @@ st.title("Spurious attributes")
 st.caption("Five ways to see what the model leans on besides the class.")
 c.teach_topic("spurious")
 
-run = bench = emb = None
-with c.guarded("loading"):
-    bench, run = c.current_run("spur")
-    if run is not None:
-        emb = c.load_embeddings(bench)
+bench, run, emb = c.current_run_with_embeddings("spur")
 
 if run is not None and emb is not None:
     methods = c.run_methods(run)

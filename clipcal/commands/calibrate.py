@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 import time
+
+from clipcal.commands._checks import check_backbone, check_device
+from clipcal.commands._progress import CliProgress
+from clipcal.commands.data import add_benchmark_args
+from clipcal.commands.embed import _count
 
 DESCRIPTION = """\
 Fit calibration methods on a benchmark's cached embeddings (embedding the images first if they are
@@ -34,16 +40,15 @@ DEFAULT_METHODS = "zeroshot,erm,jtt,afr,dfr,cfr"
 
 def register(subparsers) -> None:
     """Add the ``calibrate`` command."""
-    from clipcal.commands.data import add_benchmark_args
-
     p = subparsers.add_parser("calibrate", help="run calibration methods (zero-shot, ERM, JTT, AFR, DFR, CFR)",
                               description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_benchmark_args(p)
     p.add_argument("--backbone", "-m", metavar="SPEC", default="bundled:efficientnet-lite0",
                    help="backbone spec (default bundled:efficientnet-lite0; see `python -m clipcal embed -h`)")
-    p.add_argument("--methods", default=DEFAULT_METHODS, metavar="A,B,…",
-                   help=f"comma-separated methods (default {DEFAULT_METHODS})")
+    p.add_argument("--methods", default=None, metavar="A,B,…",
+                   help=f"comma-separated methods (default {DEFAULT_METHODS}; those that do not apply to the "
+                   "backbone or benchmark are listed as not applicable)")
     p.add_argument("--seed", type=int, default=0, help="seed of every method (default 0)")
     p.add_argument("--selection", choices=["worst-class", "worst-group"], default=None,
                    help="model selection on validation: worst-class (default, no group labels) or worst-group")
@@ -52,7 +57,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda … (embedding and methods)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="embedding precision if the images still need embedding")
-    p.add_argument("--batch-size", type=int, default=64, help="embedding batch size if embedding is needed")
+    p.add_argument("--batch-size", type=_count(1), default=64, metavar="N",
+                   help="embedding batch size if embedding is needed")
     p.add_argument("--split", default="test", choices=["val", "test", "all"], help="split shown (default test)")
     p.add_argument("--show-hparams", action="store_true", help="list every method's hyperparameters and exit")
     p.set_defaults(func=run)
@@ -98,26 +104,113 @@ def _show_hparams() -> int:
     return 0
 
 
-class _Bar:
-    """tqdm bar over methods, fed by clipcal.methods.base.Progress (stderr)."""
+def parse_methods(text: str) -> list[str]:
+    """``"erm, CFR,erm"`` → ``["erm", "cfr"]``; checked against :data:`clipcal.methods.METHODS` (no import).
 
-    def __init__(self, total: int):
-        from tqdm import tqdm
+    Raises:
+        MethodError: an unknown name (the hint lists the valid ones and the closest match) or an empty list.
+    """
+    from clipcal.errors import MethodError
+    from clipcal.methods import METHODS
 
-        self.bar = tqdm(total=total, desc="calibrating", unit="method", file=sys.stderr, dynamic_ncols=True,
-                        bar_format="{l_bar}{bar}| {n:.2f}/{total} [{elapsed}<{remaining}] {postfix}")
-        self.last = 0.0
+    methods = list(dict.fromkeys(m.strip().lower() for m in str(text).split(",") if m.strip()))
+    valid = ", ".join(METHODS)
+    if not methods:
+        raise MethodError("--methods names no method", hint=f"give a comma-separated list of: {valid}")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        close = {m: difflib.get_close_matches(m, list(METHODS), n=1, cutoff=0.5) for m in unknown}
+        guess = "; ".join(f"did you mean {c[0]} for {m}?" for m, c in close.items() if c)
+        raise MethodError(f"unknown method{'s' if len(unknown) > 1 else ''} in --methods: {', '.join(unknown)}",
+                          hint=(guess + " " if guess else "") + f"valid methods: {valid}")
+    return methods
 
-    def __call__(self, p) -> None:
-        self.bar.n = float(p.done)
-        self.bar.set_postfix_str(p.message[:70], refresh=False)
-        now = time.monotonic()
-        if now - self.last > 0.2:
-            self.bar.refresh()
-            self.last = now
 
-    def close(self) -> None:
-        self.bar.close()
+def check_hparams(methods: list[str], hparams: dict) -> None:
+    """Check ``--set`` overrides before any work: each names a method in ``methods``, a hyperparameter it has,
+    and a value of the default's type (number, whole number, true/false, list, text).
+
+    Raises:
+        MethodError: naming the ``--set`` item and what is expected.
+    """
+    from clipcal.errors import MethodError
+    from clipcal.methods import get_method
+
+    extra = sorted(set(hparams) - set(methods))
+    if extra:
+        raise MethodError(f"--set given for method(s) not in --methods: {extra}",
+                          hint=f"add them to --methods (now {','.join(methods)}) or drop the --set")
+    for m, values in hparams.items():
+        cls = get_method(m)
+        names = cls._param_names()
+        for k, v in values.items():
+            if k not in names:
+                close = difflib.get_close_matches(k, names, n=1, cutoff=0.5)
+                raise MethodError(f"--set {m}.{k}: {m} has no hyperparameter {k!r}",
+                                  hint=(f"did you mean {m}.{close[0]}? " if close else "")
+                                  + f"{m}'s hyperparameters: {', '.join(names)} (see --show-hparams)")
+            default = cls.HPARAMS.get(k, (None, ""))[0]
+            want = _expected_type(default, v)
+            if want:
+                raise MethodError(f"--set {m}.{k}={json.dumps(v)}: expected {want} (default {json.dumps(default)})",
+                                  hint=f"e.g. --set {m}.{k}={json.dumps(default)}")
+
+
+def _expected_type(default, value) -> str | None:
+    """What ``value`` should be, judged by ``default``'s type; ``None`` when it fits (or the default is None)."""
+    if default is None:
+        return None
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, int):
+        return None if isinstance(value, int) and not isinstance(value, bool) else "a whole number"
+    if isinstance(default, float):
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
+    if isinstance(default, (list, tuple)):
+        return None if isinstance(value, list) else "a JSON list such as [1, 2]"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "text"
+    return None
+
+
+def check_applicable(methods: list[str], explicit: bool, has_text: bool, has_attributes: bool | None,
+                     selection: str | None, hparams: dict, backbone: str = "", benchmark: str = "") -> None:
+    """Refuse, before embedding, methods the user named that cannot run here.
+
+    Zero-shot needs a text tower; DFR (and any method with ``selection = worst-group``) needs attribute labels.
+    With the default method list (``explicit`` False) such methods are kept and recorded as "not applicable"
+    in the run; a named one, or ``--selection worst-group``, is an error. ``has_attributes=None`` (benchmark
+    not loaded yet) checks the backbone only.
+
+    Raises:
+        MethodError: the hint says which of the methods apply.
+    """
+    from clipcal.errors import MethodError
+    from clipcal.methods import METHODS, get_method
+
+    def reason(m: str) -> str | None:
+        cls = get_method(m)
+        if cls.needs_text and not has_text:
+            return f"{m} needs a text tower and {backbone or 'this backbone'} is image-only"
+        sel = hparams.get(m, {}).get("selection", selection)
+        if has_attributes is False and (cls.uses_group_labels or sel == "worst-group"):
+            why = "uses group labels" if cls.uses_group_labels else "selects by worst-group accuracy"
+            return f"{m} {why} and {benchmark or 'this benchmark'} has no spurious-attribute labels"
+        return None
+
+    if selection == "worst-group" and has_attributes is False:
+        raise MethodError(f"--selection worst-group needs spurious-attribute labels, and {benchmark or 'the benchmark'}"
+                          " has none", hint="drop --selection (worst-class needs no group labels), or give the "
+                          "attribute column (--a-col for a csv benchmark)")
+    if not explicit:
+        return
+    bad = {m: r for m in methods if (r := reason(m))}
+    if bad:
+        ok = [m for m in METHODS if not reason(m)]
+        raise MethodError("cannot run: " + "; ".join(bad.values()),
+                          hint=f"methods that apply here: {','.join(ok)} — e.g. --methods {','.join(ok)}"
+                          + (" (zero-shot needs an open_clip backbone)" if not has_text else "")
+                          + (" (for DFR give the attribute column, --a-col)" if has_attributes is False else ""))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,19 +218,23 @@ def run(args: argparse.Namespace) -> int:
     if args.show_hparams:
         return _show_hparams()
     from clipcal.commands.data import benchmark_from_args
-    from clipcal.commands.report import markdown_table, method_rows, HEADLINE
+    from clipcal.commands.embed import embed_progress
+    from clipcal.commands.report import HEADLINE, markdown_table, method_rows
     from clipcal.embed import embed_benchmark, load_embeddings
     from clipcal.errors import MethodError
     from clipcal.methods import get_method
     from clipcal.runs import run_calibration
     from clipcal.store import Store
 
-    methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
+    # Everything the user typed is checked first: a typo must not cost a demo build or an embedding pass.
+    explicit = args.methods is not None
+    methods = parse_methods(args.methods if explicit else DEFAULT_METHODS)
     hparams = parse_sets(args.sets)
-    extra = sorted(set(hparams) - set(methods))
-    if extra:
-        raise MethodError(f"--set given for method(s) not in --methods: {extra}",
-                          hint=f"add them to --methods (now {','.join(methods)}) or drop the --set")
+    spec = check_backbone(args.backbone)
+    check_hparams(methods, hparams)
+    check_applicable(methods, explicit, has_text=spec.has_text, has_attributes=None, selection=args.selection,
+                     hparams=hparams, backbone=str(spec))
+    check_device(args.device)
     for m in methods:  # --device reaches every method that has a device
         try:
             if "device" in get_method(m)._param_names():
@@ -146,14 +243,15 @@ def run(args: argparse.Namespace) -> int:
             pass
     store = Store()
     bench = benchmark_from_args(args)
+    check_applicable(methods, explicit, has_text=spec.has_text, has_attributes=bench.has_attributes,
+                     selection=args.selection, hparams=hparams, backbone=str(spec), benchmark=bench.name)
     print(f"benchmark: {bench.name} ({len(bench.table)} images)", file=sys.stderr)
     es = load_embeddings(bench, args.backbone, store=store,
                          precision=None if args.precision == "auto" else args.precision)
     if es is None:
+        check_backbone(args.backbone, weights=True)
         print(f"embedding {bench.name} with {args.backbone} first (cached for next time)…", file=sys.stderr)
-        from clipcal.commands.embed import _Bar as EmbedBar
-
-        bar = EmbedBar()
+        bar = embed_progress()
         try:
             es = embed_benchmark(bench, args.backbone, store=store, batch_size=args.batch_size, device=args.device,
                                  precision=args.precision, progress=bar)
@@ -161,7 +259,8 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
     print(f"embeddings: {len(es)} rows · features {tuple(es.features.shape)} · projection {es.projection} · "
           f"text tower {'yes' if es.has_text else 'no'}", file=sys.stderr)
-    bar = _Bar(len(methods))
+    bar = CliProgress("calibrating", unit="method", total=len(methods),
+                      bar_format="{l_bar}{bar}| {n:.2f}/{total} [{elapsed}<{remaining}] {postfix}")
     t0 = time.monotonic()
     try:
         r = run_calibration(bench, es, methods, hparams=hparams, store=store, progress=bar, seed=args.seed,

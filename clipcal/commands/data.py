@@ -16,8 +16,9 @@ Other commands reuse the benchmark options::
 from __future__ import annotations
 
 import argparse
-import sys
+import difflib
 
+from clipcal.commands._progress import CliProgress
 from clipcal.errors import DataError
 
 BENCHMARK_HELP = """\
@@ -43,8 +44,8 @@ def add_benchmark_args(parser: argparse.ArgumentParser, required: bool = False) 
     from clipcal.data import BENCHMARKS
 
     g = parser.add_argument_group("benchmark", "which images to use (see `python -m clipcal data list`)")
-    g.add_argument("--benchmark", "-b", metavar="NAME", choices=list(BENCHMARKS), required=required,
-                   default=None if required else "demo",
+    g.add_argument("--benchmark", "-b", metavar="NAME", type=choice(list(BENCHMARKS), "benchmark"),
+                   required=required, default=None if required else "demo",
                    help="one of: " + ", ".join(BENCHMARKS) + ("" if required else " (default: demo)"))
     g.add_argument("--root", metavar="PATH", help="the benchmark's folder (all benchmarks except demo)")
     g.add_argument("--csv", metavar="FILE", help="csv: metadata file, relative to --root (default metadata.csv)")
@@ -63,6 +64,18 @@ def add_benchmark_args(parser: argparse.ArgumentParser, required: bool = False) 
     g.add_argument("--n-test", type=int, metavar="N", help="demo: test images (default 800)")
     g.add_argument("--data-seed", type=int, metavar="S",
                    help="seed of the demo images / MetaShift re-split (default 42) / carved csv val split")
+
+
+def choice(names: list[str], what: str):
+    """argparse type: one of ``names`` (case-insensitive); otherwise exit 2 naming them and the closest match."""
+    def parse(text: str) -> str:
+        key = text.strip().lower()
+        if key in names:
+            return key
+        close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+        guess = f" — did you mean {close[0]}?" if close else ""
+        raise argparse.ArgumentTypeError(f"unknown {what} {text!r}{guess} (choose from {', '.join(names)})")
+    return parse
 
 
 def _names(s: str | None) -> list[str] | None:
@@ -99,27 +112,9 @@ def benchmark_from_args(args: argparse.Namespace, progress=None):
     from clipcal.data import load_benchmark
 
     name, root, opts = benchmark_options(args)
-    if name == "demo" and progress is not None:
-        opts["progress"] = progress
-    elif name == "demo" and sys.stderr.isatty():
-        opts["progress"] = _tqdm_progress("building demo", unit="img")
+    if name == "demo":  # built on first use (minutes): show it
+        opts["progress"] = progress if progress is not None else CliProgress("building demo", unit="img")
     return load_benchmark(name, root=root, **opts)
-
-
-def _tqdm_progress(desc: str, unit: str = "it"):
-    from tqdm import tqdm
-
-    bar = {"b": None}
-
-    def cb(done, total, message=""):
-        if bar["b"] is None:
-            bar["b"] = tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", file=sys.stderr)
-        bar["b"].n = done
-        bar["b"].refresh()
-        if total is not None and done >= total:
-            bar["b"].close()
-
-    return cb
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -147,9 +142,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from clipcal.data import validate
 
     bench = benchmark_from_args(args)
-    progress = _tqdm_progress("checking images", unit="img") if sys.stderr.isatty() else None
-    report = validate(bench, check_images=not args.no_check_images, progress=progress,
-                      full_decode=args.full_decode)
+    progress = CliProgress("checking images", unit="img")
+    try:
+        report = validate(bench, check_images=not args.no_check_images, progress=progress,
+                          full_decode=args.full_decode)
+    finally:
+        progress.close()
     print(report.to_text(max_rows=args.max_rows))
     return 0 if report.ok else 1
 
@@ -159,9 +157,12 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
     if not args.root:
         raise DataError("data download needs --root PATH (the folder to put the dataset in)")
-    progress = _tqdm_progress(f"downloading {args.benchmark}", unit="B") if sys.stderr.isatty() else None
-    folder = download(args.benchmark, args.root, progress=progress, urls=args.url or None,
-                      keep_archive=args.keep_archive)
+    progress = CliProgress(f"downloading {args.benchmark}", unit="B", unit_scale=True)
+    try:
+        folder = download(args.benchmark, args.root, progress=progress, urls=args.url or None,
+                          keep_archive=args.keep_archive)
+    finally:
+        progress.close()
     print(f"{args.benchmark} is ready in {folder}")
     print(f"next: python -m clipcal data validate --benchmark {args.benchmark} --root {args.root}")
     return 0

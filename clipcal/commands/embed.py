@@ -6,6 +6,9 @@ import argparse
 import sys
 import time
 
+from clipcal.commands._checks import check_backbone, check_device
+from clipcal.commands._progress import CliProgress
+
 DESCRIPTION = """\
 Embed every image of a benchmark with a backbone and cache the result in the store
 (./cache, or $CLIPCAL_CACHE). Each image is embedded once: running the same command again
@@ -99,13 +102,15 @@ def run(args: argparse.Namespace) -> int:
     from clipcal.store import Store
 
     t0 = time.monotonic()
+    check_backbone(args.backbone, weights=True)  # seconds; the benchmark (a demo build) may take minutes
+    check_device(args.device)
     bench = benchmark_from_args(args)
     print(f"benchmark: {bench.name} ({len(bench.table)} images)", file=sys.stderr)
     backbone = load_backbone(args.backbone, device=args.device, precision=args.precision)
     print(f"backbone:  {backbone.spec} on {backbone.device} ({backbone.precision}); features d={backbone.feature_dim}, "
           f"embeddings e={backbone.embed_dim}, text tower: {'yes' if backbone.has_text else 'no'}", file=sys.stderr)
     store = Store()
-    bar = _Bar()
+    bar = embed_progress()
     try:
         es = embed_benchmark(bench, backbone, store=store, batch_size=args.batch_size, num_workers=args.workers,
                              progress=bar)
@@ -134,23 +139,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Bar:
-    """tqdm progress bar fed by :class:`clipcal.embed.Progress` reports (stderr)."""
+def embed_progress() -> CliProgress:
+    """The embedding progress display (also used by ``calibrate`` when it must embed first), fed by
+    :class:`clipcal.embed.Progress` reports; events (resuming, waiting, batch halved) get their own line."""
+    return CliProgress("embedding", unit="img", log_messages=True, quiet=("embedding", "starting"))
 
-    def __init__(self):
-        self.bar = None
 
-    def __call__(self, p) -> None:
-        from tqdm import tqdm
-
-        if self.bar is None:  # start at what earlier runs finished, so the rate is this run's
-            self.bar = tqdm(total=p.total, initial=p.done, desc="embedding", unit="img", file=sys.stderr,
-                            dynamic_ncols=True)
-        if p.message and p.message not in ("embedding", "starting"):
-            self.bar.write(p.message, file=sys.stderr)
-        if p.done > self.bar.n:
-            self.bar.update(p.done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+_Bar = embed_progress  # the name tests/test_embed.py imports

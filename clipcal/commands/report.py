@@ -133,13 +133,14 @@ def canonical_spec(spec: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Print (and optionally write) the report. Returns 0, or 1 when no run is stored."""
+    from clipcal.commands._checks import check_backbone
     from clipcal.commands.data import benchmark_from_args
     from clipcal.runs import list_runs, load_run
     from clipcal.store import Store
 
+    spec = str(check_backbone(args.backbone))  # a typo is an error, not "no runs stored"
     store = Store()
     bench = benchmark_from_args(args)
-    spec = canonical_spec(args.backbone)
     runs = list_runs(store, benchmark=bench, backbone=spec)
     if args.list:
         if not len(runs):

@@ -121,16 +121,6 @@ def write_report(run, out_dir, split: str = "test") -> list[Path]:
     return files
 
 
-def canonical_spec(spec: str) -> str:
-    """The canonical form of a backbone spec (as stored in runs); the input if it cannot be parsed."""
-    try:
-        from clipcal.backbones import parse_spec
-
-        return str(parse_spec(spec))
-    except Exception:  # noqa: BLE001 - an unparsable spec simply matches nothing
-        return spec
-
-
 def run(args: argparse.Namespace) -> int:
     """Print (and optionally write) the report. Returns 0, or 1 when no run is stored."""
     from clipcal.commands._checks import check_backbone

@@ -284,8 +284,8 @@ def umap_figure(points: pd.DataFrame, color: str, mode: str = "side_by_side", ho
             membership, split, confidence …). Float columns with > 12 values use a continuous scale
             (Cividis); anything else is categorical with one trace per category (and panel).
         mode: ``"side_by_side"`` (two panels sharing axes and legend) or ``"overlay"`` (one panel: before
-            as open circles, after filled, grey segments joining each point's two positions for ``lines``
-            points). Without ``x_after`` a single "before" panel is drawn.
+            as open rings drawn over the filled "after" dots, grey segments joining each point's two positions
+            for ``lines`` points). Without ``x_after`` a single "before" panel is drawn.
         hover: extra columns shown on hover and appended to ``custom_data`` after ``sample_id``.
         color_label: legend title (default the column name).
         category_order / colors: optional category order and ``{category: colour}``.
@@ -318,6 +318,7 @@ def umap_figure(points: pd.DataFrame, color: str, mode: str = "side_by_side", ho
     else:
         fig = go.Figure()
     tmpl = _hover_template([label] + hover)
+    rings = []  # overlay: the open "before" rings, added after every filled dot so that no dot hides a ring
     continuous = _is_continuous(p[color])
     if continuous:
         vals = p[color].astype(float)
@@ -326,11 +327,15 @@ def umap_figure(points: pd.DataFrame, color: str, mode: str = "side_by_side", ho
             overlay_before = (not side) and has_after and name == "before"
             marker = dict(color=vals, colorscale="Cividis", cmin=lo, cmax=hi, size=size, opacity=opacity,
                           showscale=i == 0, colorbar=dict(title=dict(text=label)))
-            if overlay_before:
-                marker.update(symbol="circle-open", opacity=opacity * 0.6)
+            if overlay_before:  # a ring larger than the dot: an unmoved point is a dot inside its ring
+                marker.update(symbol="circle-open", size=size + 3, opacity=min(1.0, opacity + 0.15),
+                              line=dict(width=1.5))
             tr = Trace(x=p[xc], y=p[yc], mode="markers", name=name, marker=marker, customdata=cd,
                        hovertemplate=_hover_template([label] + hover, panel=name))
-            fig.add_trace(tr, row=1, col=i + 1) if side else fig.add_trace(tr)
+            if overlay_before:
+                rings.append(tr)
+            else:
+                fig.add_trace(tr, row=1, col=i + 1) if side else fig.add_trace(tr)
     else:
         cats = _categories(p[color], category_order)
         cmap = color_map(cats, colors)
@@ -341,13 +346,18 @@ def umap_figure(points: pd.DataFrame, color: str, mode: str = "side_by_side", ho
                 overlay_before = (not side) and has_after and name == "before"
                 marker = dict(color=cmap[c], size=size, opacity=opacity)
                 if overlay_before:
-                    marker.update(symbol="circle-open", opacity=opacity * 0.7)
+                    marker.update(symbol="circle-open", size=size + 3, opacity=min(1.0, opacity + 0.15),
+                                  line=dict(color=cmap[c], width=1.5))
                 show = (i == 0) if side else True
                 tname = str(c) if (side or not has_after or name == "after") else f"{c} (before)"
                 tr = Trace(x=p.loc[m, xc], y=p.loc[m, yc], mode="markers", name=tname, legendgroup=str(c),
                            showlegend=show, marker=marker, customdata=cd[m],
                            hovertemplate=_hover_template([label] + hover, panel=name))
-                fig.add_trace(tr, row=1, col=i + 1) if side else fig.add_trace(tr)
+                if overlay_before:
+                    rings.append(tr)
+                else:
+                    fig.add_trace(tr, row=1, col=i + 1) if side else fig.add_trace(tr)
+    fig.add_traces(rings)
     if has_after and not side and lines > 0:
         if line_order is not None and line_order in p:
             idx = p[line_order].astype(float).fillna(-np.inf).sort_values(ascending=False).index[:lines]
@@ -372,21 +382,39 @@ def umap_figure(points: pd.DataFrame, color: str, mode: str = "side_by_side", ho
 
 
 def centroid_shift_figure(shifts: pd.DataFrame, title: str | None = None) -> go.Figure:
-    """Arrows from each group's map centroid before calibration to after (``group_centroid_shifts``)."""
+    """Arrows from each group's map centroid before calibration to after (``group_centroid_shifts``).
+
+    Traces: one filled "after" dot per group (in the legend, coloured by group), then one open "before" ring
+    per group drawn on top and larger than the dot, so a centroid that barely moved shows as a dot inside its
+    ring instead of hiding the ring; then two grey legend-only keys for ring = before and dot = after.
+    """
     s = shifts.reset_index(drop=True)
     cmap = color_map(list(s["name"]))
     fig = go.Figure()
+    dot, ring = 10, 18
+    for when in ("after", "before"):
+        for r in s.itertuples(index=False):
+            hover = (f"<b>{r.name}</b> {when} calibration (n = {r.n})<br>map shift {r.shift_2d:.2f}"
+                     f"<br>1 − cos of mean embeddings {r.cos_shift:.3g}<extra></extra>")
+            col = cmap[r.name]
+            marker = (dict(color=col, size=dot, symbol="circle", line=dict(color="#FFFFFF", width=1))
+                      if when == "after" else
+                      dict(color=col, size=ring, symbol="circle-open", line=dict(color=col, width=2.5)))
+            fig.add_trace(go.Scatter(x=[getattr(r, f"x_{when}")], y=[getattr(r, f"y_{when}")], mode="markers",
+                                     name=str(r.name) if when == "after" else f"{r.name} (before)",
+                                     legendgroup=str(r.name), showlegend=when == "after", marker=marker,
+                                     hovertemplate=hover))
+    for name, marker in (("before calibration (ring)", dict(size=ring, symbol="circle-open",
+                                                            line=dict(color="#555555", width=2.5))),
+                         ("after calibration (dot)", dict(size=dot, symbol="circle"))):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name, legendgroup="key",
+                                 marker=dict(color="#555555", **marker), hoverinfo="skip"))
     for r in s.itertuples(index=False):
-        col = cmap[r.name]
-        fig.add_trace(go.Scatter(x=[r.x_before, r.x_after], y=[r.y_before, r.y_after], mode="markers",
-                                 name=str(r.name), legendgroup=str(r.name),
-                                 marker=dict(color=col, size=[10, 14], symbol=["circle-open", "circle"]),
-                                 hovertemplate=f"<b>{r.name}</b> (n = {r.n})<br>map shift {r.shift_2d:.2f}"
-                                               f"<br>1 − cos of mean embeddings {r.cos_shift:.3f}<extra></extra>"))
+        # standoffs (px) end the arrow at the dot's edge and start it at the ring's, so neither is covered
         fig.add_annotation(x=r.x_after, y=r.y_after, ax=r.x_before, ay=r.y_before, xref="x", yref="y",
-                           axref="x", ayref="y", showarrow=True, arrowhead=3, arrowwidth=2, arrowcolor=col,
-                           text="")
-    _layout(fig, title or "Group centroids in the joint UMAP: before (open) → after (filled)",
+                           axref="x", ayref="y", showarrow=True, arrowhead=3, arrowwidth=2,
+                           arrowcolor=cmap[r.name], standoff=dot / 2 + 1, startstandoff=ring / 2, text="")
+    _layout(fig, title or "Group centroids in the joint UMAP: before (open ring) → after (filled dot)",
             legend_title="group")
     fig.update_xaxes(title_text="UMAP 1 (arbitrary units)")
     fig.update_yaxes(title_text="UMAP 2 (arbitrary units)")
@@ -414,6 +442,216 @@ def crossing_figure(df: pd.DataFrame, group_col: str = "group_name", crossing_co
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Representations: hover thumbnails (Altair / Vega-Lite; plotly's hover cannot show images)
+
+#: Most points of a hover map that carry a thumbnail; above it a seeded random subset does (bounds the payload:
+#: every thumbnail travels inside the chart's data, ~2 KB of base64 each at the defaults below).
+HOVER_THUMB_CAP = 3000
+#: Longest side in pixels and JPEG quality of hover thumbnails.
+HOVER_THUMB_SIZE = 80
+HOVER_THUMB_QUALITY = 70
+
+
+def hover_subsample(n: int, cap: int = HOVER_THUMB_CAP, seed: int = 0) -> np.ndarray:
+    """Rows that get a hover thumbnail: all ``n`` if ``n <= cap``, else a seeded random ``cap`` of them.
+
+    Returns:
+        Sorted int64 indices (``numpy.random.default_rng(seed).choice`` without replacement), so the same
+        points keep their thumbnails across reruns and processes.
+
+    Raises:
+        ValueError: ``cap`` < 0.
+    """
+    if cap < 0:
+        raise ValueError(f"cap must be >= 0, got {cap}")
+    if n <= cap:
+        return np.arange(n, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False)).astype(np.int64)
+
+
+def thumbnail_data_uri(path, size: int = HOVER_THUMB_SIZE, quality: int = HOVER_THUMB_QUALITY) -> str:
+    """``"data:image/jpeg;base64,…"`` of an image's thumbnail (:func:`clipcal.data.images.thumbnail`,
+    longest side ``size`` px, JPEG ``quality``), for a Vega-Lite tooltip's ``image`` field.
+
+    Raises:
+        DataError: the file is missing or cannot be decoded (as :func:`clipcal.data.images.load_image`).
+    """
+    import base64
+    import io
+
+    from clipcal.data.images import thumbnail
+
+    buf = io.BytesIO()
+    thumbnail(path, size).save(buf, "JPEG", quality=quality, optimize=True)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def hover_thumbnails(paths: Sequence, cap: int = HOVER_THUMB_CAP, seed: int = 0, size: int = HOVER_THUMB_SIZE,
+                     quality: int = HOVER_THUMB_QUALITY, encode=None) -> pd.Series:
+    """The ``image`` column of :func:`umap_hover_chart`: a thumbnail data URI for the rows of
+    :func:`hover_subsample` ``(len(paths), cap, seed)``, ``""`` for every other row.
+
+    Args:
+        paths: image file per row (e.g. ``points["path"]``).
+        encode: ``path -> data URI`` (default :func:`thumbnail_data_uri` with ``size`` / ``quality``); the
+            dashboard passes a memoised one.
+
+    Returns:
+        ``pd.Series`` of str named ``image``, one per path; unreadable files get ``""`` (their point keeps its
+        text tooltip: one bad file must not take the whole map down).
+    """
+    from clipcal.errors import ClipcalError
+
+    encode = encode or (lambda p: thumbnail_data_uri(p, size, quality))
+    paths = list(paths)
+    out = np.full(len(paths), "", dtype=object)
+    for i in hover_subsample(len(paths), cap, seed):
+        try:
+            out[i] = encode(str(paths[i]))
+        except ClipcalError:
+            pass
+    return pd.Series(out, name="image", dtype=object)
+
+
+def umap_hover_chart(points: pd.DataFrame, color: str, mode: str = "side_by_side", hover: Sequence[str] = (),
+                     image: str = "image", title: str | None = None, color_label: str | None = None,
+                     category_order: Sequence | None = None, colors: Mapping | None = None, lines: int = 150,
+                     line_order: str | None = None, max_images: int = HOVER_THUMB_CAP, seed: int = 0,
+                     width: int = 430, height: int = 430, marker_size: float | None = None, opacity: float = 0.75):
+    """The joint UMAP map of :func:`umap_figure` as an Altair (Vega-Lite) chart whose hover card shows the image.
+
+    Vega-Lite tooltips are drawn by the vega-tooltip plugin, which renders a tooltip field titled exactly
+    ``image`` holding a URL or data URI as an ``<img>`` (Vega-Lite docs, "Tooltip image"); Streamlit's
+    ``st.altair_chart`` uses that plugin. Points whose ``image`` is ``""`` show the text fields only.
+
+    Args:
+        points: as for :func:`umap_figure` (``sample_id, x_before, y_before[, x_after, y_after]``, the
+            ``color`` and ``hover`` columns) plus ``image`` (column name): data URI or ``""`` per row,
+            e.g. from :func:`hover_thumbnails`.
+        color: column to colour by; same palette and rules as :func:`umap_figure` (float columns with > 12
+            values use the continuous Cividis scheme).
+        mode: ``"side_by_side"`` (two panels, one shared axis range) or ``"overlay"`` (before = open circles,
+            after = filled, grey segments joining ``lines`` points' two positions, the ``line_order`` column's
+            largest first, else a seeded random subset).
+        hover: extra columns for the hover card (after sample id and the colour column).
+        max_images: at most this many rows keep their image (a seeded subset of the non-empty ones, see
+            :func:`hover_subsample`): the payload bound holds whatever the caller passed.
+        width / height: pixels per panel (overlay: the single panel is ``2 * width`` wide).
+
+    Returns:
+        ``altair`` chart (``HConcatChart`` side by side, ``LayerChart`` overlaid or without "after"); its one
+        top-level dataset has one row per sample with fields ``sample_id, xb, yb[, xa, ya], color, h0 … hk,
+        image[, line]`` (``h*`` = the hover columns as display strings, titled with their column names).
+
+    Raises:
+        ValueError: unknown ``mode``; ``color`` not a column.
+    """
+    import warnings
+
+    import altair as alt
+
+    if mode not in ("side_by_side", "overlay"):
+        raise ValueError(f"mode must be 'side_by_side' or 'overlay', got {mode!r}")
+    p = points.reset_index(drop=True)
+    if color not in p:
+        raise ValueError(f"colour column {color!r} is not in points (columns: {list(p.columns)})")
+    n = len(p)
+    has_after = "x_after" in p and "y_after" in p and p["x_after"].notna().any()
+    side = has_after and mode == "side_by_side"
+    label = color_label or color
+    hover = [h for h in dict.fromkeys(hover) if h in p and h not in ("sample_id", color, image)]
+    # plain field names: Vega-Lite reads "." and "[" in names as paths; titles carry the real names
+    d = pd.DataFrame({"sample_id": p["sample_id"].astype(str),
+                      "xb": p["x_before"].astype(float), "yb": p["y_before"].astype(float)})
+    if has_after:
+        d["xa"], d["ya"] = p["x_after"].astype(float), p["y_after"].astype(float)
+    continuous = _is_continuous(p[color])
+    if continuous:
+        d["color"] = p[color].astype(float)
+    else:
+        d["color"] = p[color].astype("object").where(p[color].notna(), "unknown").astype(str)
+    for i, h in enumerate(hover):
+        d[f"h{i}"] = _hover_strings(p[h])
+    # object arrays keep references to the caller's strings (no copy of a few MB of base64 per chart)
+    imgs = (np.array([v if isinstance(v, str) else "" for v in p[image].to_numpy(dtype=object)], dtype=object)
+            if image in p else np.full(n, "", dtype=object))
+    filled = np.flatnonzero(imgs != "")
+    if len(filled) > max_images:
+        keep = np.zeros(n, bool)
+        keep[filled[hover_subsample(len(filled), max_images, seed)]] = True
+        imgs = np.where(keep, imgs, "")
+    d["image"] = imgs
+    if has_after and not side and lines > 0:
+        if line_order is not None and line_order in p:
+            idx = p[line_order].astype(float).fillna(-np.inf).sort_values(ascending=False).index[:lines]
+        else:
+            idx = np.random.default_rng(seed).permutation(n)[:lines]
+        d["line"] = False
+        d.loc[idx, "line"] = True
+
+    if continuous:
+        cenc = alt.Color("color:Q", scale=alt.Scale(scheme="cividis"), title=label)
+        ctip = alt.Tooltip("color:Q", title=label, format=".3g")
+    else:
+        cats = [str(c) for c in _categories(d["color"], None if category_order is None
+                                             else [str(c) for c in category_order])]
+        cmap = color_map(cats, None if colors is None else {str(k): v for k, v in colors.items()})
+        cenc = alt.Color("color:N", title=label, scale=alt.Scale(domain=cats, range=[cmap[c] for c in cats]),
+                         legend=alt.Legend(symbolOpacity=1, symbolType="circle"))
+        ctip = alt.Tooltip("color:N", title=label)
+    tips = ([alt.Tooltip("image:N", title="image"), alt.Tooltip("sample_id:N", title="sample id"), ctip]
+            + [alt.Tooltip(f"h{i}:N", title=h) for i, h in enumerate(hover)])
+
+    def dom(*cols):
+        v = np.concatenate([d[c].to_numpy(dtype=float) for c in cols])
+        v = v[np.isfinite(v)]
+        lo, hi = (float(v.min()), float(v.max())) if len(v) else (0.0, 1.0)
+        pad = 0.03 * (hi - lo or 1.0)
+        return [lo - pad, hi + pad]
+
+    sx = alt.Scale(domain=dom("xb", *(["xa"] if has_after else [])), nice=False, zero=False)
+    sy = alt.Scale(domain=dom("yb", *(["ya"] if has_after else [])), nice=False, zero=False)
+    size = marker_size or (10 if n > 5000 else 20 if n > 1000 else 40)
+
+    def axes(xc: str, yc: str) -> dict:
+        return dict(x=alt.X(f"{xc}:Q", scale=sx, title="UMAP 1 (arbitrary units)", axis=alt.Axis(grid=False)),
+                    y=alt.Y(f"{yc}:Q", scale=sy, title="UMAP 2 (arbitrary units)", axis=alt.Axis(grid=False)))
+
+    def layer(xc: str, yc: str, which: str | None, open_: bool = False):
+        tip = tips + ([alt.Tooltip("map:N", title="map")] if which else [])
+        ch = alt.Chart().mark_point(filled=not open_, size=size, opacity=opacity * (0.6 if open_ else 1.0))
+        if which:
+            ch = ch.transform_calculate(map=f"'{which} calibration'")
+        return ch.encode(**axes(xc, yc), color=cenc, tooltip=tip)
+
+    if title is None:
+        title = (f"UMAP of the embeddings before vs after calibration (one joint fit), coloured by {label}"
+                 if has_after else f"UMAP of the embeddings, coloured by {label}")
+    title = alt.TitleParams(title, subtitle="Hover a point to see its image; drag to pan, scroll to zoom.",
+                            anchor="start")
+    if side:
+        # one param bound to both panels' scales: they pan and zoom together
+        zoom = alt.selection_interval(bind="scales", encodings=["x", "y"], name="umap_zoom")
+        before = layer("xb", "yb", "before").properties(title="Before calibration", width=width, height=height)
+        after = layer("xa", "ya", "after").properties(title="After calibration", width=width, height=height)
+        with warnings.catch_warnings():  # Altair warns when it merges one param into two views: wanted here
+            warnings.filterwarnings("ignore", message="Automatically deduplicated selection parameter")
+            chart = alt.hconcat(before.add_params(zoom), after.add_params(zoom), data=d, title=title)
+        return chart.resolve_scale(color="shared")
+    if has_after:
+        parts = []
+        if "line" in d:
+            parts.append(alt.Chart().mark_rule(color="#5A5A5A", opacity=0.35, strokeWidth=1)
+                         .encode(**axes("xb", "yb"), x2="xa:Q", y2="ya:Q")
+                         .transform_filter("datum.line"))
+        parts += [layer("xb", "yb", "before", open_=True), layer("xa", "ya", "after")]
+    else:
+        parts = [layer("xb", "yb", None)]
+    return alt.layer(*parts, data=d, title=title).properties(width=2 * width if has_after else width,
+                                                             height=height).interactive()
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Calibration
 
 
@@ -428,8 +666,10 @@ def training_curves_figure(curves: pd.DataFrame, color: str = "split", title: st
     metrics = list(pd.unique(c["metric"]))
     ncols = min(3, max(len(metrics), 1))
     nrows = int(np.ceil(len(metrics) / ncols)) if metrics else 1
+    # rows ~95 px apart: room for a panel's "epoch" axis title plus the next panel's title (0.15 overlapped them)
+    vgap = min(0.3, 95 / max(280 * nrows - 130, 1)) if nrows > 1 else 0.15
     fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=[str(m) for m in metrics],
-                        horizontal_spacing=0.08, vertical_spacing=0.15)
+                        horizontal_spacing=0.08, vertical_spacing=vgap)
     cats = _categories(c[color]) if color in c else ["all"]
     cmap = color_map(cats)
     stages = list(pd.unique(c["stage"])) if "stage" in c else [None]
@@ -465,11 +705,34 @@ def training_curves_figure(curves: pd.DataFrame, color: str = "split", title: st
 # Spurious attributes
 
 
+def _chance_lines(fig: go.Figure, levels: Sequence[float], names: Sequence[str]) -> None:
+    """Dashed chance lines drawn over the bars of a categorical x axis with one category per level.
+
+    Spans the whole width whatever the number of bars per category: one line across the plot (``xref="paper"``,
+    0 → 1) when all levels are equal, else one per category across its full slot (``i ± 0.5`` on the category
+    axis, whose range is pinned to ``[-0.5, n - 0.5]`` so the slots tile the plot). One legend entry (shapes
+    carry legend items since plotly 5.15) names the level(s); ``names`` are the categories' short names.
+    """
+    style = dict(type="line", line=dict(color="#000000", width=2, dash="dash"), layer="above",
+                 legendgroup="chance")
+    if np.allclose(levels, levels[0]):
+        fig.add_shape(xref="paper", x0=0, x1=1, y0=levels[0], y1=levels[0], showlegend=True,
+                      name=f"chance level ({levels[0]:.2f})", **style)
+        return
+    name = "chance level (" + ", ".join(f"{n} {lv:.2f}" for n, lv in zip(names, levels)) + ")"
+    for i, lv in enumerate(levels):
+        fig.add_shape(xref="x", x0=i - 0.5, x1=i + 0.5, y0=lv, y1=lv, showlegend=i == 0, name=name, **style)
+    fig.update_xaxes(range=[-0.5, len(levels) - 0.5])
+
+
 def decodability_figure(table: pd.DataFrame, title: str | None = None) -> go.Figure:
     """Bars of how well a linear probe predicts the spurious attribute, before vs after calibration.
 
     Args:
         table: ``DecodabilityResult.table`` (``representation, balanced_accuracy, auroc, chance``).
+
+    Chance is a dashed line (a layout shape, not a trace) across the whole plot, or across each metric's full
+    slot when the two chance levels differ (> 2 attribute values); its legend entry names the level(s).
     """
     metrics = [("balanced_accuracy", "balanced accuracy"), ("auroc", "AUROC")]
     fig = go.Figure()
@@ -481,10 +744,8 @@ def decodability_figure(table: pd.DataFrame, title: str | None = None) -> go.Fig
                     text=[f"{row[m[0]]:.2f}" for m in metrics], textposition="outside",
                     hovertemplate=f"{r}<br>%{{x}}: %{{y:.3f}}<extra></extra>")
     chance = float(table["chance"].iloc[0]) if len(table) else 0.5
-    fig.add_trace(go.Scatter(x=[m[1] for m in metrics], y=[chance, 0.5], mode="markers", name="chance level",
-                             marker=dict(symbol="line-ew-open", size=60, color="#000000",
-                                         line=dict(width=2, color="#000000")),
-                             hovertemplate="chance: %{y:.2f}<extra></extra>"))
+    # balanced accuracy: 1 / number of attribute values; AUROC: 0.5
+    _chance_lines(fig, [chance, 0.5], ["bal. acc.", "AUROC"])
     _layout(fig, title or "Is the spurious attribute still decodable? Linear probe on the test split, "
                           "before vs after calibration",
             barmode="group", legend_title="embeddings",
@@ -501,6 +762,8 @@ def concept_scores_figure(scores: pd.DataFrame, top: int = 10, classes: Sequence
     Args:
         scores: concept-score table. top: concepts per class. classes: which classes (default all).
         value: ``"score"`` (cosine difference) or ``"effect_size"`` (Cohen's d).
+
+    A class without scores (no misclassified or no correct images) gets a note in its panel and no axes.
     """
     s = scores.dropna(subset=[value])
     classes = list(classes) if classes is not None else list(pd.unique(scores["class"]))
@@ -513,8 +776,11 @@ def concept_scores_figure(scores: pd.DataFrame, top: int = 10, classes: Sequence
         sub_titles.append(f"{c} (misclassified n={nw}, correct n={nr})")
     fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=sub_titles, horizontal_spacing=0.25,
                         vertical_spacing=0.12)
+    empty = []
     for i, c in enumerate(classes):
         d = s[s["class"] == c].sort_values(value, ascending=False).head(top).iloc[::-1]
+        if d.empty:  # no errors or no correct images: say so instead of an empty pair of axes
+            empty.append((i // ncols + 1, i % ncols + 1))
         fig.add_trace(go.Bar(x=d[value], y=d["concept"], orientation="h", name=str(c), showlegend=False,
                              marker_color=np.where(d[value] > 0, "#D55E00", "#0072B2"),
                              customdata=np.column_stack([d["effect_size"], d["mean_sim_wrong"],
@@ -528,6 +794,12 @@ def concept_scores_figure(scores: pd.DataFrame, top: int = 10, classes: Sequence
     _layout(fig, title or "Concepts that match a class's misclassified images more than its correct ones "
                           "(candidate spurious attributes)", height=max(360, 40 * top * nrows + 120))
     fig.update_xaxes(title_text=xlabel)
+    for r, col in empty:
+        fig.update_xaxes(visible=False, row=r, col=col)
+        fig.update_yaxes(visible=False, row=r, col=col)
+        fig.add_annotation(text="nothing to score: this class needs both<br>misclassified and correct images",
+                           xref="x domain", yref="y domain", x=0.5, y=0.5, showarrow=False,
+                           font=dict(color="#666666"), row=r, col=col)
     return fig
 
 

@@ -119,8 +119,9 @@ def test_umap_overlay_with_lines_and_before_only():
     p = _points()
     fig = F.umap_figure(p, color="class", mode="overlay", lines=5, line_order="move_2d")
     names = [t.name for t in fig.data]
-    assert names == ["landbird (before)", "landbird", "waterbird (before)", "waterbird", "before → after (5 points)"]
-    assert fig.data[0].marker.symbol == "circle-open"
+    # filled "after" dots first, the open "before" rings over them (tests/test_figures_fixes.py), lines last
+    assert names == ["landbird", "waterbird", "landbird (before)", "waterbird (before)", "before → after (5 points)"]
+    assert fig.data[2].marker.symbol == "circle-open"
     lines = fig.data[-1]
     assert lines.customdata is None and lines.mode == "lines"
     # the five largest move_2d rows (39 … 35), each as [before, after, gap]
@@ -148,7 +149,9 @@ def test_centroid_and_crossing_figures():
     groups = np.repeat([0, 1], 10)
     s = group_centroid_shifts(xb, xa, eb, ea, groups, group_names=["g0", "g1"])
     fig = F.centroid_shift_figure(s)
-    assert [t.name for t in fig.data] == ["g0", "g1"] and len(fig.layout.annotations) == 2
+    assert [t.name for t in fig.data] == ["g0", "g1", "g0 (before)", "g1 (before)", "before calibration (ring)",
+                                          "after calibration (dot)"]
+    assert len(fig.layout.annotations) == 2
     assert fig.layout.annotations[0].x == pytest.approx(s["x_after"][0])
     y = np.array([0, 0, 1, 1])
     df = pd.DataFrame({"group_name": ["a", "a", "b", "b"],
@@ -178,10 +181,10 @@ def test_decodability_figure():
     x = rng.normal(size=(200, 4)) + a[:, None]
     r = attribute_decodability(x, rng.normal(size=(200, 4)), a, np.array(["train"] * 120 + ["test"] * 80))
     fig = F.decodability_figure(r.table)
-    assert [t.name for t in fig.data] == ["before", "after", "chance level"]
+    assert [t.name for t in fig.data] == ["before", "after"]
     assert list(fig.data[0].x) == ["balanced accuracy", "AUROC"]
     assert fig.data[0].y[0] == pytest.approx(r.table["balanced_accuracy"][0])
-    assert list(fig.data[2].y) == [0.5, 0.5]
+    assert [(s.xref, s.x0, s.x1, s.y0) for s in fig.layout.shapes] == [("paper", 0, 1, 0.5)]  # chance line
     assert "decodable" in fig.layout.title.text
 
 

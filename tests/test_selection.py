@@ -91,7 +91,8 @@ def test_overlay_lines_trace_is_ignored():
     fig = umap_figure(_points_frame(), color="class", mode="overlay", lines=3)
     line_curve = len(fig.data) - 1
     assert fig.data[line_curve].customdata is None
-    pts = [_pt(fig, 1, 0), {"curve_number": line_curve, "point_number": 0, "point_index": 0, "x": 0, "y": 0}]
+    # overlay order: the filled "after" traces first (curve 0 = landbird after), the open "before" rings last
+    pts = [_pt(fig, 0, 0), {"curve_number": line_curve, "point_number": 0, "point_index": 0, "x": 0, "y": 0}]
     assert ids_from_selection(json.loads(_event_json(pts)), fig) == ["s0"]
 
 

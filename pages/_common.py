@@ -466,10 +466,47 @@ def _job_fragment(key: str, live: str | None = None) -> None:
     if job.is_running:
         _render_running(job, f"cancel.{key}")
         if live == "curves":
-            training_curves_chart(live_curves_table(job), key=f"live.{key}",
-                                  title="Live: training metrics reported so far")
+            fig = live_curves_figure(job, st.session_state, f"_live.{key}")
+            if fig is not None:  # drawn on every run: a fragment drops what it does not draw again
+                st.plotly_chart(fig, key=f"live.{key}")
     else:  # finished while we polled: rerun the whole page once so it shows the result
+        st.session_state.pop(f"_live.{key}", None)
         st.rerun(scope="app")
+
+
+def live_curves_signature(history) -> tuple[int, float | None, float | None]:
+    """What :func:`live_curves_table` would hold, without building it: ``(rows, epoch, time)`` — the number of
+    metric rows and the ``done`` and ``time`` of the last report that added rows.
+
+    Equal signatures mean an equal table (reports only append; the history is capped, so the row count alone
+    could repeat, the report time cannot). ``history``: ``Job.history`` (objects with ``done, time, extra``).
+    """
+    n, last = 0, (None, None)
+    for p in list(history):
+        k = sum(1 for v in (p.extra.get("metrics") or {}).values() if isinstance(v, (int, float)) and v == v)
+        if k:
+            n, last = n + k, (p.done, p.time)
+    return (n, *last)
+
+
+def live_curves_figure(job, cache, key: str):
+    """The live training-curves figure of a running ``job``, rebuilt only when new metrics arrived.
+
+    The figure is kept in ``cache[key]`` (a mapping, e.g. ``st.session_state``) with the job's
+    :func:`live_curves_signature`; the job fragment polls every second and building the figure costs ~0.3 s of
+    CPU, while most polls of a long CFR job find no new epoch. Returns ``None`` while no metrics were reported.
+    """
+    sig = (job.submitted, *live_curves_signature(job.history))
+    hit = cache.get(key)
+    if hit is not None and hit[0] == sig:
+        return hit[1]
+    if sig[1] == 0:
+        return None
+    from clipcal.figures import training_curves_figure
+
+    fig = training_curves_figure(live_curves_table(job), title="Live: training metrics reported so far")
+    cache[key] = (sig, fig)
+    return fig
 
 
 def live_curves_table(job) -> pd.DataFrame:
@@ -898,12 +935,15 @@ def selection_rules() -> dict[str, str]:
 HIDDEN_HPARAMS = ("backbone", "device")
 
 
-def hparam_widgets(method: str, hparams: dict, seed: int | None = None, selection: str | None = None) -> dict:
+def hparam_widgets(method: str, hparams: dict, seed: int | None = None, selection: str | None = None,
+                   choices: dict | None = None) -> dict:
     """One widget per hyperparameter (default = the method's, help = its one-line explanation).
 
-    ``seed`` and ``selection`` are set page-wide and not drawn again. Returns ``{name: value}``.
+    ``seed`` and ``selection`` are set page-wide and not drawn again; names in ``choices`` (the method's
+    ``CHOICES``) get a select box of their allowed values. Returns ``{name: value}``.
     """
     out = {}
+    choices = choices or {}
     for name, (default, help_) in hparams.items():
         key = f"calib.hp.{method}.{name}"
         if name in HIDDEN_HPARAMS:
@@ -912,6 +952,10 @@ def hparam_widgets(method: str, hparams: dict, seed: int | None = None, selectio
             out[name] = int(seed)
         elif name == "selection" and selection is not None:
             out[name] = selection
+        elif name in choices:
+            opts = list(choices[name])
+            out[name] = st.selectbox(name, opts, index=opts.index(default) if default in opts else 0,
+                                     help=help_, key=key)
         elif isinstance(default, bool):
             out[name] = st.checkbox(name, value=default, help=help_, key=key)
         elif isinstance(default, int):
@@ -1372,6 +1416,45 @@ def selection_table(points: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
     return _table(points[cols], ids)
 
 
+MAP_VIEWS = ("Selection (lasso/box)", "Hover thumbnails")
+
+
+def hover_images(bench, shown: pd.DataFrame) -> np.ndarray:
+    """The ``image`` column (thumbnail data URIs, ``""`` beyond the cap or unreadable) for the shown points
+    (:func:`clipcal.figures.hover_thumbnails`); each thumbnail is encoded once per process."""
+    from clipcal.figures import HOVER_THUMB_QUALITY, HOVER_THUMB_SIZE, hover_thumbnails, thumbnail_data_uri
+
+    def encode(path: str) -> str:
+        return memo(("thumb_uri", path, HOVER_THUMB_SIZE, HOVER_THUMB_QUALITY),
+                    lambda: thumbnail_data_uri(path, HOVER_THUMB_SIZE, HOVER_THUMB_QUALITY))
+
+    paths = [str(bench.image_path(p)) for p in shown["path"].astype(str)]
+    return hover_thumbnails(paths, encode=encode).to_numpy()
+
+
+def umap_hover_chart(run, bench, shown: pd.DataFrame, color: str, layout: str, method: str | None):
+    """The joint map with image hover cards (:func:`clipcal.figures.umap_hover_chart`) for the shown points:
+    card = thumbnail, sample id, colour, class, attribute, split and the prediction of ``method`` (else the
+    baseline). Returns ``(chart, points with a thumbnail, points that should have one)``."""
+    from clipcal.figures import HOVER_THUMB_CAP
+    from clipcal.figures import umap_hover_chart as _chart
+
+    p = shown.copy()
+    hover = [c for c in ("class", "attribute", "split") if c in p]
+    pm = method or baseline_method(run)
+    if pm is not None:
+        fd = run_feature_data(run, bench)
+        pred = np.asarray(method_result(run, pm).pred)[p.index.to_numpy()]  # points rows = FeatureData rows
+        col = f"prediction ({method_short(pm)})"
+        p[col] = [fd.class_names[int(i)] for i in pred]
+        hover.append(col)
+    # the image column, not the chart, is kept: charts per colour / layout would each hold the thumbnails
+    p["image"] = memo(("hover_imgs", _run_id(run), tuple(sorted(p["split"].unique()))), lambda: hover_images(bench, p))
+    chart = _chart(p, color, mode="overlay" if layout == "overlaid" else "side_by_side", hover=hover,
+                   line_order="move_2d" if "move_2d" in p else None, lines=150)
+    return chart, int((p["image"] != "").sum()), min(len(p), HOVER_THUMB_CAP)
+
+
 def movement_section(run, bench, emb, method: str, xy, points: pd.DataFrame) -> None:
     """Points that moved most between before and after, boundary crossings, and group centroid shifts."""
     from clipcal.figures import centroid_shift_figure, crossing_figure
@@ -1393,8 +1476,9 @@ def movement_section(run, bench, emb, method: str, xy, points: pd.DataFrame) -> 
             test = points[points["split"] == "test"]
             by = "group" if "group" in test else "class"
             st.plotly_chart(crossing_figure(test, group_col=by, crossing_col="crossed",
-                                            title=f"Test samples that crossed the decision boundary "
-                                                  f"({method_label(bm)} → {method_label(method)})"),
+                                            # two lines: one ran past the half-width column's edge
+                                            title=f"Test samples that crossed the decision boundary<br>"
+                                                  f"<sup>{method_label(bm)} → {method_label(method)}</sup>"),
                             key="repr.crossed")
         else:
             st.caption("Boundary crossings need an ERM run to compare with.")
@@ -1453,8 +1537,9 @@ def concepts_section(run, bench, emb, method: str) -> None:
                    "compare with — pick another method above")
             st.info(f"**{k}** ({nw + nr} val + test images): {why}.")
 
-    st.plotly_chart(memo(("fig_concepts", _run_id(run), method, tuple(concepts)),
-                         lambda: concept_scores_figure(scores, top=10)), key="spur.concepts_fig")
+    if scores["score"].notna().any():  # else every class got a note above: no chart of empty panels
+        st.plotly_chart(memo(("fig_concepts", _run_id(run), method, tuple(concepts)),
+                             lambda: concept_scores_figure(scores, top=10)), key="spur.concepts_fig")
     with st.expander("All scores"):
         st.dataframe(scores.drop(columns=["class_index"]), hide_index=True, key="spur.concepts_table")
 

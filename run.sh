@@ -48,6 +48,8 @@ venv_setup() {
 }
 
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-0}
+# passive OpenMP waiting: spinning torch threads starve each other on a busy CPU (clipcal/__init__.py)
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 case "$mode" in
   setup)
     apt_install "${DEMO_DEBS[@]}"

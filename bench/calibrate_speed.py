@@ -41,6 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import clipcal  # noqa: E402,F401 — sets OMP_WAIT_POLICY before torch is loaded
 
 WATERBIRDS_GROUPS = {  # (y, a) → counts per split; a = background (0 land, 1 water)
     "train": {(0, 0): 3498, (0, 1): 184, (1, 0): 56, (1, 1): 1057},
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    out = {"load_before": _uptime()}
+    out = {"load_before": _uptime(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
     t_import = time.perf_counter()
     import torch
     from clipcal.methods.cfr import CFR

@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import clipcal  # noqa: E402,F401 — sets OMP_WAIT_POLICY before torch is loaded
 
 
 def split_metrics(data, pred, split):
@@ -65,6 +66,7 @@ def main(argv=None) -> int:
     ap.add_argument("--text-head", default=None, help="synthetic only: None, 'core' or 'spurious'")
     ap.add_argument("--erm-epochs", type=int, default=None)
     ap.add_argument("--erm-lrs", type=float, nargs="+", default=[None])
+    ap.add_argument("--calibration-errors", nargs="+", default=["train"], choices=["train", "cross-fit"])
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
 
@@ -83,10 +85,10 @@ def main(argv=None) -> int:
         for init in args.inits:
             for neg in args.negatives:
                 for lr in args.lrs:
-                    for ep, th, elr in [(e, t, r) for e in args.epochs for t in args.train_head
-                                        for r in args.erm_lrs]:
+                    for ep, th, elr, ce in [(e, t, r, c) for e in args.epochs for t in args.train_head
+                                            for r in args.erm_lrs for c in args.calibration_errors]:
                         kw = dict(lr=lr, epochs=ep, init=init, negatives=neg, seed=seed, selection=args.selection,
-                                  train_head=bool(th))
+                                  train_head=bool(th), calibration_errors=ce)
                         if elr is not None:
                             kw["erm_lr"] = elr
                         if args.erm_epochs:
@@ -97,7 +99,7 @@ def main(argv=None) -> int:
                         val_curve = r.curves[(r.curves.stage == "cfr") & (r.curves.split == "val")]
                         row = {
                             "data": args.data, "seed": seed, "init": init, "negatives": neg, "lr": lr, "epochs": ep,
-                            "train_head": bool(th), "erm_lr": kw.get("erm_lr"),
+                            "train_head": bool(th), "erm_lr": kw.get("erm_lr"), "calibration_errors": ce,
                             "erm_epoch": r.record["erm"]["chosen_epoch"],
                             "cfr_epoch": r.record["chosen_epoch"], "val_score": r.record.get("best_score"),
                             "cal_size": r.record["calibration_set"]["size"],
@@ -121,7 +123,7 @@ def main(argv=None) -> int:
                             "erm_wg": r["erm_test"]["worst_group"], "cfr_wg": r["cfr_test"]["worst_group"],
                             "erm_acc": r["erm_test"]["overall"], "cfr_acc": r["cfr_test"]["overall"]}
                            for r in rows])
-        print(df.groupby(["init", "negatives", "lr", "epochs", "train_head"]).agg(["mean", "std"]).round(3).to_string())
+        print(df.groupby(["init", "negatives", "lr", "epochs", "train_head", "calibration_errors"]).agg(["mean", "std"]).round(3).to_string())
     return 0
 
 

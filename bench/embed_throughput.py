@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import clipcal  # noqa: E402,F401 — sets OMP_WAIT_POLICY before torch is loaded
 
 
 def _peak_rss_mb() -> dict:

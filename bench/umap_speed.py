@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import clipcal  # noqa: E402,F401 — sets OMP_WAIT_POLICY before torch is loaded
 import numpy as np  # noqa: E402
 
 

@@ -1193,6 +1193,24 @@ def not_applicable_notes(run) -> list[str]:
     return out
 
 
+def fallback_notes(run) -> list[str]:
+    """One warning per method of the run that fell back to another method's result (CFR with an empty
+    calibration set returns ERM), saying what that means for its numbers and plots and what to do."""
+    out = []
+    for name in run_methods(run):
+        rec = method_result(run, name).record or {}
+        if rec.get("fallback"):
+            src = (rec.get("calibration_set") or {}).get("source", "")
+            out.append(
+                f"{method_label(name)} fell back to {str(rec['fallback']).upper()}: its calibration set was empty "
+                "(the ERM model classified every training image correctly), so its numbers and its 'after' "
+                "representation are ERM's. "
+                + ("" if src.startswith("cross-fit") else
+                   "On Calibrate, set CFR's calibration_errors to 'cross-fit' to take the images ERM gets wrong "
+                   "when it has not trained on them (still no group labels)."))
+    return out
+
+
 def metrics_dataframe(table: pd.DataFrame, key: str) -> None:
     """The method × metric table (best value per metric bold), each metric labelled with its definition."""
     from clipcal.figures import method_summary_style

@@ -45,7 +45,7 @@ if emb is not None:
         with st.expander(f"{m.label} — hyperparameters{' (uses group labels)' if m.uses_group_labels else ''}"):
             if m.description:
                 st.caption(m.description)
-            hparams[name] = c.hparam_widgets(name, m.HPARAMS, seed=seed, selection=rule)
+            hparams[name] = c.hparam_widgets(name, m.HPARAMS, seed=seed, selection=rule, choices=m.CHOICES)
 
     key = c.calib_job_key(bench_spec, spec)
     job = c.get_jobs().get(key)

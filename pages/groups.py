@@ -24,6 +24,8 @@ if run is not None:
         c.metrics_dataframe(table, key="groups.metrics")
         for note in c.not_applicable_notes(run):  # e.g. zero-shot without a text tower: no numbers at all
             st.caption(note)
+        for note in c.fallback_notes(run):  # e.g. CFR = ERM when the calibration set is empty
+            st.warning(note)
         c.metric_definitions()
 
         st.markdown("#### Per-group accuracy")

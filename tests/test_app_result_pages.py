@@ -33,6 +33,10 @@ def test_calibrate_page_widgets_and_results_match_core(app, seeded_store):
     epochs = at.number_input(key="calib.hp.erm.epochs")
     assert epochs.value == 100 and epochs.help  # the paper's default, with its one-line help
     assert at.number_input(key="calib.hp.cfr.lr").value == pytest.approx(1e-4)
+    # options with a few allowed values are select boxes, defaulting to the paper's choice
+    ce = at.selectbox(key="calib.hp.cfr.calibration_errors")
+    assert ce.value == "train" and list(ce.options) == ["train", "cross-fit"]
+    assert at.selectbox(key="calib.hp.cfr.negatives").value == "hard"
     assert at.radio(key="calib.rule").value == "worst-class"
     shown = frame_with(at, "label", "worst_group", "overall", "mean_group", "train_weighted", "worst_class")
     run = seeded_store["run"]
@@ -286,3 +290,30 @@ def test_not_applicable_method_gets_no_row_of_empty_numbers():
     notes = c.not_applicable_notes(run)
     assert len(notes) == 1 and notes[0].endswith("not applicable: the backbone has no text tower")
     assert notes[0].startswith(c.method_label("zeroshot"))
+
+
+def test_fallback_notes_say_cfr_equals_erm_and_what_to_do(app, seeded_store, monkeypatch):
+    """A CFR run with an empty calibration set is flagged on Groups (its numbers and 'after' map are ERM's)."""
+    from types import SimpleNamespace as NS
+
+    from pages import _common as c
+
+    fell = NS(record={"fallback": "erm", "calibration_set": {"size": 0, "source": "train: …"}})
+    cross = NS(record={"fallback": "erm", "calibration_set": {"size": 0, "source": "cross-fit: …"}})
+    ok = NS(record={"fallback": None})
+    notes = c.fallback_notes(NS(results={"erm": ok, "cfr": fell}))
+    assert len(notes) == 1 and notes[0].startswith(c.method_label("cfr") + " fell back to ERM")
+    assert "cross-fit" in notes[0]
+    # already cross-fit: no advice to switch to it
+    assert "cross-fit" not in c.fallback_notes(NS(results={"cfr": cross}))[0]
+    assert c.fallback_notes(NS(results={"erm": ok})) == []
+
+    # on the page: the seeded run's CFR record marked as fallen back → a warning on Groups
+    run = seeded_store["run"]
+    patched = dict(run.results)
+    patched["cfr"] = dataclasses.replace(run.results["cfr"], record=dict(run.results["cfr"].record, fallback="erm"))
+    monkeypatch.setattr(c, "run_methods", lambda r: list(patched))
+    monkeypatch.setattr(c, "method_result", lambda r, m: patched[m])
+    at = app("groups", **{c.K_RUN: seeded_store["run_id"]})
+    _no_exception(at)
+    assert any("fell back to ERM" in w.value for w in at.warning)

@@ -13,7 +13,7 @@ from clipcal.errors import MethodError
 from clipcal.methods import _train as T
 from clipcal.methods.base import FeatureData
 from clipcal.methods.cfr import (CFR, PoolSampler, calibration_set, cfr_step_loss, contrastive_loss,
-                                 mine_hard_negatives, supcon_loss)
+                                 cross_fit_errors, mine_hard_negatives, stratified_folds, supcon_loss)
 from clipcal.synthetic import generate
 
 
@@ -214,6 +214,71 @@ def test_empty_calibration_set_falls_back_to_erm_and_says_so():
     assert any("calibration set is empty" in n for n in r.notes)
     np.testing.assert_array_equal(r.probs, m.stage1_.probs)
     assert (r.pred == data.y).mean() == 1.0
+
+
+def test_stratified_folds_spread_every_class_evenly_and_are_seeded():
+    y = np.array([0] * 7 + [1] * 4 + [2] * 9)
+    rows = np.arange(len(y))
+    f = stratified_folds(y, rows, 3, seed=5)
+    for c in range(3):
+        counts = np.bincount(f[y == c], minlength=3)
+        assert counts.max() - counts.min() <= 1, (c, counts)
+    np.testing.assert_array_equal(f, stratified_folds(y, rows, 3, seed=5))
+    assert not np.array_equal(f, stratified_folds(y, rows, 3, seed=6))
+
+
+def test_cross_fit_finds_errors_where_erm_fits_every_training_sample():
+    # 60 training samples in 64 dimensions: ERM separates the training split perfectly (empty calibration
+    # set → fallback), while models that did not see a sample still get the minority ones wrong.
+    data = generate(n_train=60, n_val=80, n_test=80, dim=64, seed=0).data
+    plain = CFR(erm_epochs=30, epochs=2).fit(data).result_
+    assert plain.record["fallback"] == "erm" and plain.record["calibration_set"]["size"] == 0
+    assert any("calibration_errors='cross-fit'" in n for n in plain.notes)
+
+    m = CFR(erm_epochs=30, epochs=2, calibration_errors="cross-fit").fit(data)
+    r = m.result_
+    cal = r.calibration_set
+    assert r.record["fallback"] is None
+    assert len(cal) > 0 and set(cal.tolist()) <= set(data.indices("train").tolist())
+    summary = r.record["calibration_set"]
+    assert summary["size"] == len(cal) and summary["source"].startswith("cross-fit")
+    assert sum(f["n_errors"] for f in summary["folds"]) == len(cal)
+    assert sum(f["n_heldout"] for f in summary["folds"]) == len(data.indices("train"))
+    # the stage-2 curves exist (CFR really ran) and the progress total counted the folds
+    assert (r.curves.stage == "cfr").any()
+
+
+def test_cross_fit_errors_are_annotation_free_and_out_of_fold():
+    data = generate(n_train=60, n_val=80, n_test=80, dim=64, seed=0).data
+    kw = dict(stage="erm", epochs=30, lr=1e-2, device="cpu")
+    cal, folds = cross_fit_errors(data, folds=2, seed=0, train_kwargs=kw)
+    # shuffling the attribute / group labels changes nothing: no group labels are read
+    rng = np.random.default_rng(1)
+    shuffled = FeatureData(features=data.features, embeddings=data.embeddings, y=data.y,
+                           a=rng.permutation(data.a), group=rng.permutation(data.group), split=data.split,
+                           sample_ids=data.sample_ids, class_names=data.class_names, attr_names=data.attr_names,
+                           proj_weight=data.proj_weight, projection=data.projection)
+    cal2, _ = cross_fit_errors(shuffled, folds=2, seed=0, train_kwargs=kw)
+    np.testing.assert_array_equal(cal, cal2)
+    # every fold model trained on the other fold only
+    n_train = len(data.indices("train"))
+    assert [f["n_fit"] + f["n_heldout"] for f in folds] == [n_train, n_train]
+    # mostly the minority (spurious-attribute-disagreeing) training samples
+    minority = data.a[cal] != data.y[cal]
+    assert minority.mean() >= 0.5, data.group[cal]
+
+
+def test_cross_fit_needs_enough_samples_per_class():
+    y = np.array([0] * 20 + [1] * 2 + [0, 1] * 10)
+    split = np.array(["train"] * 22 + ["val"] * 10 + ["test"] * 10)
+    h = np.random.default_rng(0).standard_normal((len(y), 6)).astype(np.float32)
+    data = _feature_data(h, y, split)
+    with pytest.raises(MethodError, match="too small: \\['c1'\\]"):
+        CFR(erm_epochs=1, epochs=1, calibration_errors="cross-fit", cross_fit_folds=3).fit(data)
+    with pytest.raises(MethodError, match="cross_fit_folds"):
+        CFR(calibration_errors="cross-fit", cross_fit_folds=1).fit(data)
+    with pytest.raises(MethodError, match="calibration_errors"):
+        CFR(calibration_errors="val").fit(data)
 
 
 def test_replacement_sampling_is_recorded():

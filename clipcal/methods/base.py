@@ -416,6 +416,8 @@ class Method:
         needs_training: True when the method trains on the train split (checks every class is present).
         description: one line for the dashboard.
         HPARAMS: ``{name: (default, one-line help)}`` for every constructor argument, in display order.
+        CHOICES: ``{name: (allowed values, …)}`` for hyperparameters that take one of a few values (the
+            dashboard shows a select box; ``fit`` rejects anything else with a MethodError).
     """
 
     name: ClassVar[str] = "base"
@@ -425,6 +427,7 @@ class Method:
     needs_training: ClassVar[bool] = True
     description: ClassVar[str] = ""
     HPARAMS: ClassVar[dict[str, tuple[Any, str]]] = {}
+    CHOICES: ClassVar[dict[str, tuple]] = {}
 
     result_: MethodResult
 

@@ -57,6 +57,7 @@ from clipcal.methods.base import FeatureData, Method, MethodResult, ProgressFn, 
 NEGATIVE_MODES = ("hard", "random-other-class")
 INIT_MODES = ("pretrained", "erm")
 LOSS_SCHEDULES = ("fixed", "cosine")
+CALIBRATION_ERRORS = ("train", "cross-fit")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -77,6 +78,78 @@ def calibration_set(y: np.ndarray, pred: np.ndarray, train_idx: np.ndarray) -> n
     """
     tr = np.sort(np.asarray(train_idx, dtype=np.int64))
     return tr[np.asarray(pred)[tr] != np.asarray(y)[tr]]
+
+
+def stratified_folds(y: np.ndarray, rows: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Assign ``rows`` to ``k`` folds, each class spread evenly over the folds (seeded).
+
+    Args:
+        y: [N] int labels of all rows.
+        rows: [n] int row indices to split (the training split).
+        k: number of folds, ≥ 2.
+        seed: numpy seed of the per-class permutation.
+
+    Returns:
+        [n] int64 fold number in ``[0, k)`` of each entry of ``rows`` (same order as ``rows``).
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(rows), dtype=np.int64)
+    offset = 0
+    for c in np.unique(np.asarray(y)[rows]):
+        pos = rng.permutation(np.flatnonzero(np.asarray(y)[rows] == c))
+        fold[pos] = (np.arange(len(pos)) + offset) % k   # offset: small classes don't all start in fold 0
+        offset += len(pos)
+    return fold
+
+
+def cross_fit_errors(data: FeatureData, *, folds: int, seed: int, train_kwargs: dict,
+                     progress: ProgressFn | None = None, cancel=None, epochs_per_fold: int = 1,
+                     offset: float = 0.0, grand_total: float = 1.0) -> tuple[np.ndarray, list[dict]]:
+    """Training rows misclassified by an ERM model that did not train on them (out-of-fold errors).
+
+    The annotation-free alternative to "errors of ERM on its own training samples" for when ERM fits the whole
+    training split (high-dimensional features, few images — the calibration set would be empty). The training
+    split is cut into ``folds`` class-stratified folds; for each fold an ERM last layer is trained on the other
+    folds with the stage-1 recipe (``train_kwargs``, validation selection as configured) and predicts the
+    held-out fold. No group labels are read. Cost ≈ ``folds − 1`` times one ERM stage of the same length.
+
+    Args:
+        data: the feature data (train and val splits used).
+        folds: number of folds k ≥ 2.
+        seed: seeds the fold assignment and each fold's training (``seed * 100 + fold``).
+        train_kwargs: keyword arguments of :func:`clipcal.methods._train.train_last_layer` (stage-1 recipe).
+        progress, cancel: as in :meth:`Method.fit`; each fold reports ``epochs_per_fold`` units from
+            ``offset`` out of ``grand_total``.
+
+    Returns:
+        (calibration set [n_cal] int64 row indices ascending, per-fold records ``{fold, n_fit, n_heldout,
+        n_errors, chosen_epoch}``).
+
+    Raises:
+        MethodError: a class has fewer training samples than ``folds`` (a fold would lack it).
+    """
+    tr = data.indices("train")
+    counts = np.bincount(data.y[tr], minlength=data.n_classes)
+    if folds < 2 or counts.min() < folds:
+        small = [data.class_names[c] for c in np.flatnonzero(counts < folds)]
+        raise MethodError(f"cross-fit calibration set needs ≥ {folds} training samples per class and ≥ 2 folds "
+                          f"(folds = {folds}; too small: {small})",
+                          hint="use calibration_errors='train' or fewer folds")
+    fold_of = stratified_folds(data.y, tr, folds, seed)
+    errors, records = [], []
+    for f in range(folds):
+        fit_rows, held = tr[fold_of != f], tr[fold_of == f]
+        m = T.train_last_layer(data, train_idx=fit_rows,
+                               **{**train_kwargs, "seed": seed * 100 + f, "stage": f"cross-fit {f + 1}/{folds}"},
+                               progress=T.stage_progress(progress, offset + f * epochs_per_fold, grand_total),
+                               cancel=cancel)
+        probs, _ = m.predict_all()
+        err = held[probs[held].argmax(1) != data.y[held]]
+        errors.append(err)
+        records.append({"fold": f, "n_fit": int(len(fit_rows)), "n_heldout": int(len(held)),
+                        "n_errors": int(len(err)), "chosen_epoch": m.chosen_epoch})
+    return np.sort(np.concatenate(errors)).astype(np.int64), records
 
 
 def _pad_with_replacement(chosen: torch.Tensor, pool: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
@@ -378,19 +451,27 @@ class CFR(Method):
         "dropout": (0.1, "feature dropout on z (training only)"),
         "learn_scale": (False, "learn the logit scale (start 1/0.07); fixed by default"),
         "selection": ("worst-class", "model selection: 'worst-class' (annotation-free) or 'worst-group'"),
+        "calibration_errors": ("train", "'train': ERM's errors on its own training samples (the paper); "
+                                        "'cross-fit': errors on held-out folds of train (no group labels; use "
+                                        "when ERM fits every training sample)"),
+        "cross_fit_folds": (2, "folds for calibration_errors='cross-fit' (costs folds − 1 extra ERM stages)"),
         "erm_epochs": (T.ERM_DEFAULTS["epochs"], "stage-1 ERM epochs"),
         "erm_lr": (T.ERM_DEFAULTS["lr"], "stage-1 ERM learning rate"),
         "seed": (0, "random seed (batches, sampling, dropout)"),
         "device": ("auto", "'auto' (CUDA when present), 'cpu' or 'cuda'"),
     }
 
+    CHOICES: ClassVar[dict] = {"negatives": NEGATIVE_MODES, "loss_schedule": LOSS_SCHEDULES, "init": INIT_MODES,
+                               "calibration_errors": CALIBRATION_ERRORS}
+
     def __init__(self, epochs: int = 100, lr: float = 1e-4, momentum: float = 0.9, weight_decay: float = 1e-5,
                  batch_size: int = 128, n_pos: int = 16, n_neg: int = 16, negatives: str = "hard",
                  tau: float = 1.0, supcon: bool = True, supcon_temperature: float = 0.07, w_ce: float = 1.5,
                  w_contrastive: float = 1.5, w_supcon: float = 1.0, loss_schedule: str = "fixed",
                  init: str = "pretrained", train_head: bool = True, dropout: float = 0.1, learn_scale: bool = False,
-                 selection: str = "worst-class", erm_epochs: int = T.ERM_DEFAULTS["epochs"],
-                 erm_lr: float = T.ERM_DEFAULTS["lr"], seed: int = 0, device: str = "auto"):
+                 selection: str = "worst-class", calibration_errors: str = "train", cross_fit_folds: int = 2,
+                 erm_epochs: int = T.ERM_DEFAULTS["epochs"], erm_lr: float = T.ERM_DEFAULTS["lr"], seed: int = 0,
+                 device: str = "auto"):
         self.epochs = epochs
         self.lr = lr
         self.momentum = momentum
@@ -411,6 +492,8 @@ class CFR(Method):
         self.dropout = dropout
         self.learn_scale = learn_scale
         self.selection = selection
+        self.calibration_errors = calibration_errors
+        self.cross_fit_folds = cross_fit_folds
         self.erm_epochs = erm_epochs
         self.erm_lr = erm_lr
         self.seed = seed
@@ -424,6 +507,11 @@ class CFR(Method):
             raise MethodError(f"unknown init {self.init!r}", hint=f"use one of {INIT_MODES}")
         if self.loss_schedule not in LOSS_SCHEDULES:
             raise MethodError(f"unknown loss_schedule {self.loss_schedule!r}", hint=f"use one of {LOSS_SCHEDULES}")
+        if self.calibration_errors not in CALIBRATION_ERRORS:
+            raise MethodError(f"unknown calibration_errors {self.calibration_errors!r}",
+                              hint=f"use one of {CALIBRATION_ERRORS}")
+        if self.calibration_errors == "cross-fit" and int(self.cross_fit_folds) < 2:
+            raise MethodError(f"cross_fit_folds must be ≥ 2, got {self.cross_fit_folds}")
         for name in ("epochs", "batch_size", "n_pos", "n_neg", "erm_epochs"):
             if int(getattr(self, name)) < 1:
                 raise MethodError(f"{name} must be ≥ 1, got {getattr(self, name)}")
@@ -449,16 +537,19 @@ class CFR(Method):
         dev = T.resolve_device(self.device)
         seed = int(self.seed)
         erm_epochs, epochs = int(self.erm_epochs), int(self.epochs)
-        grand = erm_epochs + epochs
+        cross_fit = self.calibration_errors == "cross-fit"
+        n_folds = int(self.cross_fit_folds) if cross_fit else 0
+        grand = erm_epochs * (1 + n_folds) + epochs
         notes: list[str] = []
         uses_groups = self.selection == "worst-group"
 
         # ---- stage 1: ERM --------------------------------------------------------------------------
-        erm = T.train_last_layer(
-            data, stage="erm", epochs=erm_epochs, lr=float(self.erm_lr), weight_decay=float(self.weight_decay),
-            momentum=float(self.momentum), batch_size=int(self.batch_size), learn_scale=bool(self.learn_scale),
-            dropout=float(self.dropout), selection=self.selection, seed=seed, device=str(dev),
-            progress=T.stage_progress(progress, 0, grand), cancel=cancel)
+        erm_kwargs = dict(stage="erm", epochs=erm_epochs, lr=float(self.erm_lr),
+                          weight_decay=float(self.weight_decay), momentum=float(self.momentum),
+                          batch_size=int(self.batch_size), learn_scale=bool(self.learn_scale),
+                          dropout=float(self.dropout), selection=self.selection, device=str(dev))
+        erm = T.train_last_layer(data, **erm_kwargs, seed=seed, progress=T.stage_progress(progress, 0, grand),
+                                 cancel=cancel)
         notes += erm.notes
         erm_probs, erm_z = erm.predict_all()
         erm_pred = erm_probs.argmax(1)
@@ -467,7 +558,14 @@ class CFR(Method):
                                     record={"chosen_epoch": erm.chosen_epoch, "selection_rule": self.selection,
                                             "converged": erm.converged}, curves=erm.curves)
         tr = data.indices("train")
-        cal = calibration_set(data.y, erm_pred, tr)
+        fold_records = None
+        if cross_fit:
+            cal, fold_records = cross_fit_errors(
+                data, folds=n_folds, seed=seed, train_kwargs=erm_kwargs, progress=progress, cancel=cancel,
+                epochs_per_fold=erm_epochs, offset=erm_epochs, grand_total=grand)
+        else:
+            cal = calibration_set(data.y, erm_pred, tr)
+        pre_cfr = erm_epochs * (1 + n_folds)
         W0, wsrc = T.initial_weight(data)
         if wsrc == "exact" and data.backbone_spec.startswith("bundled:efficientnet-lite0"):
             wsrc = "lite0-random-projection"
@@ -486,13 +584,20 @@ class CFR(Method):
             "erm": {"chosen_epoch": erm.chosen_epoch, "best_score": erm.best_score, "converged": erm.converged,
                     "final_train_loss": erm.train_losses[-1] if erm.train_losses else None,
                     "seconds": round(erm.seconds, 3), "init": erm.init},
-            "calibration_set": self._calibration_summary(data, cal, tr),
+            "calibration_set": {**self._calibration_summary(data, cal, tr),
+                                "source": ("cross-fit: training samples misclassified by ERM models trained on "
+                                           f"the other {n_folds - 1} of {n_folds} folds" if cross_fit else
+                                           "train: training samples the stage-1 ERM model misclassifies"),
+                                "folds": fold_records},
             "replacement_sampling": [],
             "fallback": None,
         }
         if len(cal) == 0:
             notes.append("calibration set is empty: the ERM model classifies every training sample correctly; "
-                         "CFR fell back to the ERM result")
+                         "CFR fell back to the ERM result" + (
+                             "" if cross_fit else " (calibration_errors='cross-fit' finds the samples ERM gets "
+                                                  "wrong when it has not trained on them, still without group "
+                                                  "labels)"))
             record.update(fallback="erm", chosen_epoch=erm.chosen_epoch, init=None, fit_seconds=round(
                 time.perf_counter() - t0, 3), notes=notes + T.init_notes(erm.init, data))
             return MethodResult(method=self.name, probs=erm_probs, pred=erm_pred, embeddings_after=erm_z,
@@ -525,8 +630,9 @@ class CFR(Method):
         cal_t = torch.as_tensor(cal)
         P, N, B = int(self.n_pos), int(self.n_neg), int(self.batch_size)
 
-        # positives: training rows of the anchor's class that ERM classified correctly
-        correct = tr[erm_pred[tr] == data.y[tr]]
+        # positives: training rows of the anchor's class that ERM classified correctly (cross-fit: correct
+        # out of fold, i.e. every training row outside the calibration set)
+        correct = np.setdiff1d(tr, cal) if cross_fit else tr[erm_pred[tr] == data.y[tr]]
         pos_pools = {}
         for c in range(data.n_classes):
             pool = correct[data.y[correct] == c]
@@ -616,7 +722,7 @@ class CFR(Method):
             return out
 
         loop = T.run_epochs(model, epochs=epochs, train_epoch=one_epoch, evaluator=evaluator, stage="cfr",
-                            progress=T.stage_progress(progress, erm_epochs, grand), cancel=cancel)
+                            progress=T.stage_progress(progress, pre_cfr, grand), cancel=cancel)
         probs, z_after = evaluator.predict(model)
         if not T.check_converged(loop.train_losses):
             notes.append(f"cfr: training loss had not levelled off after {epochs} epochs "

@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     ap.add_argument("--negatives", nargs="+", default=["hard"])
     ap.add_argument("--selection", default="worst-class")
     ap.add_argument("--train-head", type=int, nargs="+", default=[1])
-    ap.add_argument("--text-head", default=None, help="synthetic only: None, 'core' or 'spurious'")
+    ap.add_argument("--text-head", default=None, help="synthetic only: None, 'leaning' (CLIP-like), 'core' or 'spurious'")
     ap.add_argument("--erm-epochs", type=int, default=None)
     ap.add_argument("--erm-lrs", type=float, nargs="+", default=[None])
     ap.add_argument("--calibration-errors", nargs="+", default=["train"], choices=["train", "cross-fit"])

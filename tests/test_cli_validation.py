@@ -176,3 +176,10 @@ def test_benchmark_name_case_insensitive():
     p = argparse.ArgumentParser()
     data_cmd.add_benchmark_args(p)
     assert p.parse_args(["-b", "WaterBirds"]).benchmark == "waterbirds"
+
+
+def test_report_by_key_needs_no_benchmark(no_benchmark, tmp_store_root, capsys):
+    """``report --key`` reads the run alone: an unknown key fails at once, without loading (building) a benchmark."""
+    assert main(["report", "--key", "0123456789abcdef"]) == 2
+    err = capsys.readouterr().err
+    assert "no calibration run with key '0123456789abcdef'" in err and "Traceback" not in err

@@ -130,22 +130,22 @@ def run(args: argparse.Namespace) -> int:
 
     spec = str(check_backbone(args.backbone))  # a typo is an error, not "no runs stored"
     store = Store()
-    bench = benchmark_from_args(args)
-    runs = list_runs(store, benchmark=bench, backbone=spec)
-    if args.list:
-        if not len(runs):
-            print(f"no calibration runs stored for {bench.name} with {spec}")
-            return 1
-        print(runs.drop(columns=["test_worst_group"]).to_string(index=False))
-        return 0
-    if args.key:
+    if args.key and not args.list:  # the run names its benchmark: none to load (or build)
         r = load_run(args.key, store)
-    elif len(runs):
-        r = load_run(runs["key"].iloc[0], store)
     else:
-        print(f"no calibration runs stored for {bench.name} with {spec}; run:\n  python -m clipcal calibrate "
-              f"--benchmark {bench.name} --backbone {args.backbone}", file=sys.stderr)
-        return 1
+        bench = benchmark_from_args(args)
+        runs = list_runs(store, benchmark=bench, backbone=spec)
+        if args.list:
+            if not len(runs):
+                print(f"no calibration runs stored for {bench.name} with {spec}")
+                return 1
+            print(runs.drop(columns=["test_worst_group"]).to_string(index=False))
+            return 0
+        if not len(runs):
+            print(f"no calibration runs stored for {bench.name} with {spec}; run:\n  python -m clipcal calibrate "
+                  f"--benchmark {bench.name} --backbone {args.backbone}", file=sys.stderr)
+            return 1
+        r = load_run(runs["key"].iloc[0], store)
     print(run_markdown(r, split=args.split, groups=args.groups))
     if args.out:
         files = write_report(r, args.out, split=args.split)

@@ -21,23 +21,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
+from functools import partial
 from pathlib import Path
-from urllib.request import urlopen
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-ART = ROOT / "artifacts"
-SHOTS = ART / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-VIEWPORT = {"width": 1500, "height": 2400}  # tall: Streamlit scrolls inside the page, full_page cannot
+from tests.fixtures_browser import ART, box_select, chromium_page, images_loaded, no_exception, shot, \
+    streamlit_server, wait_settled
+
 BACKBONE = "bundled:efficientnet-lite0"
 TRAINED = ["erm", "jtt", "afr", "dfr", "cfr"]  # every method that applies without a text tower
 # what a page shows when something went wrong (pages/_common.py show_error / show_job_error, Streamlit's own)
@@ -46,12 +38,6 @@ ERROR_TEXT = re.compile(r"Traceback \(most recent call last\)|unexpected [A-Za-z
 
 # ~10 min on 2 free cores; the shared build machine (load 7-8 on 2 cores) needs about twice that
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(2400)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Clock:
@@ -96,54 +82,19 @@ def store_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(store_root, clock):
     """``streamlit run app.py`` on a free port over a fresh store; yields the base URL."""
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (bash run.sh test does)")
-    port = _free_port()
-    env = dict(os.environ, CLIPCAL_CACHE=str(store_root), HF_HUB_OFFLINE="1",
-               STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    log = open(ART / "streamlit-e2e.log", "w")  # noqa: SIM115 - closed in finally
     t0 = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none",
-         # Streamlit's default gc.collect(2) after every script run costs ~1 s of GIL here (torch, timm, plotly
-         # loaded); the job panels rerun every second, so it starved the embedding thread (< 3 images/s).
-         "--runner.postScriptGC", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        while True:
-            try:
-                if urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() - t0 > 90:
-                pytest.fail(f"streamlit did not start (see {log.name})")
-            time.sleep(0.3)
+    # Streamlit's default gc.collect(2) after every script run costs ~1 s of GIL here (torch, timm, plotly
+    # loaded); the job panels rerun every second, so it starved the embedding thread (< 3 images/s).
+    with streamlit_server(store_root, log=ART / "streamlit-e2e.log", start_timeout_s=90,
+                          extra_args=["--runner.postScriptGC", "false"]) as url:
         clock.put("server_start_s", time.monotonic() - t0)
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 @pytest.fixture(scope="module")
 def page(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        pg = browser.new_page(viewport=VIEWPORT)
-        pg.set_default_timeout(120_000)
+    with chromium_page(default_timeout_ms=120_000) as pg:
         yield pg
-        browser.close()
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
@@ -151,19 +102,9 @@ def _main_text(page) -> str:
     return page.locator('[data-testid="stMain"]').inner_text()
 
 
-def _settle(page, timeout_s: float = 120) -> None:
-    """Wait until the script run finished (Streamlit's status widget gone) and the page stayed quiet ~1 s."""
-    page.wait_for_selector('[data-testid="stApp"]')
-    t0 = time.monotonic()
-    quiet = 0
-    while time.monotonic() - t0 < timeout_s:
-        w = page.locator('[data-testid="stStatusWidget"]')
-        running = w.count() > 0 and w.first.is_visible()
-        quiet = 0 if running else quiet + 1
-        if quiet >= 4:
-            return
-        time.sleep(0.25)
-    raise AssertionError("page did not settle")
+# this walk waits longer than the seeded-store browser test (fixtures_browser's defaults): a full demo store
+_settle = partial(wait_settled, timeout_s=120)
+_images_loaded = partial(images_loaded, timeout_s=60, settle_s=120)
 
 
 def _wait_text(page, text: str | re.Pattern, timeout_s: float = 120) -> None:
@@ -181,23 +122,12 @@ def _wait_text(page, text: str | re.Pattern, timeout_s: float = 120) -> None:
 
 
 def _no_error(page, where: str) -> None:
-    exc = page.locator('[data-testid="stException"]')
-    assert exc.count() == 0, f"{where}: exception on the page: {exc.first.inner_text()[:800]}"
+    no_exception(page, where, chars=800)
     body = _main_text(page)
     m = ERROR_TEXT.search(body)
     assert m is None, f"{where}: error text on the page ({m.group(0)!r}):\n{body[max(0, m.start() - 600):][:1500]}"
     errs = page.locator('[data-testid="stMain"] [data-testid="stAlertContentError"]')
     assert errs.count() == 0, f"{where}: error message on the page: {errs.first.inner_text()[:800]}"
-
-
-def _images_loaded(page, timeout_s: float = 60) -> None:
-    """Wait until every visible image on the page has been decoded (grids are filled)."""
-    time.sleep(0.5)
-    page.wait_for_function(
-        "() => [...document.querySelectorAll('[data-testid=\"stMain\"] img')]"
-        ".filter(i => i.offsetParent !== null).every(i => i.complete && i.naturalWidth > 0)",
-        timeout=timeout_s * 1000)
-    _settle(page)
 
 
 def _nav(page, label: str, marker: str, timeout_s: float = 180) -> float:
@@ -208,10 +138,6 @@ def _nav(page, label: str, marker: str, timeout_s: float = 180) -> float:
     _wait_text(page, marker, timeout_s)
     _settle(page)
     return time.monotonic() - t0
-
-
-def _shot(page, name: str) -> None:
-    page.screenshot(path=str(SHOTS / f"e2e-{name}.png"), full_page=True)
 
 
 def _grid_cells(frame) -> list[str]:
@@ -226,14 +152,12 @@ def _button(page, name: str):
 
 # --- the path ---------------------------------------------------------------------------------------------
 def test_demo_end_to_end(server, page, store_root, clock):
-    SHOTS.mkdir(parents=True, exist_ok=True)
-
     # Home
     page.goto(server)
     _wait_text(page, "Run the demo")
     _settle(page)
     _no_error(page, "home")
-    _shot(page, "home")
+    shot(page, "e2e-home")
 
     # Data: generate the demo, check every image, group counts
     _nav(page, "Data", "Waterbirds-lite")
@@ -261,7 +185,7 @@ def test_demo_end_to_end(server, page, store_root, clock):
     assert "All images readable" in _main_text(page)
     _images_loaded(page)
     _no_error(page, "data")
-    _shot(page, "data")
+    shot(page, "e2e-data")
 
     # Embed with the bundled Lite0 (the default backbone)
     _nav(page, "Embed", f"with {BACKBONE}")
@@ -275,7 +199,7 @@ def test_demo_end_to_end(server, page, store_root, clock):
         clock.put("embed_s", None)
     _settle(page)
     _no_error(page, "embed")
-    _shot(page, "embed")
+    shot(page, "e2e-embed")
 
     # Calibrate: every method that applies; zero-shot is not offered (no text tower)
     _nav(page, "Calibrate", "Run calibration")
@@ -295,7 +219,7 @@ def test_demo_end_to_end(server, page, store_root, clock):
     _wait_text(page, "Next: per-group accuracy")
     _settle(page)
     _no_error(page, "calibrate")
-    _shot(page, "calibrate")
+    shot(page, "e2e-calibrate")
 
     # the stored run, read with the library (what the pages must show)
     os.environ["CLIPCAL_CACHE"] = str(store_root)  # the library's default store = the server's
@@ -334,7 +258,7 @@ def test_demo_end_to_end(server, page, store_root, clock):
         got = [float(x) for x in cells[i + 2:i + 7]]
         want = [float(r[c]) for c in cols[2:]]
         assert got == pytest.approx(want, abs=1e-9), f"{r['method']}: table {got} vs stored run {want}"
-    _shot(page, "groups")
+    shot(page, "e2e-groups")
 
     # Representations: joint UMAP (computed now), then a box selection by mouse drag
     t0 = time.monotonic()
@@ -343,27 +267,9 @@ def test_demo_end_to_end(server, page, store_root, clock):
     clock.put("umap_page_s", time.monotonic() - t0)
     _images_loaded(page)
     _no_error(page, "representations")
-    _shot(page, "representations")
-    plot = page.locator(".js-plotly-plot").first
-    plot.hover()
-    page.locator('.modebar-btn[data-title="Box Select"]').first.click()
-    drag = plot.locator(".nsewdrag").first  # the "before" panel
-    box = drag.bounding_box()
-    x0, y0 = box["x"] + 3, box["y"] + 3
-    x1, y1 = box["x"] + box["width"] * 0.5, box["y"] + box["height"] - 3
-    page.mouse.move(x0, y0)
-    page.mouse.down()
-    for i in range(1, 11):
-        page.mouse.move(x0 + (x1 - x0) * i / 10, y0 + (y1 - y0) * i / 10)
-        time.sleep(0.05)
-    page.mouse.up()
-    page.wait_for_function(
-        "() => [...document.querySelectorAll('h4')].some(h => /Selection \\((\\d+) samples\\)/.test(h.innerText)"
-        " && !/Selection \\(0 samples\\)/.test(h.innerText))", timeout=120_000)
-    _settle(page)
-    heading = page.locator("h4", has_text="Selection (").first.inner_text()
-    n_sel = int(re.search(r"\((\d+) samples\)", heading).group(1))
-    assert 0 < n_sel < 2 * 2400, heading  # the map holds every split, before (and after)
+    shot(page, "e2e-representations")
+    n_sel = box_select(page, page.locator(".js-plotly-plot").first, settle_s=120)  # over the "before" panel
+    assert 0 < n_sel < 2 * 2400, n_sel  # the map holds every split, before (and after)
     assert page.locator('[data-testid="stMain"] [data-testid="stDownloadButton"]').count() == 1
     sel_frames = page.locator('[data-testid="stMain"] [data-testid="stDataFrame"]')
     assert sel_frames.count() >= 1
@@ -371,7 +277,7 @@ def test_demo_end_to_end(server, page, store_root, clock):
     grid = page.locator('[data-testid="stMain"] [data-testid="stImage"] img')
     assert grid.count() >= min(n_sel, 24), (grid.count(), n_sel)
     _no_error(page, "representations after selection")
-    _shot(page, "representations-selection")
+    shot(page, "e2e-representations-selection")
     print(f"[e2e] box selection: {n_sel} samples", flush=True)
 
     # Spurious attributes: every tab renders
@@ -380,12 +286,12 @@ def test_demo_end_to_end(server, page, store_root, clock):
     assert "no text tower" in _main_text(page)
     _images_loaded(page)
     _no_error(page, "spurious (a)")
-    _shot(page, "spurious-a")
+    shot(page, "e2e-spurious-a")
     for tab in ["(b) Attribute decodability", "(c) Cluster discovery", "(d) Calibration set vs groups",
                 "(e) Worst-group gallery"]:
         page.get_by_role("tab", name=tab).click()
-        _settle(page, 300)
+        _settle(page, timeout_s=300)
         _images_loaded(page)
         _no_error(page, tab)
-        _shot(page, f"spurious-{tab[1]}")
+        shot(page, f"e2e-spurious-{tab[1]}")
     clock.put("spurious_tabs_s", time.monotonic() - t0)

@@ -1450,27 +1450,34 @@ def hover_images(bench, shown: pd.DataFrame) -> np.ndarray:
     return hover_thumbnails(paths, encode=encode).to_numpy()
 
 
-def umap_hover_chart(run, bench, shown: pd.DataFrame, color: str, layout: str, method: str | None):
-    """The joint map with image hover cards (:func:`clipcal.figures.umap_hover_chart`) for the shown points:
-    card = thumbnail, sample id, colour, class, attribute, split and the prediction of ``method`` (else the
-    baseline). Returns ``(chart, points with a thumbnail, points that should have one)``."""
-    from clipcal.figures import HOVER_THUMB_CAP
-    from clipcal.figures import umap_hover_chart as _chart
+def umap_hover_spec(run, bench, shown: pd.DataFrame, color: str, layout: str, method: str | None):
+    """The joint map with image hover cards for the shown points, as a Vega-Lite dict for
+    ``st.vega_lite_chart`` (:func:`clipcal.figures.umap_hover_spec`): card = thumbnail, sample id, colour,
+    class, attribute, split and the prediction of ``method`` (else the baseline).
 
-    p = shown.copy()
-    hover = [c for c in ("class", "attribute", "split") if c in p]
-    pm = method or baseline_method(run)
-    if pm is not None:
-        fd = run_feature_data(run, bench)
-        pred = np.asarray(method_result(run, pm).pred)[p.index.to_numpy()]  # points rows = FeatureData rows
-        col = f"prediction ({method_short(pm)})"
-        p[col] = [fd.class_names[int(i)] for i in pred]
-        hover.append(col)
-    # the image column, not the chart, is kept: charts per colour / layout would each hold the thumbnails
-    p["image"] = memo(("hover_imgs", _run_id(run), tuple(sorted(p["split"].unique()))), lambda: hover_images(bench, p))
-    chart = _chart(p, color, mode="overlay" if layout == "overlaid" else "side_by_side", hover=hover,
-                   line_order="move_2d" if "move_2d" in p else None, lines=150)
-    return chart, int((p["image"] != "").sum()), min(len(p), HOVER_THUMB_CAP)
+    Returns ``(spec, points with a thumbnail, points that should have one)``; memoised per run, method,
+    colour, layout and shown rows (the thumbnails are shared, not copied, between the kept specs)."""
+    from clipcal.figures import HOVER_THUMB_CAP
+    from clipcal.figures import umap_hover_spec as _spec
+
+    def build():
+        p = shown.copy()
+        hover = [c for c in ("class", "attribute", "split") if c in p]
+        pm = method or baseline_method(run)
+        if pm is not None:
+            fd = run_feature_data(run, bench)
+            pred = np.asarray(method_result(run, pm).pred)[p.index.to_numpy()]  # points rows = FeatureData rows
+            col = f"prediction ({method_short(pm)})"
+            p[col] = [fd.class_names[int(i)] for i in pred]
+            hover.append(col)
+        imgs = memo(("hover_imgs", _run_id(run), tuple(sorted(p["split"].unique()))), lambda: hover_images(bench, p))
+        p["image"] = pd.Series(imgs, index=p.index, dtype=object)
+        spec = _spec(p, color, mode="overlay" if layout == "overlaid" else "side_by_side", hover=hover,
+                     line_order="move_2d" if "move_2d" in p else None, lines=150)
+        return spec, int(sum(1 for u in imgs if u)), min(len(p), HOVER_THUMB_CAP)
+
+    splits = tuple(sorted(shown["split"].unique()))
+    return memo(("umap_hover", _run_id(run), method, color, layout, splits), build)
 
 
 def movement_section(run, bench, emb, method: str, xy, points: pd.DataFrame) -> None:

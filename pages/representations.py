@@ -8,7 +8,8 @@ from pages import _common as c
 
 st.title("Representations — before vs after")
 st.caption("One UMAP map fitted jointly on the frozen embeddings (before) and a method's recalibrated "
-           "embeddings (after), so positions are comparable. Drag a box or lasso over points to see them.")
+           "embeddings (after), so positions are comparable. Drag a box or lasso over points to see them, "
+           "or switch the map to hover thumbnails.")
 c.teach_topic("umap")
 
 bench, run, emb = c.current_run_with_embeddings("repr")
@@ -34,17 +35,36 @@ if run is not None and emb is not None:
 
         xy = c.projection_or_job(run, bench, emb, method)
     if xy is not None:
+        view = st.radio("Map", c.MAP_VIEWS, key="repr.view", horizontal=True,
+                        help="Selection: drag a box or lasso to list the points and their images below. "
+                             "Hover thumbnails: hover a point to see its image (no selection in this view).")
+        ids = []
         with c.guarded("drawing the map"):
             points = c.points_table(run, bench, emb, method, xy)
             shown = points[points["split"].isin(splits)]
-            fig = c.memo(("umap_fig", c._run_id(run), method, color, layout, tuple(splits)),
-                         lambda: c.umap_figure(shown, color_opts[color], layout if method else "side by side"))
-            event = st.plotly_chart(fig, key="repr.umap", on_select="rerun", selection_mode=("lasso", "box"),
-                                    config={"scrollZoom": True, "displaylogo": False})
-            ids = c.selected_ids(event, shown)
+            if view == c.MAP_VIEWS[1]:
+                with st.spinner("Making thumbnails (once per image)…"):
+                    spec, n_img, n_want = c.umap_hover_spec(run, bench, shown, color_opts[color],
+                                                            layout if method else "side by side", method)
+                st.vega_lite_chart(spec=spec, key="repr.hover")
+                st.caption("Every point shows its image on hover." if n_img >= len(shown) else
+                           f"Images on hover for {n_img:,} of {len(shown):,} points"
+                           + (": a fixed random sample, because every thumbnail travels inside the chart (the "
+                              "other points show their details only). Narrow the splits to cover more of them."
+                              if n_want < len(shown) else ".")
+                           + (f" {n_want - n_img:,} image files could not be read (see Data → validation)."
+                              if n_img < n_want else ""))
+            else:
+                fig = c.memo(("umap_fig", c._run_id(run), method, color, layout, tuple(splits)),
+                             lambda: c.umap_figure(shown, color_opts[color], layout if method else "side by side"))
+                event = st.plotly_chart(fig, key="repr.umap", on_select="rerun", selection_mode=("lasso", "box"),
+                                        config={"scrollZoom": True, "displaylogo": False})
+                ids = c.selected_ids(event, shown)
 
         st.markdown(f"#### Selection ({len(ids)} samples)")
-        if not ids:
+        if not ids and view == c.MAP_VIEWS[1]:
+            st.caption(f"Switch the map to “{c.MAP_VIEWS[0]}” to select points.")
+        elif not ids:
             st.caption("Use the box or lasso tool in the chart's toolbar, then drag over points.")
         else:
             with c.guarded("showing the selection"):

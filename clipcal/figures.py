@@ -832,6 +832,8 @@ def concept_scores_figure(scores: pd.DataFrame, top: int = 10, classes: Sequence
         fig.add_annotation(text="nothing to score: this class needs both<br>misclassified and correct images",
                            xref="x domain", yref="y domain", x=0.5, y=0.5, showarrow=False,
                            font=dict(color="#666666"), row=r, col=col)
+    if classes and len(empty) == len(classes):  # only notes: no tall blank chart
+        fig.update_layout(height=220 * nrows)
     return fig
 
 

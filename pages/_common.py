@@ -1562,9 +1562,8 @@ def concepts_section(run, bench, emb, method: str) -> None:
                    "compare with — pick another method above")
             st.info(f"**{k}** ({nw + nr} val + test images): {why}.")
 
-    if scores["score"].notna().any():  # else every class got a note above: no chart of empty panels
-        st.plotly_chart(memo(("fig_concepts", _run_id(run), method, tuple(concepts)),
-                             lambda: concept_scores_figure(scores, top=10)), key="spur.concepts_fig")
+    st.plotly_chart(memo(("fig_concepts", _run_id(run), method, tuple(concepts)),
+                         lambda: concept_scores_figure(scores, top=10)), key="spur.concepts_fig")
     with st.expander("All scores"):
         st.dataframe(scores.drop(columns=["class_index"]), hide_index=True, key="spur.concepts_table")
 

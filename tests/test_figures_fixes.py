@@ -116,19 +116,28 @@ def test_side_by_side_keeps_the_trace_order():
     assert all(t.marker.symbol is None for t in fig.data)
 
 
-def test_concept_panel_without_scores_says_why():
+def _concept_rows(ok_land: bool, ok_water: bool) -> pd.DataFrame:
     rows = []
-    for c, ok in (("landbird", True), ("waterbird", False)):
+    for c, ok in (("landbird", ok_land), ("waterbird", ok_water)):
         for k in range(4):
             rows.append({"class": c, "class_index": int(c == "waterbird"), "concept": f"c{k}",
                          "score": 0.1 * k if ok else np.nan, "effect_size": 0.5 * k if ok else np.nan,
                          "mean_sim_wrong": 0.2, "mean_sim_correct": 0.1, "n_wrong": 5 if ok else 0,
                          "n_correct": 9})
-    fig = F.concept_scores_figure(pd.DataFrame(rows), top=3)
+    return pd.DataFrame(rows)
+
+
+def test_concept_panel_without_scores_says_why():
+    fig = F.concept_scores_figure(_concept_rows(True, False), top=3)
     notes = [a for a in fig.layout.annotations if "nothing to score" in (a.text or "")]
     assert len(notes) == 1 and notes[0].xref == "x2 domain"
     assert fig.layout.xaxis2.visible is False and fig.layout.yaxis2.visible is False
     assert fig.layout.xaxis.visible is not False and len(fig.data[0].y) == 3
+    assert fig.layout.height == 360
+    # no class has scores (e.g. a method right on every landbird, wrong on every waterbird): a short chart of notes
+    none = F.concept_scores_figure(_concept_rows(False, False), top=10)
+    assert sum("nothing to score" in (a.text or "") for a in none.layout.annotations) == 2
+    assert none.layout.height == 220
 
 
 @pytest.mark.parametrize("n_metrics", [4, 6, 9])

@@ -1193,11 +1193,13 @@ def not_applicable_notes(run) -> list[str]:
     return out
 
 
-def fallback_notes(run) -> list[str]:
-    """One warning per method of the run that fell back to another method's result (CFR with an empty
-    calibration set returns ERM), saying what that means for its numbers and plots and what to do."""
+def fallback_notes(run, only: str | None = None) -> list[str]:
+    """One warning per method of the run (or only for ``only``) that fell back to another method's result (CFR
+    with an empty calibration set returns ERM), saying what that means for its numbers and plots and what to do."""
     out = []
     for name in run_methods(run):
+        if only is not None and name != only:
+            continue
         rec = method_result(run, name).record or {}
         if rec.get("fallback"):
             src = (rec.get("calibration_set") or {}).get("source", "")

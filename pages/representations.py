@@ -26,6 +26,8 @@ if run is not None and emb is not None:
                                    format_func=lambda m: m if m == "(none)" else c.method_label(m))
         method = None if method == "(none)" else method
         st.session_state[c.K_METHOD] = method
+        for note in c.fallback_notes(run, only=method):  # "after" = ERM's embeddings: say so next to the map
+            st.warning(note)
         color_opts = c.color_options(run, bench)
         color = cols[1].selectbox("Colour by", list(color_opts), key="repr.color")
         layout = cols[2].radio("Layout", ["side by side", "overlaid"], key="repr.layout", horizontal=True,

@@ -307,6 +307,7 @@ def test_fallback_notes_say_cfr_equals_erm_and_what_to_do(app, seeded_store, mon
     # already cross-fit: no advice to switch to it
     assert "cross-fit" not in c.fallback_notes(NS(results={"cfr": cross}))[0]
     assert c.fallback_notes(NS(results={"erm": ok})) == []
+    assert c.fallback_notes(NS(results={"erm": ok, "cfr": fell}), only="erm") == []
 
     # on the page: the seeded run's CFR record marked as fallen back → a warning on Groups
     run = seeded_store["run"]
@@ -316,4 +317,9 @@ def test_fallback_notes_say_cfr_equals_erm_and_what_to_do(app, seeded_store, mon
     monkeypatch.setattr(c, "method_result", lambda r, m: patched[m])
     at = app("groups", **{c.K_RUN: seeded_store["run_id"]})
     _no_exception(at)
+    assert any("fell back to ERM" in w.value for w in at.warning)
+    # and next to the map, when CFR's embeddings are the "after"
+    at = app("representations", **{c.K_RUN: seeded_store["run_id"]})
+    _no_exception(at)
+    assert at.selectbox(key="repr.method").value == "cfr"
     assert any("fell back to ERM" in w.value for w in at.warning)

@@ -493,6 +493,14 @@ def backbone_identity(spec: str | BackboneSpec, device: str = "auto", precision:
     return _identity(r, resolve_precision(precision, dev))
 
 
+def no_text_tower(spec: str) -> NoTextTowerError:
+    """The error for text encoding with an image-only backbone (the bundled EfficientNet-Lite0)."""
+    return NoTextTowerError(
+        f"backbone {spec} has no text tower, so text prompts (zero-shot, concept probing) cannot be encoded",
+        hint="use an open_clip backbone (e.g. open_clip:ViT-B-32:openai) for text-based features; image-only "
+             "methods (ERM, JTT, AFR, DFR, CFR) work with this one")
+
+
 def _identity(r: _Resolved, precision: str) -> dict:
     ps = r.spec
     if ps.checkpoint:
@@ -624,10 +632,7 @@ class Backbone:
             NoTextTowerError: the backbone is image-only (the bundled EfficientNet-Lite0).
         """
         if not self.has_text:
-            raise NoTextTowerError(
-                f"backbone {self.spec} has no text tower, so text prompts (zero-shot, concept probing) "
-                "cannot be encoded", hint="use an open_clip backbone (e.g. open_clip:ViT-B-32:openai) for "
-                "text-based features; image-only methods (ERM, JTT, AFR, DFR, CFR) work with this one")
+            raise no_text_tower(self.spec)
         import torch
         import torch.nn.functional as F
 

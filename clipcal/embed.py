@@ -556,24 +556,70 @@ def class_text_embeddings(backbone, class_names: list[str], templates=None, stor
     """
     from clipcal.prompts import fill, normalize_templates
 
-    if isinstance(backbone, str):
-        from clipcal.backbones import load_backbone
-
-        backbone = load_backbone(backbone)
-    if not backbone.has_text:
-        backbone.encode_text([])  # raises NoTextTowerError with its explanation
     tpl = normalize_templates(templates)
     names = [str(c) for c in class_names]
+
+    def compute(bb) -> np.ndarray:
+        prompts = [fill(t, c) for c in names for t in tpl]
+        t = bb.encode_text(prompts).reshape(len(names), len(tpl), -1)
+        w = t.mean(axis=1)
+        w /= np.linalg.norm(w, axis=1, keepdims=True).clip(1e-12)
+        return w.astype(np.float32)
+
+    return _cached_text(backbone, {"class_names": names, "templates": tpl}, compute, store,
+                        meta={"class_names": names, "n_templates": len(tpl)})
+
+
+def text_embeddings(backbone, texts: list[str], store: Store | None = None) -> np.ndarray:
+    """Text-tower embeddings of free strings (e.g. concept prompts), cached in the store.
+
+    Args:
+        backbone: a loaded :class:`~clipcal.backbones.Backbone`, or a spec string. With a spec string the
+            model is loaded only when the store has no entry, its image tower is dropped before encoding
+            (text needs none of it: −304 M parameters for ViT-L/14), and the model is released afterwards, so
+            a dashboard does not keep a second CLIP in memory for concept probing.
+        texts: n strings, encoded as given (no templates).
+        store: cache (kind ``text``, keyed by backbone identity + the strings); default ``Store()``.
+
+    Returns:
+        float32 array [n, e], unit rows (``Backbone.encode_text``).
+
+    Raises:
+        NoTextTowerError: the backbone is image-only.
+        BackboneError / WeightsUnavailableError: a spec string that cannot be resolved or loaded.
+    """
+    texts = [str(t) for t in texts]
+    return _cached_text(backbone, {"texts": texts}, lambda bb: bb.encode_text(texts), store,
+                        meta={"n_texts": len(texts)})
+
+
+def _cached_text(backbone, key_extra: dict, compute, store: Store | None, meta: dict) -> np.ndarray:
+    """Store lookup (kind ``text``) → else load (spec strings: text tower only, released after) and compute."""
+    from clipcal.backbones import Backbone, backbone_identity, load_backbone, no_text_tower, parse_spec
+
     store = store if store is not None else Store()
-    key_fields = {"backbone": backbone.identity(), "class_names": names, "templates": tpl}
+    owned = not isinstance(backbone, Backbone)
+    if owned:
+        ps = parse_spec(backbone)
+        spec = str(ps)
+        if not ps.has_text:
+            raise no_text_tower(spec)
+        ident = backbone_identity(spec, device="cpu", precision="fp32")
+    else:
+        if not backbone.has_text:
+            raise no_text_tower(backbone.spec)
+        ident, spec = backbone.identity(), backbone.spec
+    key_fields = {"backbone": ident, **key_extra}
     entry = store.get("text", key_fields)
     if entry is not None:
         return np.array(entry.array("embeddings", mmap=False), dtype=np.float32)
-    prompts = [fill(t, c) for c in names for t in tpl]
-    t = backbone.encode_text(prompts).reshape(len(names), len(tpl), -1)
-    w = t.mean(axis=1)
-    w /= np.linalg.norm(w, axis=1, keepdims=True).clip(1e-12)
-    w = w.astype(np.float32)
-    store.put("text", key_fields, {"embeddings": w},
-              meta={"backbone_spec": backbone.spec, "class_names": names, "n_templates": len(tpl)})
+    bb = load_backbone(spec, device="cpu", precision="fp32") if owned else backbone
+    try:
+        if owned and getattr(bb.model, "visual", None) is not None:
+            bb.model.visual = None  # text only: free the image tower before encoding
+        w = np.asarray(compute(bb), dtype=np.float32)
+    finally:
+        if owned:
+            bb.close()
+    store.put("text", key_fields, {"embeddings": w}, meta={"backbone_spec": spec, **meta})
     return w

@@ -876,6 +876,15 @@ def shared_backbone(spec: str, device: str = "auto", precision: str = "auto"):
         return _MODEL["model"]
 
 
+def loaded_backbone(spec: str):
+    """The shared model if this process already holds it for ``spec`` (any device / precision), else None;
+    never loads anything."""
+    model, lock = _model_slot()
+    with lock:
+        key = model.get("key")
+        return model.get("model") if key is not None and key[0] == spec else None
+
+
 def embed_worker(bench_spec_: dict, spec: str, device: str = "auto", precision: str = "auto",
                  batch_size: int = 64, progress=None, cancel=None):
     """Worker of the Embed page: load benchmark + backbone, :func:`clipcal.embed.embed_benchmark`."""
@@ -1545,8 +1554,13 @@ def concepts_section(run, bench, emb, method: str) -> None:
     test = fd.mask("test") | fd.mask("val")
 
     def text_emb():
-        bb = shared_backbone(backbone_spec())
-        return np.asarray(bb.encode_text(concept_prompts(concepts)), dtype=np.float32)
+        from clipcal.embed import text_embeddings
+
+        # the store caches the concept embeddings; on a miss a text-only copy of the model is loaded and
+        # released (keeping a whole CLIP for a few prompts cost +1.7 GB with ViT-L/14, bench/app_memory.py),
+        # unless this process already holds the model
+        return text_embeddings(loaded_backbone(backbone_spec()) or backbone_spec(), concept_prompts(concepts),
+                               store=get_store())
 
     with st.spinner("Embedding the concepts with the text tower…"):
         t = memo(("concept_text", backbone_spec(), tuple(concepts)), text_emb)

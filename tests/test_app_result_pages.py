@@ -159,6 +159,12 @@ def test_spurious_page_views(app, seeded_store):
     # (a) concept scores exist for tiny:clip (it has a text tower)
     scores = frame_with(at, "concept", "score", "effect_size")
     assert len(scores) > 10 and set(scores["class"]) == {"landbird", "waterbird"}
+    # the concept text embeddings are kept in the store (a fresh server needs no model for them)
+    from clipcal.inspect import concept_prompts
+
+    prompts = concept_prompts(sorted(set(scores["concept"]), key=list(scores["concept"]).index))
+    text_keys = [m["key_fields"] for m in c.get_store().list("text")]
+    assert any(sorted(k.get("texts", [])) == sorted(prompts) for k in text_keys), text_keys
     # (b) decodability = clipcal.inspect on the same arrays
     dec = frame_with(at, "representation", "balanced_accuracy", "auroc")
     fd, run = _fd(seeded_store), seeded_store["run"]

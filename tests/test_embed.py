@@ -20,6 +20,7 @@ from clipcal.embed import (
     EmbeddingSet,
     Progress,
     class_text_embeddings,
+    text_embeddings,
     embed_benchmark,
     embedding_key,
     load_embeddings,
@@ -245,6 +246,56 @@ def test_class_text_embeddings_cached(tmp_path, emb_tiny, emb_lite0, monkeypatch
     assert len(store.list("text")) == 2
     with pytest.raises(NoTextTowerError):
         class_text_embeddings(emb_lite0, ["a", "b"], store=store)
+
+
+def test_text_embeddings_from_a_spec_load_only_on_a_miss_and_drop_the_image_tower(tmp_path, emb_tiny,
+                                                                                   monkeypatch):
+    import clipcal.backbones as B
+
+    store = Store(tmp_path / "store")
+    texts = ["water", "a bamboo forest"]
+    loaded = []
+    real_load = B.load_backbone
+
+    def spy(spec, **kw):
+        bb = real_load(spec, **kw)
+        loaded.append(bb)
+        return bb
+
+    monkeypatch.setattr(B, "load_backbone", spy)
+    t = text_embeddings("tiny:clip", texts, store=store)
+    assert t.shape == (2, 64) and t.dtype == np.float32
+    np.testing.assert_allclose(t, emb_tiny.encode_text(texts), atol=1e-5)  # same as the full model's
+    assert len(loaded) == 1 and loaded[0].model is None  # released after encoding
+    # a hit: no model at all; a loaded backbone with the same identity hits the same entry
+    np.testing.assert_array_equal(text_embeddings("tiny:clip", texts, store=store), t)
+    assert len(loaded) == 1 and len(store.list("text")) == 1
+    np.testing.assert_array_equal(text_embeddings(emb_tiny, texts, store=store), t)
+    with pytest.raises(NoTextTowerError, match="no text tower"):
+        text_embeddings("bundled:efficientnet-lite0", texts, store=store)
+    assert len(loaded) == 1
+
+
+def test_text_embeddings_drop_the_visual_tower_before_encoding(tmp_path, monkeypatch):
+    import clipcal.backbones as B
+
+    seen = {}
+    real_load = B.load_backbone
+
+    def spy(spec, **kw):
+        bb = real_load(spec, **kw)
+        real_encode = bb.encode_text
+
+        def encode(texts, **k):
+            seen["visual"] = bb.model.visual
+            return real_encode(texts, **k)
+
+        bb.encode_text = encode
+        return bb
+
+    monkeypatch.setattr(B, "load_backbone", spy)
+    text_embeddings("tiny:clip", ["sky"], store=Store(tmp_path / "s"))
+    assert seen == {"visual": None}
 
 
 @pytest.mark.slow

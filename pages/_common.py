@@ -325,6 +325,14 @@ def _bench_spec_from_meta(meta: dict) -> dict | None:
                            ("a", "a_col")):
             if cols.get(short):
                 opts[arg] = cols[short]
+        # the names and the carved val split are part of the fingerprint: without them integer labels named
+        # at load time reopen as '0', '1' and the embeddings are not found
+        if b.get("class_names"):
+            opts["class_names"] = list(b["class_names"])
+        if b.get("attr_names"):
+            opts["attr_names"] = list(b["attr_names"])
+        if params.get("val_carved"):
+            opts.update(val_fraction=float(params.get("val_fraction", 0.2)), seed=int(params.get("val_seed", 0)))
         return {"name": "csv", "root": str(Path(params["csv"]).parent), "options": opts}
     if root is None:
         return None

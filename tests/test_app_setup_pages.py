@@ -339,4 +339,30 @@ def test_csv_manifest_column_mapping_reopens():
     meta = {"benchmark": bench.describe()}
     spec = c._bench_spec_from_meta(meta)
     assert spec == {"name": "csv", "root": "/data/own",
-                    "options": {"csv": "/data/own/meta.csv", "y_col": "label", "a_col": "background"}}
+                    "options": {"csv": "/data/own/meta.csv", "y_col": "label", "a_col": "background",
+                                "class_names": ["cat", "dog"], "attr_names": ["in", "out"]}}
+
+
+def test_csv_benchmark_with_named_integer_labels_and_carved_val_reopens_with_its_fingerprint(tmp_path):
+    """Regression (bench/app_memory.py): integer labels named at load time, and a val split carved from train,
+    reopened from the manifest as another benchmark (classes '0', '1'), so the dashboard lost its embeddings."""
+    import warnings
+
+    import pandas as pd
+    from PIL import Image
+
+    from clipcal.data import load_benchmark
+
+    rows = []
+    for i in range(20):
+        Image.new("RGB", (8, 8), (i * 10, 0, 0)).save(tmp_path / f"im{i}.png")
+        rows.append({"filename": f"im{i}.png", "split": "train" if i < 14 else "test", "y": i % 2, "a": (i // 2) % 2})
+    pd.DataFrame(rows).to_csv(tmp_path / "meta.csv", index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no val rows: carved …"
+        bench = load_benchmark("csv", root=tmp_path, csv="meta.csv", class_names=["cat", "dog"],
+                               attr_names=["indoor", "outdoor"], val_fraction=0.3, seed=4)
+        spec = c._bench_spec_from_meta({"benchmark": bench.describe()})
+        again = load_benchmark(spec["name"], root=spec["root"], **spec["options"])
+    assert again.class_names == ["cat", "dog"] and again.attr_names == ["indoor", "outdoor"]
+    assert again.fingerprint() == bench.fingerprint()

@@ -151,7 +151,7 @@ def _button(page, name: str):
 
 
 # --- the path ---------------------------------------------------------------------------------------------
-def test_demo_end_to_end(server, page, store_root, clock):
+def test_demo_end_to_end(server, page, store_root, clock, monkeypatch):
     # Home
     page.goto(server)
     _wait_text(page, "Run the demo")
@@ -222,7 +222,8 @@ def test_demo_end_to_end(server, page, store_root, clock):
     shot(page, "e2e-calibrate")
 
     # the stored run, read with the library (what the pages must show)
-    os.environ["CLIPCAL_CACHE"] = str(store_root)  # the library's default store = the server's
+    # the library's default store = the server's, for this test only (later tests use the session's store)
+    monkeypatch.setenv("CLIPCAL_CACHE", str(store_root))
     from clipcal.data import load_benchmark
     from clipcal.runs import list_runs, load_run
     from clipcal.store import Store

@@ -293,7 +293,7 @@ def main(argv=None) -> int:
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="clipcal-appmem-"))
     try:
         marker = work / "seeded.json"
-        if marker.exists():
+        if marker.exists() and any((work / "store" / "embeddings").glob("*/manifest.json")):
             out["data"] = json.loads(marker.read_text())
             print(f"reusing the seeded store in {work}", file=sys.stderr)
         else:

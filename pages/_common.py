@@ -1211,22 +1211,27 @@ def not_applicable_notes(run) -> list[str]:
 
 
 def fallback_notes(run, only: str | None = None) -> list[str]:
-    """One warning per method of the run (or only for ``only``) that fell back to another method's result (CFR
-    with an empty calibration set returns ERM), saying what that means for its numbers and plots and what to do."""
+    """One warning per method of the run (or only for ``only``) whose result is in fact another method's:
+    CFR with an empty calibration set returns ERM; JTT with an empty error set retrains exactly like ERM. Says
+    what that means for its numbers and plots and what to do."""
     out = []
     for name in run_methods(run):
         if only is not None and name != only:
             continue
         rec = method_result(run, name).record or {}
         if rec.get("fallback"):
-            src = (rec.get("calibration_set") or {}).get("source", "")
+            cross = str((rec.get("calibration_set") or {}).get("source", "")).startswith("cross-fit")
+            why = ("the ERM models trained on the other folds also classified every held-out training image "
+                   "correctly" if cross else "the ERM model classified every training image correctly")
             out.append(
                 f"{method_label(name)} fell back to {str(rec['fallback']).upper()}: its calibration set was empty "
-                "(the ERM model classified every training image correctly), so its numbers and its 'after' "
-                "representation are ERM's. "
-                + ("" if src.startswith("cross-fit") else
+                f"({why}), so its numbers and its 'after' representation are ERM's. "
+                + ("" if cross else
                    "On Calibrate, set CFR's calibration_errors to 'cross-fit' to take the images ERM gets wrong "
                    "when it has not trained on them (still no group labels)."))
+        elif name == "jtt" and rec.get("error_set_size") == 0:
+            out.append(f"{method_label(name)} equals ERM here: its error set was empty (the ERM model classified "
+                       "every training image correctly), so nothing was up-weighted.")
     return out
 
 

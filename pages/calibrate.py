@@ -69,5 +69,7 @@ if emb is not None:
         else:
             run = c.shown_run(runs)
             c.results_table(run, bench, key="calib.table")
+            for note in c.fallback_notes(run):  # e.g. CFR = ERM when the calibration set is empty
+                st.warning(note)
             c.curves_section(run)
             st.page_link(c.PAGE["groups"], label="Next: per-group accuracy", icon="📊")

@@ -310,8 +310,12 @@ def test_fallback_notes_say_cfr_equals_erm_and_what_to_do(app, seeded_store, mon
     notes = c.fallback_notes(NS(results={"erm": ok, "cfr": fell}))
     assert len(notes) == 1 and notes[0].startswith(c.method_label("cfr") + " fell back to ERM")
     assert "cross-fit" in notes[0]
-    # already cross-fit: no advice to switch to it
-    assert "cross-fit" not in c.fallback_notes(NS(results={"cfr": cross}))[0]
+    # already cross-fit: no advice to switch to it, and the reason given is the cross-fit one
+    note = c.fallback_notes(NS(results={"cfr": cross}))[0]
+    assert "cross-fit" not in note and "other folds" in note
+    # JTT with an empty error set is ERM too
+    jtt = NS(record={"error_set_size": 0})
+    assert c.fallback_notes(NS(results={"jtt": jtt}))[0].startswith(c.method_label("jtt") + " equals ERM")
     assert c.fallback_notes(NS(results={"erm": ok})) == []
     assert c.fallback_notes(NS(results={"erm": ok, "cfr": fell}), only="erm") == []
 
@@ -321,9 +325,10 @@ def test_fallback_notes_say_cfr_equals_erm_and_what_to_do(app, seeded_store, mon
     patched["cfr"] = dataclasses.replace(run.results["cfr"], record=dict(run.results["cfr"].record, fallback="erm"))
     monkeypatch.setattr(c, "run_methods", lambda r: list(patched))
     monkeypatch.setattr(c, "method_result", lambda r, m: patched[m])
-    at = app("groups", **{c.K_RUN: seeded_store["run_id"]})
-    _no_exception(at)
-    assert any("fell back to ERM" in w.value for w in at.warning)
+    for page in ("groups", "calibrate"):
+        at = app(page, **{c.K_RUN: seeded_store["run_id"]})
+        _no_exception(at)
+        assert any("fell back to ERM" in w.value for w in at.warning), page
     # and next to the map, when CFR's embeddings are the "after"
     at = app("representations", **{c.K_RUN: seeded_store["run_id"]})
     _no_exception(at)

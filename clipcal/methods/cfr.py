@@ -596,8 +596,10 @@ class CFR(Method):
             "fallback": None,
         }
         if len(cal) == 0:
-            notes.append("calibration set is empty: the ERM model classifies every training sample correctly; "
-                         "CFR fell back to the ERM result" + (
+            notes.append("calibration set is empty: " + (
+                "ERM models trained on the other folds classify every held-out training sample correctly"
+                if cross_fit else "the ERM model classifies every training sample correctly")
+                + "; CFR fell back to the ERM result" + (
                              "" if cross_fit else " (calibration_errors='cross-fit' finds the samples ERM gets "
                                                   "wrong when it has not trained on them, still without group "
                                                   "labels)"))

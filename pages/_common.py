@@ -1035,7 +1035,15 @@ def show_new_run_once(job) -> None:
 
 def start_calibration(bench_spec_: dict, spec: str, methods: list[str], hparams: dict, seed: int = 0,
                       selection: str | None = None):
-    """Start (or return the running) calibration job of (benchmark, backbone)."""
+    """Start (or return the running) calibration job of (benchmark, backbone).
+
+    Raises:
+        MethodError: a hyperparameter value no method accepts (``Method.check_params``), before any work.
+    """
+    for name in methods:
+        cls = method_classes().get(name)
+        if cls is not None:
+            cls(**(hparams.get(name) or {})).check_params()
     return get_jobs().submit(calib_job_key(bench_spec_, spec), calib_worker, bench_spec_=dict(bench_spec_),
                              spec=spec, methods=list(methods), hparams=dict(hparams), seed=int(seed),
                              selection=selection, label=f"Calibrating {', '.join(methods)}")

@@ -51,8 +51,9 @@ if emb is not None:
     job = c.get_jobs().get(key)
     running = job is not None and job.is_running
     if st.button("Run calibration", type="primary", disabled=running or not chosen, key="calib.start"):
-        c.start_calibration(bench_spec, spec, chosen, hparams, seed=seed, selection=rule)
-        st.rerun()
+        with c.guarded("starting the calibration"):  # a bad value is shown here; no job, no run stored
+            c.start_calibration(bench_spec, spec, chosen, hparams, seed=seed, selection=rule)
+            st.rerun()
 
     def _done(job) -> None:
         st.success(f"Calibration finished in {c.fmt_eta(job.elapsed_s)}: {job.result[1]}.")

@@ -334,3 +334,18 @@ def test_fallback_notes_say_cfr_equals_erm_and_what_to_do(app, seeded_store, mon
     _no_exception(at)
     assert at.selectbox(key="repr.method").value == "cfr"
     assert any("fell back to ERM" in w.value for w in at.warning)
+
+
+def test_calibrate_rejects_a_bad_value_before_starting_a_job(app, seeded_store):
+    """Regression (newcomer trial): epochs = -5 started a job that stored a run of 'not applicable' rows."""
+    bench_spec, spec = seeded_store["bench_spec"], seeded_store["backbone"]
+    before = len(c.runs_for(seeded_store["bench"], spec))
+    at = app("calibrate")
+    at.multiselect(key="calib.methods").set_value(["erm"]).run()
+    at.number_input(key="calib.hp.erm.epochs").set_value(-5).run()
+    at.button(key="calib.start").click().run()
+    _no_exception(at)
+    assert any("epochs must be a whole number ≥ 1" in e.value for e in at.error)
+    job = c.get_jobs().get(c.calib_job_key(bench_spec, spec))
+    assert job is None or not job.is_running
+    assert len(c.runs_for(seeded_store["bench"], spec)) == before

@@ -183,3 +183,20 @@ def test_report_by_key_needs_no_benchmark(no_benchmark, tmp_store_root, capsys):
     assert main(["report", "--key", "0123456789abcdef"]) == 2
     err = capsys.readouterr().err
     assert "no calibration run with key '0123456789abcdef'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("item, words", [
+    ("cfr.calibration_errors=foo", ["calibration_errors", "'train'", "'cross-fit'"]),
+    ("erm.epochs=-5", ["epochs", "≥ 1"]),
+    ("cfr.cross_fit_folds=1", ["cross_fit_folds", "≥ 2"]),
+])
+def test_bad_set_values_fail_before_any_work(item, words):
+    """Regression (newcomer trial): these exited 0 and stored a run whose only row was 'not applicable'."""
+    from clipcal.commands.calibrate import check_hparams, parse_sets
+    from clipcal.errors import MethodError
+
+    sets = parse_sets([item, "cfr.calibration_errors=cross-fit"] if "folds" in item else [item])
+    with pytest.raises(MethodError) as err:
+        check_hparams(sorted(sets), sets)
+    text = str(err.value)
+    assert all(w in text for w in words), text

@@ -451,6 +451,29 @@ class Method:
             setattr(self, k, v)
         return self
 
+    #: whole-number hyperparameters that must be ≥ 1 wherever a method has them
+    POSITIVE_INTS: ClassVar[tuple[str, ...]] = ("epochs", "erm_epochs", "id_epochs", "batch_size", "n_pos",
+                                                "n_neg")
+
+    def check_params(self) -> None:
+        """Check the hyperparameter values that need no data: allowed values (``CHOICES``) and counts ≥ 1.
+
+        Called by :meth:`fit` and by the CLI before any work. Raises:
+            MethodError: naming the hyperparameter, the value and what is allowed.
+        """
+        for name, allowed in self.CHOICES.items():
+            v = getattr(self, name, None)
+            if v not in allowed:
+                raise MethodError(f"{self.name}.{name} = {v!r} is not one of {list(allowed)}",
+                                  hint=f"use e.g. {self.name}.{name}={allowed[0]}")
+        for name in self.POSITIVE_INTS:
+            if name in self.HPARAMS:
+                v = getattr(self, name)
+                if v is None and self.HPARAMS[name][0] is None:  # "automatic" where the default is None
+                    continue
+                if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                    raise MethodError(f"{self.name}.{name} must be a whole number ≥ 1, got {v!r}")
+
     @classmethod
     def defaults(cls) -> dict:
         """``{name: default}`` from ``HPARAMS``."""
@@ -474,6 +497,7 @@ class Method:
         """
         if not isinstance(data, FeatureData):
             raise MethodError(f"{self.name}.fit expects a FeatureData, got {type(data).__name__}")
+        self.check_params()
         if self.needs_training:
             data.check_trainable()
         check_cancel(cancel)

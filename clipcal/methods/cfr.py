@@ -503,26 +503,20 @@ class CFR(Method):
         self.device = device
 
     # -- checks ---------------------------------------------------------------------------------------------
-    def _check_options(self, data: FeatureData) -> None:
-        if self.negatives not in NEGATIVE_MODES:
-            raise MethodError(f"unknown negatives mode {self.negatives!r}", hint=f"use one of {NEGATIVE_MODES}")
-        if self.init not in INIT_MODES:
-            raise MethodError(f"unknown init {self.init!r}", hint=f"use one of {INIT_MODES}")
-        if self.loss_schedule not in LOSS_SCHEDULES:
-            raise MethodError(f"unknown loss_schedule {self.loss_schedule!r}", hint=f"use one of {LOSS_SCHEDULES}")
-        if self.calibration_errors not in CALIBRATION_ERRORS:
-            raise MethodError(f"unknown calibration_errors {self.calibration_errors!r}",
-                              hint=f"use one of {CALIBRATION_ERRORS}")
+    def check_params(self) -> None:
+        """:meth:`Method.check_params` plus CFR's own ranges (folds ≥ 2, rates and temperatures > 0, dropout in
+        [0, 1)). Raises MethodError."""
+        super().check_params()
         if self.calibration_errors == "cross-fit" and int(self.cross_fit_folds) < 2:
             raise MethodError(f"cross_fit_folds must be ≥ 2, got {self.cross_fit_folds}")
-        for name in ("epochs", "batch_size", "n_pos", "n_neg", "erm_epochs"):
-            if int(getattr(self, name)) < 1:
-                raise MethodError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         for name in ("lr", "erm_lr", "tau", "supcon_temperature"):
             if not float(getattr(self, name)) > 0:
                 raise MethodError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0 <= float(self.dropout) < 1:
             raise MethodError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def _check_options(self, data: FeatureData) -> None:
+        self.check_params()
         T.check_selection(self.selection, data)
 
     # -- fit ------------------------------------------------------------------------------------------------

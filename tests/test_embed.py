@@ -97,6 +97,36 @@ def test_second_run_embeds_nothing_and_load_embeddings(tmp_path, emb_tiny, emb_m
     assert load_embeddings(bench, "bundled:efficientnet-lite0", store=store) is None
 
 
+def test_a_replaced_or_truncated_image_is_embedded_again(tmp_path, emb_tiny, emb_make_benchmark):
+    """Regression (newcomer trial): after an image file changed, embed said "already embedded" and kept the
+    old embedding (and a now-corrupt image kept one too)."""
+    import dataclasses
+
+    from PIL import Image
+
+    bench = emb_make_benchmark(tmp_path / "data", n=12)
+    store = Store(tmp_path / "store")
+    first = embed_benchmark(bench, emb_tiny, store=store, num_workers=0)
+    # the same files loaded again: same entry, nothing computed
+    same = dataclasses.replace(bench, table=bench.table.copy())
+    assert embed_benchmark(same, emb_tiny, store=store, num_workers=0).n_computed == 0
+    # replace one image by another picture
+    path = bench.image_path(bench.table["path"].iloc[1])
+    Image.new("RGB", (30, 30), (255, 255, 0)).save(path)
+    changed = dataclasses.replace(bench, table=bench.table.copy())
+    assert changed.fingerprint() != bench.fingerprint()
+    again = embed_benchmark(changed, emb_tiny, store=store, num_workers=0)
+    assert again.n_computed == 12 and again.key != first.key
+    assert not np.allclose(again.embeddings[1], first.embeddings[1])
+    np.testing.assert_allclose(again.embeddings[0], first.embeddings[0], atol=1e-5)
+    # truncate another: it is skipped now, not served from the old entry
+    p2 = bench.image_path(bench.table["path"].iloc[2])
+    p2.write_bytes(p2.read_bytes()[:40])
+    cut = dataclasses.replace(bench, table=bench.table.copy())
+    es = embed_benchmark(cut, emb_tiny, store=store, num_workers=0)
+    assert bench.table["sample_id"].iloc[2] in set(es.skipped["sample_id"])
+
+
 def test_workers_give_the_same_arrays(tmp_path, emb_tiny, emb_make_benchmark):
     bench = emb_make_benchmark(tmp_path / "data", n=16, bad=1)
     a = embed_benchmark(bench, emb_tiny, store=Store(tmp_path / "s0"), batch_size=8, num_workers=0)

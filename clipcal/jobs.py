@@ -34,6 +34,10 @@ PENDING, RUNNING, DONE, FAILED, CANCELLED = "pending", "running", "done", "faile
 FINISHED = (DONE, FAILED, CANCELLED)
 
 
+#: seconds of recent reports the rate (and so the ETA) is measured over
+RATE_WINDOW_S = 60.0
+
+
 @dataclass(frozen=True)
 class JobProgress:
     """A snapshot of a job's progress.
@@ -41,8 +45,8 @@ class JobProgress:
     Attributes:
         done: items finished (images, epochs, steps — whatever the function counts).
         total: items in all; ``None`` when unknown.
-        rate: items per second (the reporter's own figure if it gave one, else measured since the first
-            report), ``None`` before two reports.
+        rate: items per second (the reporter's own figure if it gave one, else measured over the last
+            :data:`RATE_WINDOW_S` seconds of the current stage), ``None`` before two reports.
         eta_s: seconds left, ``None`` when unknown.
         message: the reporter's last message ("" if none).
         time: ``time.monotonic()`` of the report.
@@ -197,8 +201,17 @@ class Job:
             if self._first is None or done < self._first[1] or (self.history and total != prev.total):
                 self._first = (now, done)
             t_first, d_first = self._first
-            if rate is None and now > t_first and done > d_first:
-                rate = (done - d_first) / (now - t_first)
+            # rate over the last RATE_WINDOW_S of this stage (not since its start: a method whose first phase
+            # is fast — CFR's ERM stage — would otherwise promise an ETA of seconds for minutes)
+            ref_t, ref_d = t_first, d_first
+            for q in reversed(self.history):
+                if q.time < t_first:
+                    break
+                ref_t, ref_d = q.time, q.done
+                if now - q.time >= RATE_WINDOW_S:
+                    break
+            if rate is None and now > ref_t and done > ref_d:
+                rate = (done - ref_d) / (now - ref_t)
             if eta is None and rate and total is not None:
                 eta = max(total - done, 0.0) / rate
             p = JobProgress(done=done, total=total, rate=rate, eta_s=eta, message=message, time=now,

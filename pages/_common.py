@@ -443,9 +443,10 @@ def progress_line(job) -> str:
     """One line: done / total, rate, ETA, message."""
     p = job.progress
     parts = []
-    if p.total:
-        parts.append(f"{p.done:,.0f} / {p.total:,.0f}")
-    if p.rate:
+    whole = float(p.done).is_integer()
+    if p.total:  # fractional progress (methods of a calibration) as a percentage: "2 / 2" while CFR trains misled
+        parts.append(f"{p.done:,.0f} / {p.total:,.0f}" if whole else f"{100 * p.done / p.total:.0f} %")
+    if p.rate and (whole or p.rate >= 0.1):
         unit = p.extra.get("unit", "images" if "embed" in job.key else "items")
         parts.append(f"{p.rate:,.1f} {unit}/s")
     if p.total and p.rate:

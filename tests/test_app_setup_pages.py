@@ -366,3 +366,16 @@ def test_csv_benchmark_with_named_integer_labels_and_carved_val_reopens_with_its
         again = load_benchmark(spec["name"], root=spec["root"], **spec["options"])
     assert again.class_names == ["cat", "dog"] and again.attr_names == ["indoor", "outdoor"]
     assert again.fingerprint() == bench.fingerprint()
+
+
+def test_progress_line_shows_fractional_progress_as_a_percentage():
+    """Regression (newcomer trial): '2 / 2' and '0.0 items/s' while CFR, the second of two methods, trained."""
+    from types import SimpleNamespace as NS
+
+    def job(done, total, rate):
+        return NS(progress=NS(done=done, total=total, rate=rate, eta_s=300.0, message="cfr epoch 3/100",
+                              extra={}), key="calib:x", elapsed_s=60.0)
+
+    line = c.progress_line(job(1.6, 2.0, 0.004))
+    assert line.startswith("80 %") and "items/s" not in line and "ETA" in line
+    assert c.progress_line(job(120.0, 2400.0, 9.5)).startswith("120 / 2,400 · 9.5 items/s")

@@ -211,3 +211,29 @@ def test_forget_prune_and_cancel_all():
     gate.set()
     running.wait(5)
     assert running.status == DONE and running.result is True  # finished normally, saw the cancel flag
+
+
+def test_rate_is_measured_over_the_recent_window(monkeypatch):
+    """A fast first phase (CFR's ERM stage) must not make the ETA of a slow second phase seconds long."""
+    import clipcal.jobs as J
+
+    monkeypatch.setattr(J, "RATE_WINDOW_S", 0.3)
+    gate = threading.Event()
+
+    def work(progress):
+        progress(0, 100, "start")
+        progress(50, 100, "fast phase")      # half the work at once
+        time.sleep(0.4)
+        progress(51, 100, "slow phase")
+        time.sleep(0.4)
+        progress(52, 100, "slow phase")       # 1 item per ≈ 0.4 s now
+        gate.wait(5)
+        return "ok"
+
+    job = JobManager().submit("w", work)
+    _wait_until(lambda: job.progress.done == 52)
+    p = job.progress
+    assert p.rate < 5, p.rate                 # since the start it would be ≥ 52 / 0.8 s = 65/s
+    assert p.eta_s > 48 / 5
+    gate.set()
+    assert job.wait(5)

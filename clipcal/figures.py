@@ -201,7 +201,10 @@ def method_summary_style(table: pd.DataFrame, metric_cols: Sequence[str] = ("wor
                     out[col.index.get_loc(i)] = "font-weight: bold; background-color: #DCEBF7"
         return out
 
-    sty = t.style.format({c: "{:.1%}" for c in cols}, na_rep="—")
+    fmt = {c: "{:.1%}" for c in cols}
+    if "chosen_epoch" in t:  # a float column when some method has none (DFR): show whole epochs, not 20.000000
+        fmt["chosen_epoch"] = lambda v: "—" if v is None or v != v else f"{int(v)}"
+    sty = t.style.format(fmt, na_rep="—")
     for c in cols:
         sty = sty.apply(best, subset=[c])
     return sty

@@ -365,7 +365,8 @@ def list_runs(store=None, benchmark=None, backbone: str | None = None) -> pd.Dat
 
     Returns:
         DataFrame with columns ``key, created, benchmark, backbone, methods, seed, selection, not_applicable,
-        test_worst_group`` (dict method → test worst-group accuracy).
+        test_worst_group`` (dict method → test worst-group accuracy), ``changed`` (hyperparameters that differ
+        from the method's defaults, e.g. ``"cfr.calibration_errors=cross-fit"``; ``""`` when none).
     """
     from clipcal.store import Store
 
@@ -384,9 +385,9 @@ def list_runs(store=None, benchmark=None, backbone: str | None = None) -> pd.Dat
                      "benchmark": meta.get("config", {}).get("benchmark_name", ""), "backbone": kf.get("backbone"),
                      "methods": ",".join(kf.get("methods", [])), "seed": kf.get("seed"),
                      "selection": kf.get("selection"), "not_applicable": ",".join(meta.get("not_applicable", {})),
-                     "test_worst_group": wg})
+                     "test_worst_group": wg, "changed": _changed_hparams(kf.get("hparams") or {})})
     cols = ["key", "created", "benchmark", "backbone", "methods", "seed", "selection", "not_applicable",
-            "test_worst_group"]
+            "test_worst_group", "changed"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -394,3 +395,24 @@ def latest_run(store=None, benchmark=None, backbone: str | None = None) -> Run |
     """The newest stored run matching the filters of :func:`list_runs`, or ``None``."""
     runs = list_runs(store, benchmark, backbone)
     return load_run(runs["key"].iloc[0], store) if len(runs) else None
+
+
+def _changed_hparams(hparams: dict) -> str:
+    """``"cfr.lr=0.001, cfr.calibration_errors=cross-fit"``: values that differ from each method's defaults
+    (seed, selection and device are shown elsewhere)."""
+    from clipcal.methods import get_method
+
+    out = []
+    for m, values in hparams.items():
+        try:
+            defaults = get_method(m).defaults()
+        except ClipcalError:
+            continue
+        for k, v in (values or {}).items():
+            if k in ("seed", "selection", "device") or k not in defaults:
+                continue
+            d = defaults[k]
+            same = (list(v) == list(d)) if isinstance(v, (list, tuple)) and isinstance(d, (list, tuple)) else v == d
+            if not same:
+                out.append(f"{m}.{k}={v}")
+    return ", ".join(out)

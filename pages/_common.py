@@ -389,7 +389,7 @@ def store_runs() -> pd.DataFrame:
             for wg in t["test_worst_group"]]
     return pd.DataFrame({"created": [_fmt_time(x) for x in t["created"]], "benchmark": t["benchmark"],
                          "backbone": t["backbone"], "methods": t["methods"].str.replace(",", ", "),
-                         "best test worst-group": best})
+                         "settings changed": t["changed"], "best test worst-group": best})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1066,7 +1066,8 @@ def runs_for(bench, spec: str) -> list[dict]:
     table = memo(("runs", fingerprint(bench), canonical, store_stamp("runs")),
                  lambda: _runs_module().list_runs(get_store(), bench, canonical))
     return [{"id": r["key"], "created": r["created"], "methods": [m for m in r["methods"].split(",") if m],
-             "test_worst_group": r["test_worst_group"]} for _, r in table.iterrows()]
+             "test_worst_group": r["test_worst_group"], "changed": r.get("changed", "")}
+            for _, r in table.iterrows()]
 
 
 def get_run(run_id: str):
@@ -1080,7 +1081,9 @@ def run_label(info: dict) -> str:
     wg = info.get("test_worst_group") or {}
     best = max(((v, k) for k, v in wg.items() if isinstance(v, (int, float)) and v == v), default=None)
     tail = f" · best test worst-group {best[0]:.2f} ({method_short(best[1])})" if best else ""
-    return f"{_fmt_time(info.get('created'))} · {', '.join(method_short(m) for m in methods)}{tail}"
+    changed = str(info.get("changed") or "")  # non-default settings tell otherwise identical runs apart
+    changed = f" · {changed[:57] + '…' if len(changed) > 58 else changed}" if changed else ""
+    return f"{_fmt_time(info.get('created'))} · {', '.join(method_short(m) for m in methods)}{changed}{tail}"
 
 
 def _sync_run() -> None:

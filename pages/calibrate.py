@@ -42,7 +42,8 @@ if emb is not None:
     hparams: dict[str, dict] = {}
     for name in chosen:
         m = METHODS[name]
-        with st.expander(f"{m.label} — hyperparameters{' (uses group labels)' if m.uses_group_labels else ''}"):
+        marked = m.uses_group_labels and "group labels" not in m.label  # DFR's label already says so
+        with st.expander(f"{m.label} — hyperparameters{' (uses group labels)' if marked else ''}"):
             if m.description:
                 st.caption(m.description)
             hparams[name] = c.hparam_widgets(name, m.HPARAMS, seed=seed, selection=rule, choices=m.CHOICES)

@@ -379,3 +379,12 @@ def test_progress_line_shows_fractional_progress_as_a_percentage():
     line = c.progress_line(job(1.6, 2.0, 0.004))
     assert line.startswith("80 %") and "items/s" not in line and "ETA" in line
     assert c.progress_line(job(120.0, 2400.0, 9.5)).startswith("120 / 2,400 · 9.5 items/s")
+
+
+def test_run_label_names_non_default_settings():
+    """Regression (newcomer trial): a default and a cross-fit CFR run read identically in the sidebar."""
+    info = {"created": "2026-11-29T12:33:00+00:00", "methods": ["erm", "cfr"],
+            "test_worst_group": {"erm": 0.875, "cfr": 0.86}, "changed": "cfr.calibration_errors=cross-fit"}
+    label = c.run_label(info)
+    assert "cfr.calibration_errors=cross-fit" in label and label.endswith("best test worst-group 0.88 (ERM)")
+    assert "·  ·" not in c.run_label({**info, "changed": ""})

@@ -85,6 +85,13 @@ def test_method_summary_style_marks_best_per_split():
     assert sty.data["uses_group_labels"].iloc[0] == "no group labels"
 
 
+def test_method_summary_style_shows_whole_chosen_epochs():
+    """Regression (newcomer trial): 'chosen epoch' read 20.000000 once DFR (no epoch) made the column float."""
+    t = pd.DataFrame({"method": ["ERM", "DFR"], "worst_group": [0.8, 0.9], "chosen_epoch": [20.0, np.nan]})
+    html = F.method_summary_style(t, metric_cols=("worst_group",)).to_html()
+    assert ">20<" in html and "20.000000" not in html and ">—<" in html
+
+
 def test_umap_side_by_side_categorical():
     p = _points()
     fig = F.umap_figure(p, color="class", hover=["split"])

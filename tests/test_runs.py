@@ -65,6 +65,9 @@ def test_round_trip_and_manifest(syn_small_ds, store):
     runs = list_runs(store, benchmark=bench)
     assert list(runs["key"]) == [run.key] and runs["test_worst_group"].iloc[0].keys() == {"erm", "jtt", "dfr"}
     assert len(list_runs(store, backbone="other")) == 0
+    # the non-default settings are listed (they tell otherwise identical runs apart in the dashboard)
+    changed = runs["changed"].iloc[0].split(", ")
+    assert "erm.epochs=3" in changed and not any(c.startswith("jtt.lambda_up") for c in changed)
 
 
 def test_missing_run_and_bad_requests(syn_small_ds, store):

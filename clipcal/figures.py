@@ -172,6 +172,12 @@ def group_accuracy_figure(groups: pd.DataFrame, method_col: str = "method", titl
     fig.update_yaxes(range=[0, 1.05], tickformat=".0%")
     # explicit: the legend-only bars (x = None) would otherwise make plotly guess a numeric axis
     fig.update_xaxes(type="category", categoryorder="array", categoryarray=labels)
+    # a group without images in this split has no bar: say so in its slot instead of leaving it blank
+    n_by_label = g.assign(n=g["n"].fillna(0)).groupby("label", sort=False)["n"].sum()
+    for lab in labels:
+        if n_by_label.get(lab, 0) == 0:
+            fig.add_annotation(x=lab, y=0.02, text="n = 0<br>(no images)", showarrow=False, yanchor="bottom",
+                               font=dict(size=11, color="#555555"))
     return fig
 
 

@@ -69,6 +69,18 @@ def test_group_accuracy_figure_highlights_each_methods_worst_group():
     np.testing.assert_allclose(np.asarray(erm_tr.error_y.arrayminus, float), erm["accuracy"] - erm["ci_low"])
     assert "95 %" in fig.layout.yaxis.title.text and fig.layout.barmode == "group"
     assert tuple(fig.layout.yaxis.range) == (0, 1.05)
+    assert not fig.layout.annotations  # every group has images
+
+
+def test_group_accuracy_figure_says_n_0_for_an_empty_group():
+    """Regression (newcomer trial): a group without test images was a blank slot; README promises n = 0."""
+    y = np.array([0, 0, 1, 1, 1])
+    g = np.array([0, 0, 2, 2, 3])   # group 1 (landbird / water) has no samples
+    t = group_table(y, np.array([0, 1, 1, 1, 0]), g, ["landbird", "waterbird"], ["land", "water"])
+    assert t.loc[t["group"] == 1, "n"].item() == 0
+    fig = F.group_accuracy_figure(t.assign(method="ERM"))
+    notes = [(a.x, a.text) for a in fig.layout.annotations]
+    assert notes == [("landbird / water", "n = 0<br>(no images)")]
 
 
 def test_method_summary_style_marks_best_per_split():

@@ -386,9 +386,9 @@ def test_fresh_run_reports_before_the_first_batch(tmp_path, emb_tiny, emb_make_b
     embed_benchmark(bench, emb_tiny, store=Store(tmp_path / "store"), batch_size=8, num_workers=0,
                     progress=lambda p: seen.append((p.done, p.message, sum(encoded))))
     assert seen[0] == (0, "starting", 0)
-    from clipcal.commands.embed import _Bar
+    from clipcal.commands.embed import embed_progress
 
-    bar = _Bar()
+    bar = embed_progress()
     for done, msg in [(0, "starting"), (8, "embedding"), (12, "embedding")]:
         bar(Progress(done, 12, None, None, msg))
     assert bar.bar.n == 12 and bar.bar.initial == 0

@@ -8,7 +8,6 @@ import json
 import sys
 import time
 
-from clipcal.commands._checks import check_backbone, check_device
 from clipcal.commands._progress import CliProgress
 from clipcal.commands.data import add_benchmark_args
 from clipcal.commands.embed import _count
@@ -221,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
     """Embed if needed, run the methods, print the table. Returns 0."""
     if args.show_hparams:
         return _show_hparams()
+    from clipcal.backbones import check_weights, parse_spec, resolve_device
     from clipcal.commands.data import benchmark_from_args
     from clipcal.commands.embed import embed_progress
     from clipcal.commands.report import HEADLINE, markdown_table, method_rows
@@ -234,11 +234,11 @@ def run(args: argparse.Namespace) -> int:
     explicit = args.methods is not None
     methods = parse_methods(args.methods if explicit else DEFAULT_METHODS)
     hparams = parse_sets(args.sets)
-    spec = check_backbone(args.backbone)
+    spec = parse_spec(args.backbone)
     check_hparams(methods, hparams)
     check_applicable(methods, explicit, has_text=spec.has_text, has_attributes=None, selection=args.selection,
                      hparams=hparams, backbone=str(spec))
-    check_device(args.device)
+    resolve_device(args.device)
     for m in methods:  # --device reaches every method that has a device
         try:
             if "device" in get_method(m)._param_names():
@@ -253,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
     es = load_embeddings(bench, args.backbone, store=store,
                          precision=None if args.precision == "auto" else args.precision)
     if es is None:
-        check_backbone(args.backbone, weights=True)
+        check_weights(spec)
         print(f"embedding {bench.name} with {args.backbone} first (cached for next time)…", file=sys.stderr)
         bar = embed_progress()
         try:

@@ -6,7 +6,6 @@ import argparse
 import sys
 import time
 
-from clipcal.commands._checks import check_backbone, check_device
 from clipcal.commands._progress import CliProgress
 
 DESCRIPTION = """\
@@ -96,14 +95,14 @@ def run(args: argparse.Namespace) -> int:
     """Embed (or list backbones); prints a summary. Returns 0 on success."""
     if args.list_backbones:
         return _list_backbones()
-    from clipcal.backbones import load_backbone
+    from clipcal.backbones import check_weights, load_backbone, resolve_device
     from clipcal.commands.data import benchmark_from_args
     from clipcal.embed import embed_benchmark
     from clipcal.store import Store
 
     t0 = time.monotonic()
-    check_backbone(args.backbone, weights=True)  # seconds; the benchmark (a demo build) may take minutes
-    check_device(args.device)
+    check_weights(args.backbone)  # seconds (spec syntax, weights); the benchmark (a demo build) may take minutes
+    resolve_device(args.device)
     bench = benchmark_from_args(args)
     print(f"benchmark: {bench.name} ({len(bench.table)} images)", file=sys.stderr)
     backbone = load_backbone(args.backbone, device=args.device, precision=args.precision)
@@ -145,4 +144,3 @@ def embed_progress() -> CliProgress:
     return CliProgress("embedding", unit="img", log_messages=True, quiet=("embedding", "starting"))
 
 
-_Bar = embed_progress  # the name tests/test_embed.py imports

@@ -123,12 +123,12 @@ def write_report(run, out_dir, split: str = "test") -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     """Print (and optionally write) the report. Returns 0, or 1 when no run is stored."""
-    from clipcal.commands._checks import check_backbone
+    from clipcal.backbones import parse_spec
     from clipcal.commands.data import benchmark_from_args
     from clipcal.runs import list_runs, load_run
     from clipcal.store import Store
 
-    spec = str(check_backbone(args.backbone))  # a typo is an error, not "no runs stored"
+    spec = str(parse_spec(args.backbone))  # a typo is an error, not "no runs stored"
     store = Store()
     if args.key and not args.list:  # the run names its benchmark: none to load (or build)
         r = load_run(args.key, store)

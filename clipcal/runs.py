@@ -113,8 +113,10 @@ def resolve_hparams(methods: list[str], hparams: dict | None, seed: int, selecti
     """Full hyperparameters per method: class defaults, then ``seed`` / ``selection``, then ``hparams``.
 
     Entries for methods not in ``methods`` are ignored (a page may keep settings of every method); unknown
-    hyperparameters raise :class:`MethodError`. Methods whose module is missing get ``{}`` (reported as not
-    applicable later).
+    hyperparameters and values a method refuses (:meth:`Method.check_params`: choices, counts ≥ 1, ranges)
+    raise :class:`MethodError` — before any work, so a bad value never becomes a "not applicable" row. The
+    CLI and the Calibrate page call this to check what the user typed. Methods whose module is missing get
+    ``{}`` (reported as not applicable later).
     """
     hparams = {str(k).lower(): dict(v) for k, v in (hparams or {}).items()}
     out = {}
@@ -134,7 +136,9 @@ def resolve_hparams(methods: list[str], hparams: dict | None, seed: int, selecti
         if bad:
             raise MethodError(f"{m} has no hyperparameter(s) {bad}", hint=f"known: {', '.join(names)}")
         p.update(hparams.get(m, {}))
-        out[m] = _jsonable({k: v for k, v in p.items() if k in names})
+        p = {k: v for k, v in p.items() if k in names}
+        cls(**p).check_params()
+        out[m] = _jsonable(p)
     return out
 
 

@@ -1039,12 +1039,10 @@ def start_calibration(bench_spec_: dict, spec: str, methods: list[str], hparams:
     """Start (or return the running) calibration job of (benchmark, backbone).
 
     Raises:
-        MethodError: a hyperparameter value no method accepts (``Method.check_params``), before any work.
+        MethodError: a hyperparameter value a method refuses (:func:`clipcal.runs.resolve_hparams`), before any
+            work.
     """
-    for name in methods:
-        cls = method_classes().get(name)
-        if cls is not None:
-            cls(**(hparams.get(name) or {})).check_params()
+    _runs_module().resolve_hparams(list(methods), hparams, int(seed), selection)
     return get_jobs().submit(calib_job_key(bench_spec_, spec), calib_worker, bench_spec_=dict(bench_spec_),
                              spec=spec, methods=list(methods), hparams=dict(hparams), seed=int(seed),
                              selection=selection, label=f"Calibrating {', '.join(methods)}")

@@ -170,3 +170,13 @@ def test_cli_calibrate_and_report(tmp_path, tmp_store_root, emb_make_benchmark, 
     assert "ERM (last layer)" in md and "seed 1" in md
     assert main(["calibrate", "--benchmark", "csv", "--backbone", "tiny:clip", "--methods", "erm",
                  "--set", "cfr.lr=1"]) == 2  # --set for a method not in --methods: clear error, exit 2
+
+
+def test_a_bad_value_stops_run_calibration_before_any_work(syn_small_ds, store):
+    """A value a method refuses is an error up front (it used to become a 'not applicable' row of a stored run)."""
+    bench, es = syn_small_ds.benchmark(), syn_small_ds.embedding_set()
+    with pytest.raises(MethodError, match="epochs must be a whole number ≥ 1"):
+        run_calibration(bench, es, "erm,jtt", hparams={"erm": {"epochs": -5}}, store=store)
+    with pytest.raises(MethodError, match="calibration_errors"):
+        resolve_hparams(["cfr"], {"cfr": {"calibration_errors": "val"}}, seed=0, selection=None)
+    assert len(list_runs(store)) == 0

@@ -134,6 +134,7 @@ def check_hparams(methods: list[str], hparams: dict) -> None:
     """
     from clipcal.errors import MethodError
     from clipcal.methods import get_method
+    from clipcal.runs import resolve_hparams
 
     extra = sorted(set(hparams) - set(methods))
     if extra:
@@ -153,10 +154,10 @@ def check_hparams(methods: list[str], hparams: dict) -> None:
             if want:
                 raise MethodError(f"--set {m}.{k}={json.dumps(v)}: expected {want} (default {json.dumps(default)})",
                                   hint=f"e.g. --set {m}.{k}={json.dumps(default)}")
-        try:  # values: allowed choices, counts ≥ 1, ranges (Method.check_params)
-            cls(**values).check_params()
-        except MethodError as err:
-            raise MethodError(f"--set for {m}: {err.message}", hint=err.hint) from None
+    try:  # values: allowed choices, counts ≥ 1, ranges — the check run_calibration itself makes
+        resolve_hparams(methods, hparams, seed=0, selection=None)
+    except MethodError as err:
+        raise MethodError(f"--set: {err.message}", hint=err.hint) from None
 
 
 def _expected_type(default, value) -> str | None:

@@ -575,9 +575,9 @@ def text_embeddings(backbone, texts: list[str], store: Store | None = None) -> n
 
     Args:
         backbone: a loaded :class:`~clipcal.backbones.Backbone`, or a spec string. With a spec string the
-            model is loaded only when the store has no entry, its image tower is dropped before encoding
-            (text needs none of it: −304 M parameters for ViT-L/14), and the model is released afterwards, so
-            a dashboard does not keep a second CLIP in memory for concept probing.
+            model is loaded only when the store has no entry (the whole model is built for a moment), its
+            image tower is dropped before encoding (text needs none of it: −304 M parameters for ViT-L/14),
+            and the model is released afterwards, so a dashboard does not keep a second CLIP in memory.
         texts: n strings, encoded as given (no templates).
         store: cache (kind ``text``, keyed by backbone identity + the strings); default ``Store()``.
 

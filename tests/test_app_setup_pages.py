@@ -107,11 +107,7 @@ def test_data_page_own_csv_with_column_mapping(app, tmp_path):
     _no_exception(at)
     # the mapping is offered over the CSV's own columns
     assert at.selectbox(key="data.map.id_col").options == ["image_id", "file", "part", "label", "place"]
-    at.selectbox(key="data.map.id_col").set_value("image_id")
-    at.selectbox(key="data.map.path_col").set_value("file")
-    at.selectbox(key="data.map.split_col").set_value("part")
-    at.selectbox(key="data.map.y_col").set_value("label")
-    at.selectbox(key="data.map.a_col").set_value("place").run()
+    _map_own_csv(at)
     at.button(key="data.use").click().run()
     _no_exception(at)
     assert at.session_state[c.K_BENCH]["name"] == "csv"
@@ -249,6 +245,14 @@ def _png_csv_dataset(root, n: int = 24, csv_name: str = "meta.csv"):
     return root / csv_name
 
 
+def _map_own_csv(at) -> None:
+    """Map the columns of :func:`_png_csv_dataset`'s meta.csv on the Data page (id, file, split, label, place)."""
+    for key, col in (("id_col", "image_id"), ("path_col", "file"), ("split_col", "part"), ("y_col", "label"),
+                     ("a_col", "place")):
+        at.selectbox(key=f"data.map.{key}").set_value(col)
+    at.run()
+
+
 def test_use_this_benchmark_sticks_after_rerun(app, tmp_path):
     """Regression: the sidebar's "sb.bench" kept the old choice and switched back to the demo on the rerun."""
     _png_csv_dataset(tmp_path / "own")
@@ -256,11 +260,7 @@ def test_use_this_benchmark_sticks_after_rerun(app, tmp_path):
     at.selectbox(key="data.name").set_value("csv").run()
     at.text_input(key="data.csv_root").input(str(tmp_path / "own")).run()
     at.text_input(key="data.csv_path").input("meta.csv").run()
-    at.selectbox(key="data.map.id_col").set_value("image_id")
-    at.selectbox(key="data.map.path_col").set_value("file")
-    at.selectbox(key="data.map.split_col").set_value("part")
-    at.selectbox(key="data.map.y_col").set_value("label")
-    at.selectbox(key="data.map.a_col").set_value("place").run()
+    _map_own_csv(at)
     at.button(key="data.use").click().run()
     at.run()
     at.run()

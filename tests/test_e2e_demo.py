@@ -151,6 +151,19 @@ def _button(page, name: str):
 
 
 # --- the path ---------------------------------------------------------------------------------------------
+def _timed_click(page, clock, name: str, button: str, done_text: str, timeout_s: float) -> None:
+    """Click ``button`` if the page offers it and record the seconds until ``done_text`` as ``name``; a
+    reused store (the step already done, no button) records None."""
+    b = _button(page, button)
+    if not b.count():
+        clock.put(name, None)
+        return
+    t0 = time.monotonic()
+    b.click()
+    _wait_text(page, done_text, timeout_s=timeout_s)
+    clock.put(name, time.monotonic() - t0)
+
+
 def test_demo_end_to_end(server, page, store_root, clock, monkeypatch):
     # Home
     page.goto(server)
@@ -161,14 +174,7 @@ def test_demo_end_to_end(server, page, store_root, clock, monkeypatch):
 
     # Data: generate the demo, check every image, group counts
     _nav(page, "Data", "Waterbirds-lite")
-    gen = _button(page, "Generate the demo images")
-    if gen.count():
-        t0 = time.monotonic()
-        gen.click()
-        _wait_text(page, "Group counts per split", timeout_s=600)
-        clock.put("demo_build_s", time.monotonic() - t0)
-    else:
-        clock.put("demo_build_s", None)
+    _timed_click(page, clock, "demo_build_s", "Generate the demo images", "Group counts per split", 600)
     _settle(page)
     body = _main_text(page)
     assert "2,400" in body, "the demo should have 1,200 + 400 + 800 images"
@@ -189,14 +195,7 @@ def test_demo_end_to_end(server, page, store_root, clock, monkeypatch):
 
     # Embed with the bundled Lite0 (the default backbone)
     _nav(page, "Embed", f"with {BACKBONE}")
-    start = _button(page, "Start embedding")
-    if start.count():
-        t0 = time.monotonic()
-        start.click()
-        _wait_text(page, "Next: Calibrate", timeout_s=900)
-        clock.put("embed_s", time.monotonic() - t0)
-    else:
-        clock.put("embed_s", None)
+    _timed_click(page, clock, "embed_s", "Start embedding", "Next: Calibrate", 900)
     _settle(page)
     _no_error(page, "embed")
     shot(page, "e2e-embed")

@@ -137,8 +137,11 @@ def test_bad_set_before_benchmark(no_benchmark, capsys, sets, message, hint):
 def test_good_set_values_pass(no_benchmark):
     from clipcal.commands.calibrate import check_hparams, parse_sets
 
-    check_hparams(["erm", "afr", "cfr"], parse_sets(["erm.lr=1", "afr.gammas=[1,2]", "cfr.negatives=random-other-class",
-                                                     "erm.learn_scale=true", "cfr.epochs=3"]))
+    sets = parse_sets(["erm.lr=1", "afr.gammas=[1,2]", "cfr.negatives=random-other-class", "erm.learn_scale=true",
+                       "cfr.epochs=3"])
+    assert sets == {"erm": {"lr": 1, "learn_scale": True}, "afr": {"gammas": [1, 2]},
+                    "cfr": {"negatives": "random-other-class", "epochs": 3}}
+    check_hparams(["erm", "afr", "cfr"], sets)  # valid values of every type: no error
 
 
 @pytest.mark.parametrize("command", ["calibrate", "embed", "report"])

@@ -59,7 +59,27 @@ SHORT_HPARAMS = {
     "erm": {"epochs": 3}, "jtt": {"epochs": 3}, "afr": {"epochs": 3, "gammas": [0.0, 4.0], "regs": [0.0]},
     "dfr": {"n_retrain": 2}, "cfr": {"epochs": 1, "erm_epochs": 3},
 }
-DIMS = {"open_clip:ViT-L-14:random": (1024, 768), "bundled:efficientnet-lite0": (1280, 512)}
+DIMS = {"open_clip:ViT-L-14:checkpoint": (1024, 768), "open_clip:ViT-L-14:random": (1024, 768),
+        "bundled:efficientnet-lite0": (1280, 512)}
+CHECKPOINT_NAME = "ViT-L-14-random-weights.pt"
+
+
+def checkpoint_spec(work: Path) -> str:
+    """``open_clip:ViT-L-14:<file>`` for a 1.7 GB state dict of random ViT-L/14 weights written into ``work``
+    once (kept with ``--keep``): it stands in for downloaded weights, which a user loads from a file — the
+    ``:random`` spec builds the model from a seed instead, which is not how the text tower is loaded for real
+    weights (``clipcal.backbones.load_text_encoder``)."""
+    import torch
+
+    from clipcal.backbones import load_backbone
+
+    path = work / CHECKPOINT_NAME
+    if not path.is_file():
+        bb = load_backbone("open_clip:ViT-L-14:random", device="cpu", precision="fp32")
+        torch.save(bb.model.state_dict(), path.with_suffix(".part"))
+        bb.close()
+        path.with_suffix(".part").replace(path)
+    return f"open_clip:ViT-L-14:{path}"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -110,14 +130,14 @@ def store_embeddings(bench, fd, spec: str, store):
     return es
 
 
-def seed(work: Path, spec: str) -> dict:
-    """Benchmark files + embeddings + a calibration run in ``work`` (store at ``work/store``)."""
+def seed(work: Path, spec: str, dims: tuple[int, int]) -> dict:
+    """Benchmark files + embeddings + a calibration run in ``work`` (store at ``work/store``); ``dims`` = (d, e)."""
     from clipcal.data import load_benchmark
     from clipcal.methods import METHODS, get_method
     from clipcal.runs import run_calibration
     from clipcal.store import Store
 
-    d, e = DIMS[spec]
+    d, e = dims
     has_text = not spec.startswith("bundled:")
     t0 = time.monotonic()
     fd = shaped_features(WATERBIRDS_GROUPS, d, e, text_head=has_text)
@@ -281,8 +301,9 @@ def drive(page, url: str, sampler: Sampler, umap_timeout_s: float, walls: dict, 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="peak RSS of the dashboard server on Waterbirds-sized data")
-    ap.add_argument("--backbone", default="open_clip:ViT-L-14:random", choices=list(DIMS),
-                    help="whose embeddings the features pose as (dims and text tower follow it)")
+    ap.add_argument("--backbone", default="open_clip:ViT-L-14:checkpoint", choices=list(DIMS),
+                    help="whose embeddings the features pose as (dims and text tower follow it); "
+                    "'…:checkpoint' = random ViT-L/14 weights saved to a file in the work folder")
     ap.add_argument("--keep", metavar="DIR", help="seed into DIR and keep it (reused if already seeded)")
     ap.add_argument("--umap-timeout", type=float, default=1800, help="seconds to wait for the server's UMAP")
     args = ap.parse_args(argv)
@@ -298,7 +319,8 @@ def main(argv=None) -> int:
             print(f"reusing the seeded store in {work}", file=sys.stderr)
         else:
             work.mkdir(parents=True, exist_ok=True)
-            out["data"] = seed(work, args.backbone)
+            spec = checkpoint_spec(work) if args.backbone.endswith(":checkpoint") else args.backbone
+            out["data"] = seed(work, spec, DIMS[args.backbone])
             marker.write_text(json.dumps(out["data"]))
         print(json.dumps(out["data"]), file=sys.stderr)
         # the server must fit the joint UMAP itself, cold, as for a new user: drop the map and numba's compiled

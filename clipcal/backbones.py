@@ -905,6 +905,162 @@ def load_backbone(spec: str | BackboneSpec, device: str = "auto", precision: str
     return _load_open_clip(r, dev, prec)
 
 
+class _TextOnlyBackbone(Backbone):
+    """An open_clip model holding only its text tower (``model.visual is None``): :meth:`encode_text` works,
+    image methods do not. Built by :func:`load_text_encoder`."""
+
+    def __init__(self, resolved, model, device, tokenizer, how: str):
+        import torch
+
+        with torch.inference_mode():
+            e = int(model.encode_text(tokenizer(["a"]).to(device)).shape[-1])
+        super().__init__(resolved, model, None, device, "fp32", None, "identity", e, e, tokenizer)
+        #: ``"text weights only"`` (lazy checkpoint read) or ``"whole model, image tower dropped"``.
+        self.load_path = how
+
+    def encode_images(self, x):
+        raise BackboneError(f"{self.spec} was loaded without its image tower (load_text_encoder)",
+                            hint="use clipcal.backbones.load_backbone to encode images")
+
+    def preprocess(self, image):
+        return self.encode_images(None)
+
+
+def _lazy_state_dict(path: str) -> dict | None:
+    """The checkpoint's tensors without reading them all: safetensors opened lazily, torch zip files memory-
+    mapped (``torch.load(mmap=True)``), so tensors never used (the image tower) stay on disk. None for formats
+    that cannot be read lazily (legacy torch pickles, TorchScript archives, numpy ``.npz``)."""
+    import torch
+
+    if path.endswith((".npz", ".npy")):
+        return None
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt", device="cpu") as f:
+            return {k: f.get_tensor(k) for k in f.keys() if not k.startswith(("visual.", "module.visual."))}
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, pickle.UnpicklingError, ValueError, OSError):
+        return None  # not a zip-format state dict: the whole-model path reports what is wrong with it
+    if isinstance(ck, dict) and isinstance(ck.get("state_dict"), dict):
+        ck = ck["state_dict"]
+    if not isinstance(ck, dict) or not ck:
+        return None
+    if next(iter(ck)).startswith("module."):
+        ck = {k[7:]: v for k, v in ck.items()}
+    return ck
+
+
+def _text_only_open_clip(r: _Resolved):
+    """open_clip model with text weights only, or None when this spec needs the whole-model path.
+
+    The model is instantiated on PyTorch's ``meta`` device (shapes, no memory, no random init), its image tower
+    removed, and the checkpoint's text tensors assigned (``load_state_dict(assign=True)``; non-fp32 tensors
+    cast to fp32 as ``load_backbone`` does). Non-persistent causal masks are rebuilt with open_clip's
+    ``TextTransformer.build_causal_mask``. Anything unexpected (keys the model lacks, missing text keys, shape
+    mismatches, Hugging Face text towers, CoCa) returns None.
+    """
+    import torch
+    from types import SimpleNamespace
+
+    oc = _open_clip()
+    from open_clip.model import convert_to_custom_text_state_dict
+    from open_clip.transformer import TextTransformer
+
+    if r.status == "random" or not r.local_file:
+        return None
+    cfg = _model_cfg(r)
+    if cfg is None or cfg.get("text_cfg", {}).get("hf_model_name") or "multimodal_cfg" in cfg:
+        return None
+    sd = _lazy_state_dict(r.local_file)
+    if sd is None:
+        return None
+    with torch.device("meta"), _quiet_logging():
+        model = oc.create_model(r.model_name, pretrained=None, load_weights=False, device="meta",
+                                precision="fp32", force_quick_gelu=r.quick_gelu)
+    model.visual = None
+    sd = {k: v for k, v in sd.items() if not k.startswith("visual.")}
+    if "positional_embedding" in sd and not hasattr(model, "positional_embedding"):
+        sd = convert_to_custom_text_state_dict(sd)
+    sd = {k: (v.float() if v.is_floating_point() and v.dtype != torch.float32 else v) for k, v in sd.items()}
+    own = model.state_dict()
+    if any(k not in own or tuple(own[k].shape) != tuple(v.shape) for k, v in sd.items()):
+        return None
+    missing = model.load_state_dict(sd, strict=False, assign=True).missing_keys
+    if any(not k.startswith(("logit_scale", "logit_bias")) for k in missing):
+        return None
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if not t.is_meta:
+            continue
+        owner_name, _, attr = name.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        if attr == "attn_mask":
+            mask = TextTransformer.build_causal_mask(SimpleNamespace(num_pos=t.shape[0]))
+            owner.register_buffer(attr, mask, persistent=False)
+        elif attr in ("logit_scale", "logit_bias"):  # unused by encode_text
+            setattr(owner, attr, torch.nn.Parameter(torch.zeros(t.shape), requires_grad=False))
+        else:
+            return None
+    return model.eval()
+
+
+def _model_cfg(r: _Resolved) -> dict | None:
+    """The open_clip model config a resolved spec builds (built-in arch or a local dir's json)."""
+    oc = _open_clip()
+    name = r.model_name or ""
+    if name.startswith("local-dir:"):
+        try:
+            return json.loads((Path(name[len("local-dir:"):]) / "open_clip_config.json").read_text(
+                encoding="utf-8")).get("model_cfg")
+        except (OSError, ValueError):
+            return None
+    return oc.get_model_config(name)
+
+
+def load_text_encoder(spec: str | BackboneSpec, device: str = "cpu") -> Backbone:
+    """Load only what :meth:`Backbone.encode_text` needs: the text tower, in fp32.
+
+    For a checkpoint file (a tag's cached weights, a local checkpoint, a local dir, a cached hub snapshot) the
+    text tensors are read lazily (safetensors, or ``torch.load(mmap=True)``) into a model built on the
+    ``meta`` device without its image tower: for ViT-L/14, 123 M of 428 M parameters (≈ 0.5 of 1.7 GB fp32)
+    are ever in memory. Random-weight specs (``tiny:clip``, ``…:random``; their text weights depend on the image
+    tower's random draws) and checkpoints that cannot be read lazily (legacy pickles, TorchScript, ``.npz``,
+    Hugging Face text towers, CoCa) build the whole model with :func:`load_backbone` and drop its image tower
+    before returning (the peak is the whole model's). Either way the embeddings equal
+    ``load_backbone(spec, "cpu", "fp32").encode_text`` (tests/test_backbones.py).
+
+    Args:
+        spec: a spec string or :class:`BackboneSpec` with a text tower.
+        device: where the text tower runs (default CPU).
+
+    Returns:
+        A :class:`Backbone` whose :meth:`~Backbone.encode_text` works (float32 [n, e], unit rows), whose
+        ``identity()`` is the fp32 backbone's, whose image methods raise :class:`BackboneError`; attribute
+        ``load_path`` says which path was taken. Release it with :meth:`Backbone.close`.
+
+    Raises:
+        NoTextTowerError: the backbone is image-only.
+        BackboneError / WeightsUnavailableError: as :func:`load_backbone`.
+    """
+    ps = parse_spec(spec)
+    if not ps.has_text:
+        raise no_text_tower(str(ps))
+    dev = resolve_device(device)
+    r = _resolve(ps)
+    check_weights(ps)
+    model = _text_only_open_clip(r) if ps.source == "open_clip" else None
+    how = "text weights only"
+    if model is None:
+        full = load_backbone(ps, device="cpu", precision="fp32")
+        model, full.model = full.model, None
+        model.visual = None  # text only: the image tower is freed before encoding
+        full.close()
+        how = "whole model, image tower dropped"
+    model.to(dev)
+    return _TextOnlyBackbone(r, model, dev, _open_clip().get_tokenizer(r.model_name), how)
+
+
 def list_backbones(include_pretrained: bool = True) -> "pd.DataFrame":  # noqa: F821
     """Every backbone clipcal knows, with whether its weights are usable here.
 

@@ -575,9 +575,9 @@ def text_embeddings(backbone, texts: list[str], store: Store | None = None) -> n
 
     Args:
         backbone: a loaded :class:`~clipcal.backbones.Backbone`, or a spec string. With a spec string the
-            model is loaded only when the store has no entry (the whole model is built for a moment), its
-            image tower is dropped before encoding (text needs none of it: −304 M parameters for ViT-L/14),
-            and the model is released afterwards, so a dashboard does not keep a second CLIP in memory.
+            text tower alone is loaded (:func:`clipcal.backbones.load_text_encoder`: for checkpoint files only
+            the text weights are read, 123 M of ViT-L/14's 428 M parameters) when the store has no entry, and
+            released afterwards, so a dashboard does not keep a second CLIP in memory.
         texts: n strings, encoded as given (no templates).
         store: cache (kind ``text``, keyed by backbone identity + the strings); default ``Store()``.
 
@@ -594,8 +594,9 @@ def text_embeddings(backbone, texts: list[str], store: Store | None = None) -> n
 
 
 def _cached_text(backbone, key_extra: dict, compute, store: Store | None, meta: dict) -> np.ndarray:
-    """Store lookup (kind ``text``) → else load (spec strings: text tower only, released after) and compute."""
-    from clipcal.backbones import Backbone, backbone_identity, load_backbone, no_text_tower, parse_spec
+    """Store lookup (kind ``text``) → else compute (spec strings: :func:`~clipcal.backbones.load_text_encoder`,
+    released after)."""
+    from clipcal.backbones import Backbone, backbone_identity, load_text_encoder, no_text_tower, parse_spec
 
     store = store if store is not None else Store()
     owned = not isinstance(backbone, Backbone)
@@ -613,10 +614,8 @@ def _cached_text(backbone, key_extra: dict, compute, store: Store | None, meta: 
     entry = store.get("text", key_fields)
     if entry is not None:
         return np.array(entry.array("embeddings", mmap=False), dtype=np.float32)
-    bb = load_backbone(spec, device="cpu", precision="fp32") if owned else backbone
+    bb = load_text_encoder(spec) if owned else backbone
     try:
-        if owned and getattr(bb.model, "visual", None) is not None:
-            bb.model.visual = None  # text only: free the image tower before encoding
         w = np.asarray(compute(bb), dtype=np.float32)
     finally:
         if owned:

@@ -18,6 +18,7 @@ from clipcal.backbones import (
     list_backbones,
     lite0_projection,
     load_backbone,
+    load_text_encoder,
     parse_spec,
     weights_status,
 )
@@ -189,6 +190,58 @@ def test_text_tower(emb_tiny, emb_lite0):
     with pytest.raises(NoTextTowerError) as info:
         emb_lite0.encode_text(["a cat"])
     assert "no text tower" in info.value.message and "open_clip" in info.value.hint
+
+
+def _save_tiny(model, path: Path, how: str) -> None:
+    """The tiny model's weights as a user might have them: zip / legacy torch file, safetensors, fp16,
+    nested under "state_dict" with DataParallel's "module." prefix."""
+    sd = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    if how == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(sd, str(path))
+    elif how == "legacy":
+        torch.save(sd, path, _use_new_zipfile_serialization=False)
+    elif how == "fp16":
+        torch.save({k: v.half() for k, v in sd.items()}, path)
+    elif how == "nested":
+        torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in sd.items()}}, path)
+    else:
+        torch.save(sd, path)
+
+
+@pytest.mark.parametrize("how, path", [("zip", "text weights only"), ("safetensors", "text weights only"),
+                                       ("fp16", "text weights only"), ("nested", "text weights only"),
+                                       ("legacy", "whole model, image tower dropped")])
+def test_text_encoder_matches_the_whole_model(emb_tiny, tmp_path, how, path):
+    """load_text_encoder gives the whole model's text embeddings bit for bit, reading only the text weights
+    from files that allow it (legacy pickles fall back to the whole model)."""
+    ck = tmp_path / ("tiny.safetensors" if how == "safetensors" else "tiny.pt")
+    _save_tiny(emb_tiny.model, ck, how)
+    spec = f"open_clip:clipcal-tiny:{ck}"
+    texts = ["a photo of a bird.", "water", "", "a bamboo forest " * 20]
+    whole = load_backbone(spec, device="cpu", precision="fp32")
+    te = load_text_encoder(spec)
+    assert te.load_path == path
+    np.testing.assert_array_equal(te.encode_text(texts), whole.encode_text(texts))
+    assert te.model.visual is None and te.has_text and te.embed_dim == 64
+    n_text = sum(p.numel() for n, p in whole.model.named_parameters() if not n.startswith("visual."))
+    assert sum(p.numel() for p in te.model.parameters()) == n_text
+    assert all(p.dtype == torch.float32 and not p.is_meta for p in te.model.parameters())
+    assert te.identity() == backbone_identity(spec, device="cpu", precision="fp32") == whole.identity()
+    with pytest.raises(BackboneError, match="without its image tower"):
+        te.encode_images(torch.zeros(1, 3, 64, 64))
+    te.close()
+    assert te.model is None
+
+
+def test_text_encoder_of_random_and_image_only_specs(emb_tiny):
+    te = load_text_encoder("tiny:clip")  # random weights come from the whole model's seeded draws
+    assert te.load_path == "whole model, image tower dropped" and te.model.visual is None
+    np.testing.assert_array_equal(te.encode_text(["sky", "a red square"]), emb_tiny.encode_text(["sky",
+                                                                                                 "a red square"]))
+    with pytest.raises(NoTextTowerError, match="no text tower"):
+        load_text_encoder("bundled:efficientnet-lite0")
 
 
 def test_lite0_is_really_pretrained(emb_lite0):

@@ -278,24 +278,32 @@ def test_class_text_embeddings_cached(tmp_path, emb_tiny, emb_lite0, monkeypatch
         class_text_embeddings(emb_lite0, ["a", "b"], store=store)
 
 
-def test_text_embeddings_from_a_spec_load_only_on_a_miss_and_drop_the_image_tower(tmp_path, emb_tiny,
-                                                                                   monkeypatch):
+def test_text_embeddings_from_a_spec_load_only_the_text_tower_and_only_on_a_miss(tmp_path, emb_tiny,
+                                                                                 monkeypatch):
     import clipcal.backbones as B
 
     store = Store(tmp_path / "store")
     texts = ["water", "a bamboo forest"]
-    loaded = []
-    real_load = B.load_backbone
+    loaded, seen = [], {}
+    real_load = B.load_text_encoder
 
     def spy(spec, **kw):
         bb = real_load(spec, **kw)
         loaded.append(bb)
+        real_encode = bb.encode_text
+
+        def encode(texts_, **k):
+            seen["visual"] = bb.model.visual  # what exists while encoding
+            return real_encode(texts_, **k)
+
+        bb.encode_text = encode
         return bb
 
-    monkeypatch.setattr(B, "load_backbone", spy)
+    monkeypatch.setattr(B, "load_text_encoder", spy)
     t = text_embeddings("tiny:clip", texts, store=store)
     assert t.shape == (2, 64) and t.dtype == np.float32
     np.testing.assert_allclose(t, emb_tiny.encode_text(texts), atol=1e-5)  # same as the full model's
+    assert seen == {"visual": None}
     assert len(loaded) == 1 and loaded[0].model is None  # released after encoding
     # a hit: no model at all; a loaded backbone with the same identity hits the same entry
     np.testing.assert_array_equal(text_embeddings("tiny:clip", texts, store=store), t)
@@ -304,28 +312,6 @@ def test_text_embeddings_from_a_spec_load_only_on_a_miss_and_drop_the_image_towe
     with pytest.raises(NoTextTowerError, match="no text tower"):
         text_embeddings("bundled:efficientnet-lite0", texts, store=store)
     assert len(loaded) == 1
-
-
-def test_text_embeddings_drop_the_visual_tower_before_encoding(tmp_path, monkeypatch):
-    import clipcal.backbones as B
-
-    seen = {}
-    real_load = B.load_backbone
-
-    def spy(spec, **kw):
-        bb = real_load(spec, **kw)
-        real_encode = bb.encode_text
-
-        def encode(texts, **k):
-            seen["visual"] = bb.model.visual
-            return real_encode(texts, **k)
-
-        bb.encode_text = encode
-        return bb
-
-    monkeypatch.setattr(B, "load_backbone", spy)
-    text_embeddings("tiny:clip", ["sky"], store=Store(tmp_path / "s"))
-    assert seen == {"visual": None}
 
 
 @pytest.mark.slow

@@ -68,13 +68,13 @@ class ZeroShot(Method):
                                   hint="e.g. 'a photo of a {}.'")
         backbone = self.backbone
         if backbone is None or isinstance(backbone, str):
-            from clipcal.backbones import load_backbone
+            from clipcal.backbones import load_text_encoder
 
             spec = backbone or data.backbone_spec
             if not spec:
                 raise MethodError("zero-shot with custom prompts needs the backbone spec",
                                   hint="pass backbone='open_clip:…' or build FeatureData.from_store")
-            backbone = load_backbone(spec)
+            backbone = load_text_encoder(spec)  # prompts need the text tower only
         if not getattr(backbone, "has_text", False):
             raise NoTextTowerError(NOT_APPLICABLE, hint="choose a CLIP backbone with a text tower")
         from clipcal.embed import class_text_embeddings

@@ -955,7 +955,8 @@ HIDDEN_HPARAMS = ("backbone", "device")
 
 def hparam_widgets(method: str, hparams: dict, seed: int | None = None, selection: str | None = None,
                    choices: dict | None = None) -> dict:
-    """One widget per hyperparameter (default = the method's, help = its one-line explanation).
+    """One widget per hyperparameter (default = the method's, help = its one-line explanation); values
+    survive a visit to another page (Streamlit's ``persist_state="session"``).
 
     ``seed`` and ``selection`` are set page-wide and not drawn again; names in ``choices`` (the method's
     ``CHOICES``) get a select box of their allowed values. Returns ``{name: value}``.
@@ -973,19 +974,22 @@ def hparam_widgets(method: str, hparams: dict, seed: int | None = None, selectio
         elif name in choices:
             opts = list(choices[name])
             out[name] = st.selectbox(name, opts, index=opts.index(default) if default in opts else 0,
-                                     help=help_, key=key)
+                                     help=help_, key=key, persist_state="session")
         elif isinstance(default, bool):
-            out[name] = st.checkbox(name, value=default, help=help_, key=key)
+            out[name] = st.checkbox(name, value=default, help=help_, key=key, persist_state="session")
         elif isinstance(default, int):
-            out[name] = int(st.number_input(name, value=default, step=1, help=help_, key=key))
+            out[name] = int(st.number_input(name, value=default, step=1, help=help_, key=key,
+                                            persist_state="session"))
         elif isinstance(default, float):
             out[name] = float(st.number_input(name, value=default, format="%g", help=help_, key=key,
-                                              step=max(abs(default) / 10, 1e-6) if default else 0.01))
+                                              step=max(abs(default) / 10, 1e-6) if default else 0.01,
+                                              persist_state="session"))
         elif default is None:
-            raw = st.text_input(name, value="", help=f"{help_} (empty = automatic)", key=key)
+            raw = st.text_input(name, value="", help=f"{help_} (empty = automatic)", key=key,
+                                persist_state="session")
             out[name] = _parse_value(raw) if raw.strip() else None
         else:
-            raw = st.text_input(name, value=str(default), help=help_, key=key)
+            raw = st.text_input(name, value=str(default), help=help_, key=key, persist_state="session")
             out[name] = _parse_value(raw) if not isinstance(default, str) else raw
     return out
 
@@ -1487,7 +1491,8 @@ def hover_images(bench, shown: pd.DataFrame) -> np.ndarray:
 def umap_hover_spec(run, bench, shown: pd.DataFrame, color: str, layout: str, method: str | None):
     """The joint map with image hover cards for the shown points, as a Vega-Lite dict for
     ``st.vega_lite_chart`` (:func:`clipcal.figures.umap_hover_spec`): card = thumbnail, sample id, colour,
-    class, attribute, split and the prediction of ``method`` (else the baseline).
+    class, attribute, split and the predictions of the baseline (:func:`baseline_method`) and of ``method``,
+    each named.
 
     Returns ``(spec, points with a thumbnail, points that should have one)``; memoised per run, method,
     colour, layout and shown rows (the thumbnails are shared, not copied, between the kept specs)."""
@@ -1497,8 +1502,9 @@ def umap_hover_spec(run, bench, shown: pd.DataFrame, color: str, layout: str, me
     def build():
         p = shown.copy()
         hover = [c for c in ("class", "attribute", "split") if c in p]
-        pm = method or baseline_method(run)
-        if pm is not None:
+        # both classifiers, each named: the card is the same on the before and the after panel, so one
+        # unnamed "prediction" would pass the after-method's answer off as the baseline's
+        for pm in dict.fromkeys(m for m in (baseline_method(run), method) if m is not None):
             fd = run_feature_data(run, bench)
             pred = np.asarray(method_result(run, pm).pred)[p.index.to_numpy()]  # points rows = FeatureData rows
             col = f"prediction ({method_short(pm)})"

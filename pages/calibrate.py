@@ -25,7 +25,7 @@ if emb is not None:
     st.markdown(f"**{c.bench_label(bench_spec)}** · **{spec}** · {len(emb.sample_ids):,} images")
     usable = c.applicable_methods(emb)
     chosen = st.multiselect(
-        "Methods", usable, default=usable, key="calib.methods",
+        "Methods", usable, default=usable, key="calib.methods", persist_state="session",
         format_func=lambda n: f"{c.method_short(n)}{' 👥' if METHODS[n].uses_group_labels else ''}",
         help="👥 = uses group labels (DFR: for training the last layer on the validation split)")
     missing = [n for n in METHODS if n not in usable]
@@ -35,10 +35,11 @@ if emb is not None:
     rules = c.selection_rules()
     a, b = st.columns([3, 1])
     rule = a.radio("Model selection on the validation split", list(rules), format_func=lambda r: rules[r],
-                   key="calib.rule", horizontal=True,
+                   key="calib.rule", persist_state="session", horizontal=True,
                    help="worst-class needs no group labels (the paper's annotation-free setting); worst-group "
                         "reads the validation split's group labels")
-    seed = b.number_input("Seed", 0, 10**6, 0, key="calib.seed", help="same seed, same inputs → same results")
+    seed = b.number_input("Seed", 0, 10**6, 0, key="calib.seed", persist_state="session",
+                          help="same seed, same inputs → same results")
     hparams: dict[str, dict] = {}
     for name in chosen:
         m = METHODS[name]

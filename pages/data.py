@@ -75,11 +75,18 @@ elif name == "csv":
                       ("split_col", "split", ["split"], False),
                       ("y_col", "class (y)", ["y", "label", "class", "target"], False),
                       ("a_col", "attribute (a)", ["a", "attribute", "place", "spurious"], True)]
+            # the active benchmark's own mapping when this is its CSV (else the form would offer to replace
+            # it with guesses, and "Use this benchmark" would drop its attribute column and class names)
+            prev = dict(cur["options"] or {}) if cur["name"] == "csv" and cur["root"] == root and \
+                str((cur["options"] or {}).get("csv", "metadata.csv")) == str(csv_path or "metadata.csv") else {}
             for col, (opt, label, guesses, optional) in zip(grid, wanted):
                 choices = (["(none)"] if optional else []) + cols
                 guess = next((g for g in guesses if g in cols), choices[0])
+                if prev:
+                    guess = prev[opt] if prev.get(opt) in cols else ("(none)" if optional else guess)
                 mapping[opt] = col.selectbox(label, choices, index=choices.index(guess), key=f"data.map.{opt}")
-            options = {k: v for k, v in mapping.items() if v != "(none)"}
+            options = {k: v for k, v in prev.items() if k not in mapping and k != "csv"}  # names, seed, image dir
+            options.update({k: v for k, v in mapping.items() if v != "(none)"})
             if csv_path and csv_path != "metadata.csv":
                 options["csv"] = csv_path
             spec = {"name": "csv", "root": root, "options": options}

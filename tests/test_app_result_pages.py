@@ -46,6 +46,31 @@ def test_calibrate_page_widgets_and_results_match_core(app, seeded_store):
     assert list(shown["label"]) == list(expect["label"])
 
 
+def test_calibrate_choices_survive_a_visit_to_another_page(app, seeded_store):
+    """Regression: Streamlit drops the state of widgets not drawn, so methods, seed and hyperparameters reset
+    to the defaults when the user looked at Groups and came back."""
+    at = app("calibrate")
+    at.multiselect(key="calib.methods").set_value(["erm", "cfr"]).run()
+    at.number_input(key="calib.seed").set_value(7).run()
+    at.radio(key="calib.rule").set_value("worst-group").run()
+    at.number_input(key="calib.hp.cfr.epochs").set_value(12).run()
+    at.selectbox(key="calib.hp.cfr.calibration_errors").set_value("cross-fit").run()
+    at.switch_page("pages/groups.py").run()
+    _no_exception(at)
+    at.switch_page("pages/calibrate.py").run()
+    _no_exception(at)
+    assert at.multiselect(key="calib.methods").value == ["erm", "cfr"]
+    assert at.number_input(key="calib.seed").value == 7
+    assert at.radio(key="calib.rule").value == "worst-group"
+    assert at.number_input(key="calib.hp.cfr.epochs").value == 12
+    assert at.selectbox(key="calib.hp.cfr.calibration_errors").value == "cross-fit"
+    assert at.number_input(key="calib.hp.erm.epochs").value == 100  # untouched ones keep their defaults
+    assert not any("Session State API" in w.value for w in at.warning)
+    # and they still change
+    at.number_input(key="calib.seed").set_value(8).run()
+    assert at.number_input(key="calib.seed").value == 8
+
+
 def test_calibrate_job_completes_and_cancel_keeps_store(app, seeded_store):
     bench_spec, spec = seeded_store["bench_spec"], seeded_store["backbone"]
     before = len(c.runs_for(seeded_store["bench"], spec))

@@ -272,6 +272,26 @@ def test_use_this_benchmark_sticks_after_rerun(app, tmp_path):
 
 
 
+def test_data_page_shows_the_active_csv_benchmarks_own_mapping(app, tmp_path):
+    """Regression: reopened (from Home, or after leaving the page), the mapping form showed guesses — the
+    attribute column 'place' as well as '(none)' — and "Use this benchmark" then dropped the class names."""
+    _png_csv_dataset(tmp_path / "own")
+    root = str(tmp_path / "own")
+    spec = {"name": "csv", "root": root, "options": {
+        "csv": "meta.csv", "id_col": "file", "path_col": "file", "split_col": "part", "y_col": "label",
+        "class_names": ["a cat", "a dog"]}}  # no attribute column, ids = file names
+    at = app("data", **{c.K_BENCH: spec})
+    _no_exception(at)
+    got = {k: at.selectbox(key=f"data.map.{k}").value for k in ("id_col", "path_col", "split_col", "y_col", "a_col")}
+    assert got == {"id_col": "file", "path_col": "file", "split_col": "part", "y_col": "label", "a_col": "(none)"}
+    assert not [b for b in at.button if b.key == "data.use"]  # nothing changed: nothing to apply
+    # changing one column keeps the options the form does not show
+    at.selectbox(key="data.map.a_col").set_value("place").run()
+    at.button(key="data.use").click().run()
+    _no_exception(at)
+    assert at.session_state[c.K_BENCH]["options"] == {**spec["options"], "a_col": "place"}
+
+
 def test_own_csv_embeddings_are_told_apart_by_file_and_folder(tmp_path):
     """Regression: Home and the sidebar listed every own-CSV embedding set as plain "csv"."""
     metas = [{"benchmark": {"name": "csv", "params": {

@@ -209,7 +209,8 @@ def test_page_hover_view_renders_the_altair_map(app, seeded_store):
     assert len(specs) == 1 and [v["title"] for v in specs[0]["hconcat"]] == ["Before calibration",
                                                                                "After calibration"]
     titles = [t for _, t in _tooltips(specs[0]["hconcat"][0])]
-    assert titles == ["image", "sample id", "class", "attribute", "split", "prediction (CFR)", "map"]
+    assert titles == ["image", "sample id", "class", "attribute", "split", "prediction (ERM)", "prediction (CFR)",
+                      "map"]
     assert any("Every point shows its image on hover." in x.value for x in at.caption), [x.value for x in at.caption]
     assert any("to select points" in x.value for x in at.caption)
     assert len(at.get("plotly_chart")) == n_plotly - 1  # the plotly map gave way; the movement charts stay
@@ -274,6 +275,6 @@ def test_hovering_a_point_shows_its_thumbnail(seeded_server, browser_page):
     page.wait_for_function("() => { const i = document.querySelector('#vg-tooltip-element img');"
                            " return i && i.complete && i.naturalWidth > 0; }")
     text = tip.inner_text()
-    for key in ("sample id", "class", "split", "prediction (CFR)", "map"):
+    for key in ("sample id", "class", "split", "prediction (ERM)", "prediction (CFR)", "map"):
         assert key in text, text
     shot(page, "representations-hover")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import threading
 
 import numpy as np
@@ -158,12 +159,21 @@ def test_cli_calibrate_and_report(tmp_path, tmp_store_root, emb_make_benchmark, 
 
     bench = emb_make_benchmark(tmp_path / "imgs", n=36)
     monkeypatch.setattr(data_cmd, "benchmark_from_args", lambda args, progress=None: bench)
-    rc = main(["calibrate", "--benchmark", "csv", "--backbone", "tiny:clip", "--methods", "zeroshot,erm,dfr",
+    root = tmp_path / "my birds"
+    rc = main(["calibrate", "--benchmark", "csv", "--root", str(root), "--csv", "meta.csv", "--a-col", "place",
+               "--backbone", "tiny:clip", "--methods", "zeroshot,erm,dfr",
                "--set", "erm.epochs=2", "--set", "dfr.n_retrain=2", "--device", "cpu", "--seed", "1"])
     out = capsys.readouterr().out
     assert rc == 0
     assert "| method | split | worst-group | overall | mean group | train-weighted | worst-class |" in out
     assert "DFR (uses group labels)" in out and "run " in out
+    # the suggested report command names the same benchmark options and this run; pasted, it works
+    suggested = next(line for line in out.splitlines() if line.startswith("report: "))[len("report: "):]
+    assert f"--benchmark csv --root {shlex.quote(str(root))} --csv meta.csv --a-col place " \
+           "--backbone tiny:clip --key " in suggested
+    argv = shlex.split(suggested.replace("<folder>", str(tmp_path / "rep0")))
+    assert argv[:3] == ["python", "-m", "clipcal"] and main(argv[3:]) == 0
+    assert "ERM (last layer)" in (tmp_path / "rep0" / "report.md").read_text()
     rc = main(["report", "--benchmark", "csv", "--backbone", "tiny:clip", "--out", str(tmp_path / "rep")])
     assert rc == 0
     md = (tmp_path / "rep" / "report.md").read_text()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import shlex
 import sys
 import time
 
 from clipcal.commands._progress import CliProgress
-from clipcal.commands.data import add_benchmark_args
+from clipcal.commands.data import add_benchmark_args, benchmark_cli_args
 from clipcal.commands.embed import _count
 
 DESCRIPTION = """\
@@ -283,5 +284,6 @@ def run(args: argparse.Namespace) -> int:
         for n in rec.get("notes", []):
             print(f"  note: {n}")
     print(f"\nrun {r.key} stored in {store.root / 'runs' / r.key} ({time.monotonic() - t0:.1f} s)")
-    print(f"report: python -m clipcal report --benchmark {bench.name} --backbone {args.backbone} --out <folder>")
+    print(f"report: python -m clipcal report {benchmark_cli_args(args)} --backbone {shlex.quote(args.backbone)} "
+          f"--key {r.key} --out <folder>")
     return 0

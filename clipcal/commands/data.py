@@ -64,6 +64,8 @@ def add_benchmark_args(parser: argparse.ArgumentParser, required: bool = False) 
     g.add_argument("--n-test", type=int, metavar="N", help="demo: test images (default 800)")
     g.add_argument("--data-seed", type=int, metavar="S",
                    help="seed of the demo images / MetaShift re-split (default 42) / carved csv val split")
+    # remembered so that a command can print the same choice back (benchmark_cli_args)
+    parser.set_defaults(_benchmark_flags=[(a.dest, a.option_strings[0]) for a in g._group_actions])
 
 
 def choice(names: list[str], what: str):
@@ -98,6 +100,21 @@ def benchmark_options(args: argparse.Namespace) -> tuple[str, str | None, dict]:
     }
     opts = {k: v for k, v in per.get(name, {}).items() if v is not None}
     return name, get("root"), opts
+
+
+def benchmark_cli_args(args: argparse.Namespace) -> str:
+    """The benchmark options given on this command line, shell-quoted, to paste into another command
+    (e.g. ``--benchmark csv --root /data/birds --a-col place``); ``--benchmark`` always included."""
+    import shlex
+
+    out = []
+    for dest, flag in getattr(args, "_benchmark_flags", [("benchmark", "--benchmark")]):
+        v = getattr(args, dest, None)
+        if dest == "benchmark":
+            v = v or "demo"
+        if v is not None:
+            out += [flag, shlex.quote(str(v))]
+    return " ".join(out)
 
 
 def benchmark_from_args(args: argparse.Namespace, progress=None):

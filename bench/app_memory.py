@@ -6,12 +6,15 @@ What it does:
 1. Seeds a temporary store (``CLIPCAL_CACHE``) the way a headless ``python -m clipcal`` job would: a csv
    benchmark of 11,788 small generated JPEGs (64×64) with Waterbirds' split sizes 4,795 / 1,199 / 5,794 and
    group counts (``calibrate_speed.WATERBIRDS_GROUPS``); features from ``calibrate_speed.shaped_features``
-   stored as the embeddings of ``--backbone`` (default ``open_clip:ViT-L-14:random``: d = 1,024 → e = 768 and
-   a text tower, as Waterbirds under ViT-L/14; ``bundled:efficientnet-lite0`` gives 1,280 → 512, image-only),
+   stored as the embeddings of ``--backbone`` (default ``open_clip:ViT-L-14:checkpoint``: random ViT-L/14
+   weights saved once to a file in the work folder and loaded as ``open_clip:ViT-L-14:<file>``, as real weights
+   are; d = 1,024 → e = 768 and a text tower, as Waterbirds under ViT-L/14; ``open_clip:ViT-L-14:random``
+   builds the model from a seed instead; ``bundled:efficientnet-lite0`` gives 1,280 → 512, image-only),
    under the key and manifest ``clipcal.embed.embed_benchmark`` writes; and one calibration run with every
    method that applies, with SHORTENED training (``SHORT_HPARAMS``, printed: memory, not accuracy, is measured).
-   The joint UMAP is not precomputed: the server fits it (2 × 11,788 points) when Representations opens, as
-   it would for a user.
+   The joint UMAP and the concept text embeddings are not precomputed (emptied before each drive): the server
+   fits the UMAP (2 × 11,788 points) when Representations opens and encodes the concepts on Spurious
+   attributes, as it would for a new user.
 2. Starts ``streamlit run app.py`` headless on a free port (tests/fixtures_browser.py's ``streamlit_server``)
    and drives every page in Debian's Chromium with Playwright: Home, Data, Embed, Calibrate, Groups,
    Representations (waits for the UMAP job, box-selects points, then the hover-thumbnail map), Spurious
@@ -23,7 +26,7 @@ What it does:
 Prints one JSON object: seeding seconds, per page ``wall_s`` and ``peak_rss_mb``, overall peak, VmHWM, the
 goal (3,072 MB) and machine load (``uptime``) before and after. Usage::
 
-    .venv/bin/python bench/app_memory.py                                      # ViT-L/14-shaped, text tower
+    .venv/bin/python bench/app_memory.py                                      # ViT-L/14 weights from a file, text tower
     .venv/bin/python bench/app_memory.py --backbone bundled:efficientnet-lite0
     .venv/bin/python bench/app_memory.py --keep /tmp/appmem     # keep the seeded store (+ screenshots) there
 
@@ -323,9 +326,9 @@ def main(argv=None) -> int:
             out["data"] = seed(work, spec, DIMS[args.backbone])
             marker.write_text(json.dumps(out["data"]))
         print(json.dumps(out["data"]), file=sys.stderr)
-        # the server must fit the joint UMAP itself, cold, as for a new user: drop the map and numba's compiled
-        # code left by an earlier run on this store
-        for kind in ("projections", "numba"):
+        # the server must fit the joint UMAP and encode the concept prompts itself, cold, as for a new user:
+        # drop the map, numba's compiled code and the text embeddings left by an earlier run on this store
+        for kind in ("projections", "numba", "text"):
             shutil.rmtree(work / "store" / kind, ignore_errors=True)
         log = work / "streamlit.log"
         with streamlit_server(work / "store", log=log, start_timeout_s=180) as url:

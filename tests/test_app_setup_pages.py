@@ -408,3 +408,21 @@ def test_run_label_names_non_default_settings():
     label = c.run_label(info)
     assert "cfr.calibration_errors=cross-fit" in label and label.endswith("best test worst-group 0.88 (ERM)")
     assert "·  ·" not in c.run_label({**info, "changed": ""})
+
+
+def test_objects_alive_after_new_imports_are_frozen_once(monkeypatch):
+    """app.py freezes what is alive after a run that imported modules, so Python's full collections skip the
+    ≈ 0.5 M library objects (bench/page_rerun.py: reruns of Representations had 1 s stalls)."""
+    import gc
+    import sys
+    import types
+
+    monkeypatch.setattr(c, "_FROZEN_MODULES", [len(sys.modules)])
+    gc.unfreeze()
+    try:
+        assert c.freeze_imported_objects() is False and gc.get_freeze_count() == 0  # nothing new imported
+        monkeypatch.setitem(sys.modules, "clipcal_test_fake_module", types.ModuleType("clipcal_test_fake_module"))
+        assert c.freeze_imported_objects() is True and gc.get_freeze_count() > 100_000
+        assert c.freeze_imported_objects() is False  # once per new import, not per run
+    finally:
+        gc.unfreeze()

@@ -976,9 +976,12 @@ def _text_only_open_clip(r: _Resolved):
     sd = _lazy_state_dict(r.local_file)
     if sd is None:
         return None
-    with torch.device("meta"), _quiet_logging():
-        model = oc.create_model(r.model_name, pretrained=None, load_weights=False, device="meta",
-                                precision="fp32", force_quick_gelu=r.quick_gelu)
+    try:
+        with torch.device("meta"), _quiet_logging():
+            model = oc.create_model(r.model_name, pretrained=None, load_weights=False, device="meta",
+                                    precision="fp32", force_quick_gelu=r.quick_gelu)
+    except Exception:  # noqa: BLE001 - a tower that cannot be built without data: the whole-model path
+        return None
     model.visual = None
     sd = {k: v for k, v in sd.items() if not k.startswith("visual.")}
     if "positional_embedding" in sd and not hasattr(model, "positional_embedding"):

@@ -235,6 +235,24 @@ def test_text_encoder_matches_the_whole_model(emb_tiny, tmp_path, how, path):
     assert te.model is None
 
 
+def test_text_encoder_falls_back_when_the_model_cannot_be_built_without_data(emb_tiny, tmp_path, monkeypatch):
+    import open_clip
+
+    ck = tmp_path / "tiny.pt"
+    _save_tiny(emb_tiny.model, ck, "zip")
+    real = open_clip.create_model
+
+    def no_meta(*args, **kw):  # e.g. a timm tower calling .item() on a tensor while being built
+        if str(kw.get("device")) == "meta":
+            raise RuntimeError("Tensor.item() cannot be called on meta tensors")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(open_clip, "create_model", no_meta)
+    te = load_text_encoder(f"open_clip:clipcal-tiny:{ck}")
+    assert te.load_path == "whole model, image tower dropped"
+    np.testing.assert_array_equal(te.encode_text(["sky"]), emb_tiny.encode_text(["sky"]))
+
+
 def test_text_encoder_of_random_and_image_only_specs(emb_tiny):
     te = load_text_encoder("tiny:clip")  # random weights come from the whole model's seeded draws
     assert te.load_path == "whole model, image tower dropped" and te.model.visual is None

@@ -422,6 +422,19 @@ def _unavailable(r: _Resolved, why: str) -> WeightsUnavailableError:
         "(use the <arch>-quickgelu arch for OpenAI weights). Offline, bundled:efficientnet-lite0 always works.")
 
 
+def _missing_why(r: _Resolved) -> str:
+    """Why a local spec's weights count as missing, in the user's terms."""
+    p = Path(r.where)
+    if r.spec.checkpoint and p.is_dir():
+        return (f"{p} is a folder, not a checkpoint file (a folder with open_clip_config.json is "
+                f"open_clip:local-dir:{p})")
+    if r.spec.local_dir and p.name == "open_clip_config.json" and p.parent.is_dir():
+        return f"the folder has no open_clip_config.json ({p.parent})"
+    if r.spec.local_dir and p.is_dir():
+        return "the folder has no weights file"
+    return "file or folder does not exist"
+
+
 def check_weights(spec: str | BackboneSpec) -> None:
     """Raise :class:`WeightsUnavailableError` now (in seconds) if ``spec``'s weights cannot be obtained.
 
@@ -430,7 +443,7 @@ def check_weights(spec: str | BackboneSpec) -> None:
     """
     r = _resolve(parse_spec(spec))
     if r.status == "missing":
-        raise _unavailable(r, "file or folder does not exist")
+        raise _unavailable(r, _missing_why(r))
     if r.status == "unavailable offline":
         raise _unavailable(r, "HF_HUB_OFFLINE is set")
     if r.status == "needs download" and not _hub_reachable():
@@ -859,15 +872,22 @@ def _load_open_clip(r: _Resolved, device: str, precision: str) -> Backbone:
                             f"{str(err).splitlines()[-1][:200]}",
                             hint="re-save it as a plain state_dict (torch.save(model.state_dict(), path)) or as "
                             ".safetensors on a machine where you trust the file") from None
-    except (RuntimeError, OSError, ValueError, KeyError) as err:
-        msg = str(err)
+    except Exception as err:  # noqa: BLE001 - torch, safetensors and open_clip raise many types for bad files
+        msg = str(err) or type(err).__name__
         if any(w in msg.lower() for w in ("download", "connection", "offline", "resolve", "hub")):
             raise _unavailable(r, msg.splitlines()[0][:300]) from None
-        hint = ("the checkpoint does not fit this architecture: pick the arch it was trained with "
-                "(e.g. ViT-B-32-quickgelu for OpenAI ViT-B/32)" if ("missing key" in msg.lower()
-                                                                     or "size mismatch" in msg.lower())
-                else "check the spec and the weights file")
-        raise BackboneError(f"cannot load backbone {r.spec}: {msg.splitlines()[0][:400]}", hint=hint) from None
+        if isinstance(err, ImportError) and err.name:
+            hint = f"this model needs the Python package '{err.name}': install it into the project's .venv"
+        elif "missing key" in msg.lower() or "size mismatch" in msg.lower():
+            hint = ("the checkpoint does not fit this architecture: pick the arch it was trained with "
+                    "(e.g. ViT-B-32-quickgelu for OpenAI ViT-B/32)")
+        elif r.local_file:
+            hint = (f"{r.local_file} could not be read as a checkpoint (cut short by an interrupted download or "
+                    "copy, or not a PyTorch / safetensors state dict): download or save it again")
+        else:
+            hint = "check the spec and the weights file"
+        raise BackboneError(f"cannot load backbone {r.spec}: {type(err).__name__}: {msg.splitlines()[0][:400]}",
+                            hint=hint) from None
     model.eval().to(device)
     pcfg = oc.get_model_preprocess_cfg(model)
     r.preprocess = {**r.preprocess, **{k: pcfg[k] for k in ("size", "mean", "std", "interpolation", "resize_mode")
@@ -934,15 +954,15 @@ def _lazy_state_dict(path: str) -> dict | None:
 
     if path.endswith((".npz", ".npy")):
         return None
-    if path.endswith(".safetensors"):
-        from safetensors import safe_open
-
-        with safe_open(path, framework="pt", device="cpu") as f:
-            return {k: f.get_tensor(k) for k in f.keys() if not k.startswith(("visual.", "module.visual."))}
     try:
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt", device="cpu") as f:
+                return {k: f.get_tensor(k) for k in f.keys() if not k.startswith(("visual.", "module.visual."))}
         ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, pickle.UnpicklingError, ValueError, OSError):
-        return None  # not a zip-format state dict: the whole-model path reports what is wrong with it
+    except Exception:  # noqa: BLE001 - unreadable lazily: the whole-model path reports what is wrong with it
+        return None
     if isinstance(ck, dict) and isinstance(ck.get("state_dict"), dict):
         ck = ck["state_dict"]
     if not isinstance(ck, dict) or not ck:

@@ -193,7 +193,8 @@ def run_calibration(benchmark, embedding_set, methods, hparams: dict | None = No
         The stored :class:`Run`.
 
     Raises:
-        MethodError: unknown method names / hyperparameters, or bad features (lengths, NaN — named rows).
+        MethodError: unknown method names / hyperparameters, bad features (lengths, NaN — named rows), or
+            not one method could run (each one's reason in the message; nothing is stored).
         Cancelled: ``cancel`` was set. StoreError: the run cannot be written.
     """
     from clipcal.store import Store
@@ -239,6 +240,11 @@ def run_calibration(benchmark, embedding_set, methods, hparams: dict | None = No
         if progress is not None:
             progress(Progress(done=i + 1, total=len(methods), message=f"{labels.get(name, name)} done",
                               stage=name))
+    if not results:  # a run with no method's result would only shadow the useful runs in every list
+        raise MethodError("no method could run, so nothing was stored: " + "; ".join(
+            f"{labels.get(m, m)}: {why}" for m, why in not_applicable.items()),
+            hint="choose methods that apply to this benchmark and backbone (e.g. ERM, CFR); methods that use "
+                 "group labels and worst-group selection need a spurious-attribute column")
     metrics = method_table(results, data, splits=("val", "test"), not_applicable=not_applicable, labels=labels)
     gtabs = _group_tables(results, data)
     finished = datetime.now(timezone.utc)

@@ -686,9 +686,28 @@ def need_embeddings(bench) -> Any:
     """The current embedding set, or render a notice (with a link to Embed) and return ``None``."""
     emb = load_embeddings(bench)
     if emb is None:
-        st.info(f"No embeddings of this benchmark with **{backbone_spec()}** in the store yet.")
-        st.page_link(PAGE["embed"], label="Go to Embed", icon="🧮")
+        no_embeddings_notice(backbone_spec())
     return emb
+
+
+def no_embeddings_notice(spec: str) -> None:
+    """Say why there are no embeddings for ``spec``: a checkpoint file or folder that is gone (its stored
+    embeddings are keyed by the weights' fingerprint, so they are found again once it is back), or none made."""
+    from clipcal.backbones import parse_spec, weights_status
+
+    try:
+        ps = parse_spec(spec)
+        gone = weights_status(ps) == "missing"
+    except ClipcalError:
+        ps, gone = None, False
+    if gone:
+        st.error(f"The weights of **{spec}** are missing: `{ps.checkpoint or ps.local_dir}` is not there any more. "
+                 "Stored embeddings are matched by the weights' fingerprint, so the ones made with it are found "
+                 "again when the file is back in place (moving it elsewhere is fine: give the new path). Or "
+                 "choose another backbone in the sidebar.")
+        return
+    st.info(f"No embeddings of this benchmark with **{spec}** in the store yet.")
+    st.page_link(PAGE["embed"], label="Go to Embed", icon="🧮")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -809,10 +828,12 @@ def method_classes() -> dict:
     return memo(("method_classes",), load)
 
 
-def applicable_methods(emb) -> list[str]:
-    """Names of the available methods that can run on this embedding set (text methods need a text tower)."""
+def applicable_methods(emb, has_attributes: bool = True) -> list[str]:
+    """Names of the available methods that can run on this embedding set and benchmark: text methods need a
+    text tower, methods that use group labels (DFR) need spurious-attribute labels."""
     has_text = bool(getattr(emb, "has_text", False))
-    return [n for n, m in method_classes().items() if has_text or not getattr(m, "needs_text", False)]
+    return [n for n, m in method_classes().items() if (has_text or not getattr(m, "needs_text", False))
+            and (has_attributes or not getattr(m, "uses_group_labels", False))]
 
 
 def _staged(progress, stage: str):
@@ -854,7 +875,7 @@ def demo_path(bench_spec_: dict, spec: str, methods: list[str] | None = None, pr
                            **(bench_spec_.get("options") or {}))
     bb = load_backbone(spec)
     emb = embed_benchmark(bench, bb, store=store, progress=_staged(progress, "2/3 embedding"), cancel=cancel)
-    methods = methods or applicable_methods(emb)
+    methods = methods or applicable_methods(emb, bench.has_attributes)
     run = run_calibration(bench, emb, methods=methods, hparams={}, store=store,
                           progress=_staged(progress, "3/3 calibrating"), cancel=cancel)
     forget("emb")
@@ -1140,12 +1161,14 @@ def current_run_with_embeddings(page: str):
         bench, run = current_run(page)
         if run is not None:
             emb = load_embeddings(bench)
+            if emb is None:
+                no_embeddings_notice(backbone_spec())
     return bench, run, emb
 
 
 def current_run(page: str):
     """``(benchmark, run)`` of the current selection (the run chosen in the sidebar, default the newest),
-    rendering what is missing; ``(bench | None, None)`` if there is no run yet."""
+    rendering what is missing; ``(bench | None, None)`` if there is no run yet or the run has no results."""
     bench = load_bench()
     if bench is None:
         no_benchmark_notice()
@@ -1155,7 +1178,13 @@ def current_run(page: str):
         st.info(f"No calibration run of **{bench_label(bench_spec())}** with **{backbone_spec()}** yet.")
         st.page_link(PAGE["calibrate"], label="Go to Calibrate", icon="🎯")
         return bench, None
-    return bench, shown_run(runs)
+    run = shown_run(runs)
+    if run is not None and not run.results:  # stored by versions that kept runs in which nothing ran
+        why = "; ".join(f"{method_label(m)}: {r}" for m, r in (run.not_applicable or {}).items())
+        st.warning(f"None of this run's methods could run ({why or 'no reason recorded'}), so there is "
+                   "nothing to show. Choose another run in the sidebar, or calibrate again on Calibrate.")
+        return bench, None
+    return bench, run
 
 
 def shown_run(runs: list[dict]):

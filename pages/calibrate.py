@@ -23,21 +23,31 @@ with c.guarded("loading"):
 if emb is not None:
     METHODS = c.method_classes()
     st.markdown(f"**{c.bench_label(bench_spec)}** · **{spec}** · {len(emb.sample_ids):,} images")
-    usable = c.applicable_methods(emb)
+    has_attr = bench.has_attributes
+    usable = c.applicable_methods(emb, has_attr)
+    missing = [n for n in METHODS if n not in usable]
+    # one remembered choice per set of offered methods: Streamlit drops a kept value that is not an option,
+    # so one shared key would lose zero-shot for good after a visit to an image-only backbone
     chosen = st.multiselect(
-        "Methods", usable, default=usable, key="calib.methods", persist_state="session",
+        "Methods", usable, default=usable, key="calib.methods" + "".join(f".no-{n}" for n in missing),
+        persist_state="session",
         format_func=lambda n: f"{c.method_short(n)}{' 👥' if METHODS[n].uses_group_labels else ''}",
         help="👥 = uses group labels (DFR: for training the last layer on the validation split)")
-    missing = [n for n in METHODS if n not in usable]
+    why = {n: (f"{spec} has no text tower (needed)" if METHODS[n].needs_text and not getattr(emb, "has_text", False)
+               else "this benchmark has no spurious-attribute labels (it uses group labels)") for n in missing}
     if missing:
-        st.caption("Not offered: " + ", ".join(METHODS[n].label for n in missing)
-                   + f" — {spec} has no text tower (they need one).")
+        st.caption("Not offered: " + "; ".join(f"{METHODS[n].label} — {why[n]}" for n in missing) + ".")
     rules = c.selection_rules()
     a, b = st.columns([3, 1])
-    rule = a.radio("Model selection on the validation split", list(rules), format_func=lambda r: rules[r],
-                   key="calib.rule", persist_state="session", horizontal=True,
-                   help="worst-class needs no group labels (the paper's annotation-free setting); worst-group "
-                        "reads the validation split's group labels")
+    if has_attr:
+        rule = a.radio("Model selection on the validation split", list(rules), format_func=lambda r: rules[r],
+                       key="calib.rule", persist_state="session", horizontal=True,
+                       help="worst-class needs no group labels (the paper's annotation-free setting); "
+                            "worst-group reads the validation split's group labels")
+    else:
+        rule = "worst-class"
+        a.caption(f"Model selection on the validation split: {rules[rule]} — worst-group selection needs "
+                  "spurious-attribute labels, which this benchmark does not have.")
     seed = b.number_input("Seed", 0, 10**6, 0, key="calib.seed", persist_state="session",
                           help="same seed, same inputs → same results")
     hparams: dict[str, dict] = {}

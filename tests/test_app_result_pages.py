@@ -298,6 +298,16 @@ def test_benchmark_without_attribute_labels(app, seeded_store, emb_tiny, tmp_pat
     cl = frame_with(at, "cluster", "accuracy", "majority_attribute")
     assert set(cl["class"]) == {"cat", "dog"} and cl["n"].sum() == 36
 
+    # Calibrate offers only what can run here: no DFR, no worst-group selection (a run of DFR alone used to
+    # finish as "0 of 1 methods ran", be stored, and break Spurious attributes)
+    at = app("calibrate", **state)
+    _no_exception(at)
+    ms = at.multiselect(key="calib.methods.no-dfr")
+    assert "dfr" not in ms.options and ms.value == ["zeroshot", "erm", "jtt", "afr", "cfr"]
+    assert not [r for r in at.radio if r.key == "calib.rule"]
+    assert any("worst-group selection needs spurious-attribute labels" in x.value for x in at.caption)
+    assert any("DFR" in x.value and "no spurious-attribute labels" in x.value for x in at.caption)
+
 
 def test_not_applicable_method_gets_no_row_of_empty_numbers():
     """Regression: zero-shot without a text tower showed n = 0 and "None" in every cell of Groups."""
@@ -374,3 +384,39 @@ def test_calibrate_rejects_a_bad_value_before_starting_a_job(app, seeded_store):
     job = c.get_jobs().get(c.calib_job_key(bench_spec, spec))
     assert job is None or not job.is_running
     assert len(c.runs_for(seeded_store["bench"], spec)) == before
+
+
+def test_result_pages_explain_an_empty_run_and_missing_weights(app, seeded_store, monkeypatch, tmp_path):
+    """Regression: an old run in which no method ran broke Spurious attributes (KeyError None), and a moved
+    checkpoint made the pages go blank or claim nothing was ever embedded."""
+    from types import SimpleNamespace as NS
+
+    empty = NS(results={}, not_applicable={"dfr": "not applicable: no attribute labels"})
+    monkeypatch.setattr(c, "get_run", lambda rid: empty)
+    for page in ("groups", "representations", "spurious"):
+        at = app(page, **{c.K_RUN: seeded_store["run_id"]})
+        _no_exception(at)
+        assert any("None of this run's methods could run" in w.value and "no attribute labels" in w.value
+                   for w in at.warning), page
+    monkeypatch.undo()
+    # embeddings and a run made with a checkpoint file, which is then moved away
+    import torch
+
+    from clipcal.backbones import load_backbone
+    from clipcal.embed import embed_benchmark
+    from clipcal.runs import run_calibration
+    from clipcal.store import Store
+    from tests.fixtures_app import _fast_hparams
+
+    ck = tmp_path / "moved-away.pt"
+    torch.save(load_backbone("tiny:clip", device="cpu").model.state_dict(), ck)
+    spec = f"open_clip:clipcal-tiny:{ck}"
+    store = Store(seeded_store["root"])
+    emb = embed_benchmark(seeded_store["bench"], load_backbone(spec, device="cpu"), store=store)
+    run_calibration(seeded_store["bench"], emb, ["erm"], hparams=_fast_hparams(["erm"]), store=store)
+    ck.unlink()
+    c.forget("emb")
+    for page in ("calibrate", "spurious"):
+        at = app(page, **{c.K_BACKBONE: spec, c.K_RUN: None})
+        _no_exception(at)
+        assert any("moved-away.pt" in e.value and "not there any more" in e.value for e in at.error), page

@@ -253,6 +253,28 @@ def test_text_encoder_falls_back_when_the_model_cannot_be_built_without_data(emb
     np.testing.assert_array_equal(te.encode_text(["sky"]), emb_tiny.encode_text(["sky"]))
 
 
+@pytest.mark.parametrize("name, content", [("notes.pt", b"hello, not a checkpoint\n"),
+                                           ("cut.safetensors", "safetensors-head"), ("cut.pt", "torch-head"),
+                                           ("json.safetensors", b'{"a": 1}')])
+def test_unreadable_checkpoints_are_named_with_what_to_do(emb_tiny, tmp_path, name, content):
+    """Regression: a truncated .safetensors gave a raw SafetensorError traceback; a text file 'KeyError: 101'."""
+    if isinstance(content, str):  # the first bytes of a real file, as an interrupted download leaves it
+        full = tmp_path / ("full.safetensors" if "safetensors" in content else "full.pt")
+        _save_tiny(emb_tiny.model, full, "safetensors" if "safetensors" in content else "zip")
+        content = full.read_bytes()[:1000 if "safetensors" in content else 5000]
+    ck = tmp_path / name
+    ck.write_bytes(content)
+    for load in (load_backbone, load_text_encoder):
+        with pytest.raises(BackboneError) as info:
+            load(f"open_clip:clipcal-tiny:{ck}", device="cpu")
+        assert str(ck) in info.value.message and "could not be read as a checkpoint" in info.value.hint
+
+
+def test_a_folder_given_as_checkpoint_says_so(tmp_path):
+    with pytest.raises(WeightsUnavailableError, match="is a folder, not a checkpoint file.*open_clip:local-dir:"):
+        load_backbone(f"open_clip:clipcal-tiny:{tmp_path}", device="cpu")
+
+
 def test_text_encoder_of_random_and_image_only_specs(emb_tiny):
     te = load_text_encoder("tiny:clip")  # random weights come from the whole model's seeded draws
     assert te.load_path == "whole model, image tower dropped" and te.model.visual is None

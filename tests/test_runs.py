@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import sys
 import threading
 
 import numpy as np
@@ -102,6 +104,14 @@ def test_failing_method_does_not_stop_the_others(syn_small_ds, store, monkeypatc
     assert "kaputt" in run.manifest["meta"]["failures"]["erm"] and "dfr" in run.results
 
 
+def test_a_run_in_which_no_method_ran_is_refused_and_not_stored(syn_small_ds, store):
+    """Regression: 'Calibration finished: 0 of 1 methods ran' stored an empty run that became the current one
+    and broke the result pages (Spurious attributes: KeyError None)."""
+    with pytest.raises(MethodError, match="no method could run, so nothing was stored: Zero-shot.*no text tower"):
+        run_calibration(syn_small_ds.benchmark(), syn_small_ds.embedding_set(), ["zeroshot"], store=store)
+    assert len(list_runs(store)) == 0
+
+
 def test_resolve_hparams_order(monkeypatch):
     full = resolve_hparams(["erm", "dfr"], {"erm": {"seed": 9}}, seed=1, selection="worst-group")
     assert full["erm"]["seed"] == 9 and full["erm"]["selection"] == "worst-group"
@@ -171,9 +181,11 @@ def test_cli_calibrate_and_report(tmp_path, tmp_store_root, emb_make_benchmark, 
     suggested = next(line for line in out.splitlines() if line.startswith("report: "))[len("report: "):]
     assert f"--benchmark csv --root {shlex.quote(str(root))} --csv meta.csv --a-col place " \
            "--backbone tiny:clip --key " in suggested
-    argv = shlex.split(suggested.replace("<folder>", str(tmp_path / "rep0")))
-    assert argv[:3] == ["python", "-m", "clipcal"] and main(argv[3:]) == 0
-    assert "ERM (last layer)" in (tmp_path / "rep0" / "report.md").read_text()
+    argv = shlex.split(suggested)
+    assert argv[1:3] == ["-m", "clipcal"] and os.path.samefile(argv[0], sys.executable)
+    monkeypatch.chdir(tmp_path)  # --out reports/<key> is relative: write it here
+    assert main(argv[3:]) == 0
+    assert "ERM (last layer)" in (tmp_path / argv[-1] / "report.md").read_text()
     rc = main(["report", "--benchmark", "csv", "--backbone", "tiny:clip", "--out", str(tmp_path / "rep")])
     assert rc == 0
     md = (tmp_path / "rep" / "report.md").read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import shlex
 import sys
 import time
@@ -284,6 +285,8 @@ def run(args: argparse.Namespace) -> int:
         for n in rec.get("notes", []):
             print(f"  note: {n}")
     print(f"\nrun {r.key} stored in {store.root / 'runs' / r.key} ({time.monotonic() - t0:.1f} s)")
-    print(f"report: python -m clipcal report {benchmark_cli_args(args)} --backbone {shlex.quote(args.backbone)} "
-          f"--key {r.key} --out <folder>")
+    exe = os.path.relpath(sys.executable)  # the interpreter that ran this command (e.g. .venv/bin/python)
+    exe = sys.executable if exe.startswith("..") else exe
+    print(f"report: {shlex.quote(exe)} -m clipcal report {benchmark_cli_args(args)} "
+          f"--backbone {shlex.quote(args.backbone)} --key {r.key} --out reports/{r.key}")
     return 0

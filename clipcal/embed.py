@@ -450,11 +450,20 @@ def _run_shards(backbone, paths, ids, todo, folder, batch_size, num_workers, rep
     t0 = None
     remaining = sum(stop - start for _, start, stop in todo)
     it = iter(loader)
+
+    def stop_if_cancelled() -> None:
+        if cancel is None or not cancel.is_set():
+            return
+        kept = done - covered  # images in finished shards; the current shard's are dropped
+        shard = cur[2] - cur[1] if cur is not None else 0
+        raise Cancelled(f"embedding cancelled after {done:,} of {len(paths):,} images; {kept:,} of them are "
+                        f"stored (finished shards of up to {shard:,} images)",
+                        hint=f"run again to resume after image {kept:,}" if kept else
+                        "nothing was stored yet (the first shard was not finished): run again to start over")
+
     try:
         for rows, x, bad in it:
-            if cancel is not None and cancel.is_set():
-                raise Cancelled(f"embedding cancelled after {done} of {len(paths)} images",
-                                hint="finished shards are kept: run again to resume")
+            stop_if_cancelled()
             if t0 is None:
                 t0 = time.monotonic()
             if x is not None:
@@ -478,6 +487,7 @@ def _run_shards(backbone, paths, ids, todo, folder, batch_size, num_workers, rep
             elapsed = max(time.monotonic() - t0, 1e-9)
             rate = n_new / elapsed
             eta = (remaining - n_new) / rate if rate > 0 else None
+            stop_if_cancelled()  # before report(), whose own Cancelled would not say what was stored
             report(done, rate, eta, "embedding")
     finally:
         del it  # shuts the worker processes down, also on cancel / Ctrl-C

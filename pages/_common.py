@@ -136,11 +136,22 @@ def backbone_spec() -> str:
     return st.session_state.get(K_BACKBONE) or DEFAULT_BACKBONE
 
 
+#: Data page form fields, filled from the current benchmark when they are (re)created.
+DATA_FORM_KEYS = ("data.name", "data.csv_root", "data.csv_path", "data.map.", "data.root.", "data.n_train",
+                  "data.n_val", "data.n_test", "data.seed")
+
+
 def set_benchmark(spec: dict) -> None:
-    """Make ``spec`` the current benchmark (and forget the chosen run, which belonged to the old one)."""
-    st.session_state[K_BENCH] = {"name": spec["name"], "root": spec.get("root") or None,
-                                 "options": dict(spec.get("options") or {})}
-    st.session_state[K_RUN] = None
+    """Make ``spec`` the current benchmark (and forget the chosen run, which belonged to the old one).
+
+    The Data page's form fields are dropped so that they show the new benchmark (a switch in the sidebar left
+    them on the old one, with a "Use this benchmark" button that switched back)."""
+    ss = st.session_state
+    ss[K_BENCH] = {"name": spec["name"], "root": spec.get("root") or None,
+                   "options": dict(spec.get("options") or {})}
+    ss[K_RUN] = None
+    for key in [k for k in ss if isinstance(k, str) and k.startswith(DATA_FORM_KEYS)]:
+        del ss[key]
 
 
 def set_backbone(spec: str) -> None:

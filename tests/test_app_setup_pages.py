@@ -426,3 +426,15 @@ def test_objects_alive_after_new_imports_are_frozen_once(monkeypatch):
         assert c.freeze_imported_objects() is False  # once per new import, not per run
     finally:
         gc.unfreeze()
+
+
+def test_choosing_a_benchmark_resets_the_data_form(monkeypatch):
+    """Regression: switching the benchmark in the sidebar while on Data left the form on the old benchmark,
+    with a "Use this benchmark" button that switched straight back. set_benchmark drops the form's fields
+    (they are recreated from the new current benchmark); other state stays."""
+    ss = {"data.name": "csv", "data.csv_root": "/old", "data.csv_path": "meta.csv", "data.map.a_col": "place",
+          "data.root.waterbirds": "/wb", "data.n_train": 100, "calib.seed": 7, "data.use": False}
+    monkeypatch.setattr(c.st, "session_state", ss)
+    c.set_benchmark({"name": "demo", "options": {}})
+    assert ss == {"calib.seed": 7, "data.use": False, c.K_BENCH: {"name": "demo", "root": None, "options": {}},
+                  c.K_RUN: None}

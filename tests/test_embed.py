@@ -148,7 +148,8 @@ def test_cancel_keeps_shards_and_resumes(tmp_path, emb_tiny, emb_make_benchmark)
     with pytest.raises(Cancelled) as info:
         embed_benchmark(bench, emb_tiny, store=store, batch_size=4, shard_size=4, num_workers=0,
                         progress=stop_after_first_batch, cancel=ev)
-    assert "resume" in info.value.hint
+    assert "resume after image 4" in info.value.hint
+    assert "after 4 of 24 images; 4 of them are stored (finished shards of up to 4 images)" in info.value.message
     key_fields = embedding_key(bench, emb_tiny.identity())
     part = store.partial_dir(KIND, key_fields)
     assert sorted(p.name for p in part.glob("shard-*.json")) == ["shard-00000.json"]
@@ -162,6 +163,12 @@ def test_cancel_keeps_shards_and_resumes(tmp_path, emb_tiny, emb_make_benchmark)
                           num_workers=0)
     np.testing.assert_array_equal(es.embeddings, ref.embeddings)
     np.testing.assert_array_equal(es.features, ref.features)
+    # cancelled inside the first shard: the message says nothing was kept (it used to promise a resume)
+    ev.clear()
+    with pytest.raises(Cancelled) as info:
+        embed_benchmark(bench, emb_tiny, store=Store(tmp_path / "other"), batch_size=4, shard_size=8,
+                        num_workers=0, progress=stop_after_first_batch, cancel=ev)
+    assert "0 of them are stored" in info.value.message and "nothing was stored yet" in info.value.hint
 
 
 _CHILD = textwrap.dedent("""

@@ -136,22 +136,11 @@ def backbone_spec() -> str:
     return st.session_state.get(K_BACKBONE) or DEFAULT_BACKBONE
 
 
-#: Data page form fields, filled from the current benchmark when they are (re)created.
-DATA_FORM_KEYS = ("data.name", "data.csv_root", "data.csv_path", "data.map.", "data.root.", "data.n_train",
-                  "data.n_val", "data.n_test", "data.seed")
-
-
 def set_benchmark(spec: dict) -> None:
-    """Make ``spec`` the current benchmark (and forget the chosen run, which belonged to the old one).
-
-    The Data page's form fields are dropped so that they show the new benchmark (a switch in the sidebar left
-    them on the old one, with a "Use this benchmark" button that switched back)."""
-    ss = st.session_state
-    ss[K_BENCH] = {"name": spec["name"], "root": spec.get("root") or None,
-                   "options": dict(spec.get("options") or {})}
-    ss[K_RUN] = None
-    for key in [k for k in ss if isinstance(k, str) and k.startswith(DATA_FORM_KEYS)]:
-        del ss[key]
+    """Make ``spec`` the current benchmark (and forget the chosen run, which belonged to the old one)."""
+    st.session_state[K_BENCH] = {"name": spec["name"], "root": spec.get("root") or None,
+                                 "options": dict(spec.get("options") or {})}
+    st.session_state[K_RUN] = None
 
 
 def set_backbone(spec: str) -> None:
@@ -724,9 +713,11 @@ def no_embeddings_notice(spec: str) -> None:
 # ---------------------------------------------------------------------------------------------------------
 # sidebar
 # ---------------------------------------------------------------------------------------------------------
-def sidebar_key(base: str, current: str) -> str:
-    """Widget key of a sidebar selectbox showing ``current`` (``"sb.bench"`` / ``"sb.backbone"`` + a short
-    hash of the current choice, so the widget is recreated whenever a page changes the choice)."""
+def choice_key(base: str, current: str) -> str:
+    """Widget key that carries the current choice: ``base`` + a short hash of ``current`` (e.g. the sidebar's
+    ``"sb.bench"``, the Data page's form fields), so the widget is recreated — and the browser shows its new
+    default — whenever the choice changes elsewhere. With one fixed key the browser kept showing the old value
+    (a deleted widget state is not sent back to the page)."""
     import hashlib
 
     return f"{base}.{hashlib.sha1(current.encode()).hexdigest()[:10]}"
@@ -757,14 +748,14 @@ def sidebar() -> None:
         # that starts at ``index`` = the new choice. With one fixed key the widget kept its old value and the
         # next rerun switched straight back to it.
         picked = st.selectbox("Benchmark", keys, index=keys.index(cur),
-                              format_func=lambda k: bench_label(choices[k]), key=sidebar_key("sb.bench", cur),
+                              format_func=lambda k: bench_label(choices[k]), key=choice_key("sb.bench", cur),
                               help="Change it in detail (own CSV, root folder) on the Data page.")
         if picked != cur:
             set_benchmark(choices[picked])
             st.rerun()
         backbones = list(dict.fromkeys(backbones))
         bb = st.selectbox("Backbone", backbones, index=backbones.index(backbone_spec()),
-                          key=sidebar_key("sb.backbone", backbone_spec()),
+                          key=choice_key("sb.backbone", backbone_spec()),
                           help="Pick another (open_clip, local checkpoint) on the Embed page.")
         if bb != backbone_spec():
             set_backbone(bb)

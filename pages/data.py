@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pandas as pd
@@ -18,9 +19,10 @@ from clipcal import figures  # noqa: E402
 from clipcal.data import BENCHMARKS  # noqa: E402
 
 cur = c.bench_spec()
+fk = functools.partial(c.choice_key, current=c.spec_key(cur))  # form fields follow the current benchmark
 names = list(BENCHMARKS)
 name = st.selectbox("Benchmark", names, index=names.index(cur["name"]) if cur["name"] in names else 0,
-                    format_func=lambda n: f"{n} — {BENCHMARKS[n][1]}", key="data.name")
+                    format_func=lambda n: f"{n} — {BENCHMARKS[n][1]}", key=fk("data.name"))
 
 spec: dict | None = None
 if name == "demo":
@@ -37,12 +39,13 @@ if name == "demo":
         a, b, d, e = st.columns(4)
         vals = {
             "n_train": a.number_input("train images", 8, 20000, int(opts.get("n_train", DEFAULTS["n_train"])),
-                                      step=100, key="data.n_train"),
+                                      step=100, key=fk("data.n_train")),
             "n_val": b.number_input("val images", 4, 20000, int(opts.get("n_val", DEFAULTS["n_val"])),
-                                    step=100, key="data.n_val"),
+                                    step=100, key=fk("data.n_val")),
             "n_test": d.number_input("test images", 4, 20000, int(opts.get("n_test", DEFAULTS["n_test"])),
-                                     step=100, key="data.n_test"),
-            "seed": e.number_input("seed", 0, 10**6, int(opts.get("seed", DEFAULTS["seed"])), key="data.seed"),
+                                     step=100, key=fk("data.n_test")),
+            "seed": e.number_input("seed", 0, 10**6, int(opts.get("seed", DEFAULTS["seed"])),
+                                   key=fk("data.seed")),
         }
     spec = {"name": "demo", "root": None,
             "options": {k: int(v) for k, v in vals.items() if int(v) != DEFAULTS[k]}}
@@ -51,8 +54,8 @@ elif name == "csv":
                 "(an id, the file name relative to the folder, the split, the class, optionally the "
                 "spurious attribute; labels may be names or integers).")
     root = st.text_input("Image folder", value=cur["root"] or "" if cur["name"] == "csv" else "",
-                         key="data.csv_root", placeholder="/path/to/images")
-    csv_path = st.text_input("Metadata CSV (path, or a name inside the folder)", key="data.csv_path",
+                         key=fk("data.csv_root"), placeholder="/path/to/images")
+    csv_path = st.text_input("Metadata CSV (path, or a name inside the folder)", key=fk("data.csv_path"),
                              value=str((cur["options"] or {}).get("csv", "metadata.csv"))
                              if cur["name"] == "csv" else "metadata.csv")
     spec = None
@@ -84,7 +87,8 @@ elif name == "csv":
                 guess = next((g for g in guesses if g in cols), choices[0])
                 if prev:
                     guess = prev[opt] if prev.get(opt) in cols else ("(none)" if optional else guess)
-                mapping[opt] = col.selectbox(label, choices, index=choices.index(guess), key=f"data.map.{opt}")
+                mapping[opt] = col.selectbox(label, choices, index=choices.index(guess),
+                                             key=fk(f"data.map.{opt}"))
             options = {k: v for k, v in prev.items() if k not in mapping and k != "csv"}  # names, seed, image dir
             options.update({k: v for k, v in mapping.items() if v != "(none)"})
             if csv_path and csv_path != "metadata.csv":
@@ -92,7 +96,7 @@ elif name == "csv":
             spec = {"name": "csv", "root": root, "options": options}
 else:
     root = st.text_input(f"{name} folder", value=cur["root"] or "" if cur["name"] == name else "",
-                         key=f"data.root.{name}")
+                         key=fk(f"data.root.{name}"))
     spec = {"name": name, "root": root, "options": {}} if root else None
     if not root:
         st.info(f"Give the folder that holds {name}. `python -m clipcal data download --benchmark {name} "

@@ -42,6 +42,11 @@ def sb(at, label: str):
     return found[0]
 
 
+def fk(at, base: str) -> str:
+    """Key of a Data page form field: ``base`` + a hash of the current benchmark (pages/data.py)."""
+    return c.choice_key(base, c.spec_key(at.session_state[c.K_BENCH]))
+
+
 def count(at, element: str) -> int:
     """How many elements of a type (e.g. "Image") the main area holds."""
     return sum(type(e).__name__ == element for e in at.main)
@@ -101,12 +106,12 @@ def test_data_page_own_csv_with_column_mapping(app, tmp_path):
              "label": ("cat", "dog")[k % 2], "place": ("in", "out")[(k // 2) % 2]} for k in range(24)]
     make_csv_dataset(tmp_path / "mine", rows, csv_name="meta.csv")
     at = app("data")
-    at.selectbox(key="data.name").set_value("csv").run()
-    at.text_input(key="data.csv_root").input(str(tmp_path / "mine")).run()
-    at.text_input(key="data.csv_path").input("meta.csv").run()
+    at.selectbox(key=fk(at, "data.name")).set_value("csv").run()
+    at.text_input(key=fk(at, "data.csv_root")).input(str(tmp_path / "mine")).run()
+    at.text_input(key=fk(at, "data.csv_path")).input("meta.csv").run()
     _no_exception(at)
     # the mapping is offered over the CSV's own columns
-    assert at.selectbox(key="data.map.id_col").options == ["image_id", "file", "part", "label", "place"]
+    assert at.selectbox(key=fk(at, "data.map.id_col")).options == ["image_id", "file", "part", "label", "place"]
     _map_own_csv(at)
     at.button(key="data.use").click().run()
     _no_exception(at)
@@ -118,8 +123,8 @@ def test_data_page_own_csv_with_column_mapping(app, tmp_path):
 
 def test_data_page_core_errors_are_messages(app, tmp_path, monkeypatch):
     at = app("data")
-    at.selectbox(key="data.name").set_value("waterbirds").run()
-    at.text_input(key="data.root.waterbirds").input(str(tmp_path / "nowhere")).run()
+    at.selectbox(key=fk(at, "data.name")).set_value("waterbirds").run()
+    at.text_input(key=fk(at, "data.root.waterbirds")).input(str(tmp_path / "nowhere")).run()
     at.button(key="data.use").click().run()
     _no_exception(at)
     assert at.error and "waterbirds" in at.error[0].value.lower()
@@ -249,7 +254,7 @@ def _map_own_csv(at) -> None:
     """Map the columns of :func:`_png_csv_dataset`'s meta.csv on the Data page (id, file, split, label, place)."""
     for key, col in (("id_col", "image_id"), ("path_col", "file"), ("split_col", "part"), ("y_col", "label"),
                      ("a_col", "place")):
-        at.selectbox(key=f"data.map.{key}").set_value(col)
+        at.selectbox(key=fk(at, f"data.map.{key}")).set_value(col)
     at.run()
 
 
@@ -257,9 +262,9 @@ def test_use_this_benchmark_sticks_after_rerun(app, tmp_path):
     """Regression: the sidebar's "sb.bench" kept the old choice and switched back to the demo on the rerun."""
     _png_csv_dataset(tmp_path / "own")
     at = app("data")
-    at.selectbox(key="data.name").set_value("csv").run()
-    at.text_input(key="data.csv_root").input(str(tmp_path / "own")).run()
-    at.text_input(key="data.csv_path").input("meta.csv").run()
+    at.selectbox(key=fk(at, "data.name")).set_value("csv").run()
+    at.text_input(key=fk(at, "data.csv_root")).input(str(tmp_path / "own")).run()
+    at.text_input(key=fk(at, "data.csv_path")).input("meta.csv").run()
     _map_own_csv(at)
     at.button(key="data.use").click().run()
     at.run()
@@ -282,11 +287,12 @@ def test_data_page_shows_the_active_csv_benchmarks_own_mapping(app, tmp_path):
         "class_names": ["a cat", "a dog"]}}  # no attribute column, ids = file names
     at = app("data", **{c.K_BENCH: spec})
     _no_exception(at)
-    got = {k: at.selectbox(key=f"data.map.{k}").value for k in ("id_col", "path_col", "split_col", "y_col", "a_col")}
+    got = {k: at.selectbox(key=fk(at, f"data.map.{k}")).value
+           for k in ("id_col", "path_col", "split_col", "y_col", "a_col")}
     assert got == {"id_col": "file", "path_col": "file", "split_col": "part", "y_col": "label", "a_col": "(none)"}
     assert not [b for b in at.button if b.key == "data.use"]  # nothing changed: nothing to apply
     # changing one column keeps the options the form does not show
-    at.selectbox(key="data.map.a_col").set_value("place").run()
+    at.selectbox(key=fk(at, "data.map.a_col")).set_value("place").run()
     at.button(key="data.use").click().run()
     _no_exception(at)
     assert at.session_state[c.K_BENCH]["options"] == {**spec["options"], "a_col": "place"}
@@ -428,13 +434,23 @@ def test_objects_alive_after_new_imports_are_frozen_once(monkeypatch):
         gc.unfreeze()
 
 
-def test_choosing_a_benchmark_resets_the_data_form(monkeypatch):
-    """Regression: switching the benchmark in the sidebar while on Data left the form on the old benchmark,
-    with a "Use this benchmark" button that switched straight back. set_benchmark drops the form's fields
-    (they are recreated from the new current benchmark); other state stays."""
-    ss = {"data.name": "csv", "data.csv_root": "/old", "data.csv_path": "meta.csv", "data.map.a_col": "place",
-          "data.root.waterbirds": "/wb", "data.n_train": 100, "calib.seed": 7, "data.use": False}
-    monkeypatch.setattr(c.st, "session_state", ss)
-    c.set_benchmark({"name": "demo", "options": {}})
-    assert ss == {"calib.seed": 7, "data.use": False, c.K_BENCH: {"name": "demo", "root": None, "options": {}},
-                  c.K_RUN: None}
+def test_data_form_fields_are_new_widgets_for_each_current_benchmark(app, tmp_path):
+    """Regression: a benchmark chosen in the sidebar while on Data left the form showing the old benchmark (the
+    browser keeps a widget's shown value while its key stays the same), with a "Use this benchmark" button that
+    switched back. The form's keys carry the current benchmark, so a new current benchmark gets new fields."""
+    _png_csv_dataset(tmp_path / "own")
+    own = {"name": "csv", "root": str(tmp_path / "own"), "options": {
+        "csv": "meta.csv", "id_col": "image_id", "path_col": "file", "split_col": "part", "y_col": "label",
+        "a_col": "place"}}
+    at = app("data", **{c.K_BENCH: own})
+    _no_exception(at)
+    old = fk(at, "data.name")
+    assert at.selectbox(key=old).value == "csv"
+    at.selectbox(key=old).set_value("demo").run()
+    at.button(key="data.use").click().run()
+    _no_exception(at)
+    assert at.session_state[c.K_BENCH]["name"] == "demo"
+    new = fk(at, "data.name")
+    assert new != old and at.selectbox(key=new).value == "demo"
+    assert not [w for w in at.selectbox if w.key == old]
+

@@ -832,8 +832,9 @@ def concept_scores_figure(scores: pd.DataFrame, top: int = 10, classes: Sequence
                       row=i // ncols + 1, col=i % ncols + 1)
     xlabel = ("cosine similarity, misclassified − correct images" if value == "score"
               else "effect size (Cohen's d, misclassified vs correct)")
-    _layout(fig, title or "Concepts that match a class's misclassified images more than its correct ones "
-                          "(candidate spurious attributes)", height=max(360, 40 * top * nrows + 120))
+    _layout(fig, title or "Top concepts per class: how much more they match its misclassified images than its "
+                          "correct ones (orange: more, a candidate spurious attribute; blue: less)",
+            height=max(360, 40 * top * nrows + 120))
     fig.update_xaxes(title_text=xlabel)
     for r, col in empty:
         fig.update_xaxes(visible=False, row=r, col=col)

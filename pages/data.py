@@ -184,6 +184,6 @@ if bench is not None:
     group_col = "group" if bench.has_attributes else "y"
     for g, rows in s.groupby(group_col, sort=True):
         name_g = bench.group_name(int(g)) if bench.has_attributes else bench.class_names[int(g)]
-        st.markdown(f"**{name_g}** — {len(rows)} images in {split}")
+        st.markdown(f"**{name_g}** — {len(rows)} image{'' if len(rows) == 1 else 's'} in {split}")
         pick = rows.head(per)
         c.image_grid([bench.image_path(p) for p in pick["path"]], list(pick["sample_id"]), columns=per)

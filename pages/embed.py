@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 import streamlit as st
 
+from clipcal.errors import ClipcalError
 from pages import _common as c
 
 st.title("Embed")
@@ -20,11 +23,21 @@ with st.expander("📘 What is a backbone, and which one to pick?"):
     )
 
 bench_spec, current = c.bench_spec(), c.backbone_spec()
+# the form opens on the current backbone, also after a switch in the sidebar (new keys → new widgets)
+fk = functools.partial(c.choice_key, current=current)
+try:
+    from clipcal.backbones import parse_spec
+
+    cur_ps = parse_spec(current)
+except ClipcalError:
+    cur_ps = None
+cur_local = cur_ps.checkpoint or cur_ps.local_dir if cur_ps is not None else None
 
 # --- backbone choice ------------------------------------------------------------------------------------
 SOURCES = ["open_clip list", "local checkpoint", "bundled (offline)", "type a spec"]
-source = st.radio("Backbone source", SOURCES, horizontal=True, key="embed.source",
-                  index=2 if current.startswith("bundled:") else 3 if current.startswith("tiny:") else 0)
+source = st.radio("Backbone source", SOURCES, horizontal=True, key=fk("embed.source"),
+                  index=1 if cur_local else 2 if current.startswith("bundled:") else
+                  3 if current.startswith("tiny:") or current.endswith(":random") else 0)
 spec = None
 if source == "open_clip list":
     with c.guarded("listing backbones"), st.spinner("Checking which weights are cached (first time only)…"):
@@ -33,25 +46,28 @@ if source == "open_clip list":
         specs = list(table["spec"])
         labels = {r.spec: f"{r.spec}  ({r.status}{', text' if r.has_text else ''})" for r in table.itertuples()}
         idx = specs.index(current) if current in specs else 0
-        spec = st.selectbox("Backbone", specs, index=idx, format_func=labels.get, key="embed.pick")
+        spec = st.selectbox("Backbone", specs, index=idx, format_func=labels.get, key=fk("embed.pick"))
         if labels and "unavailable" in labels.get(spec, ""):
             st.warning("These weights are not cached and this machine is offline (HF_HUB_OFFLINE=1 or no "
                        "network). Put the checkpoint file somewhere and use *local checkpoint*, or go online.")
 elif source == "local checkpoint":
     arch = st.text_input("Architecture (open_clip name, e.g. ViT-B-32-quickgelu for OpenAI weights)",
-                         value="ViT-B-32-quickgelu", key="embed.arch")
-    path = st.text_input("Checkpoint file or folder", key="embed.ckpt",
+                         value=cur_ps.arch if cur_ps is not None and cur_ps.checkpoint else "ViT-B-32-quickgelu",
+                         key=fk("embed.arch"))
+    path = st.text_input("Checkpoint file or folder", value=cur_local or "", key=fk("embed.ckpt"),
                          placeholder="/path/to/open_clip_model.safetensors")
     kind = st.radio("It is", ["a checkpoint file", "a local hf-hub folder (open_clip_config.json + weights)"],
-                    key="embed.ckpt_kind")
+                    index=1 if cur_ps is not None and cur_ps.local_dir else 0, key=fk("embed.ckpt_kind"))
     if path:
         spec = f"open_clip:local-dir:{path}" if kind.startswith("a local") else f"open_clip:{arch}:{path}"
 elif source == "bundled (offline)":
-    px = st.select_slider("Input resolution (px)", [128, 160, 192, 224], value=160, key="embed.px",
+    px = st.select_slider("Input resolution (px)", [128, 160, 192, 224], key=fk("embed.px"),
+                          value=cur_ps.image_size if cur_ps is not None and cur_ps.image_size in (128, 160, 192, 224)
+                          else 160,
                           help="Lite0 at 160 px ≈ 90 images/s on 2 CPU cores; 224 px ≈ 28 images/s")
     spec = "bundled:efficientnet-lite0" + ("" if px == 160 else f"@{px}")
 else:
-    spec = st.text_input("Backbone spec", value=current, key="embed.spec",
+    spec = st.text_input("Backbone spec", value=current, key=fk("embed.spec"),
                          help="open_clip:<arch>:<tag>, open_clip:hf-hub:<org>/<repo>, open_clip:<arch>:<path>, "
                               "open_clip:local-dir:<path>, bundled:efficientnet-lite0[@px], tiny:clip").strip()
 

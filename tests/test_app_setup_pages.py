@@ -47,6 +47,11 @@ def fk(at, base: str) -> str:
     return c.choice_key(base, c.spec_key(at.session_state[c.K_BENCH]))
 
 
+def ek(at, base: str) -> str:
+    """Key of an Embed page form field: ``base`` + a hash of the current backbone (pages/embed.py)."""
+    return c.choice_key(base, at.session_state[c.K_BACKBONE])
+
+
 def count(at, element: str) -> int:
     """How many elements of a type (e.g. "Image") the main area holds."""
     return sum(type(e).__name__ == element for e in at.main)
@@ -161,8 +166,8 @@ def test_embed_page_summary_and_job(app, seeded_embeddings):
 
 def test_embed_page_failed_job_shows_core_error(app, seeded_embeddings):
     at = app("embed")
-    at.radio(key="embed.source").set_value("type a spec").run()
-    at.text_input(key="embed.spec").input("open_clip:NoSuchArch:nothing").run()
+    at.radio(key=ek(at, "embed.source")).set_value("type a spec").run()
+    at.text_input(key=ek(at, "embed.spec")).input("open_clip:NoSuchArch:nothing").run()
     at.button(key="embed.use").click().run()
     _no_exception(at)
     assert at.session_state[c.K_BACKBONE] == "open_clip:NoSuchArch:nothing"
@@ -223,14 +228,14 @@ def test_data_page_generates_a_missing_demo(app):
 
 def test_embed_page_open_clip_list_shows_weight_status(app):
     at = app("embed")
-    at.radio(key="embed.source").set_value("open_clip list").run()
+    at.radio(key=ek(at, "embed.source")).set_value("open_clip list").run()
     _no_exception(at)
     table = frame_with(at, "spec", "arch", "tag", "has_text", "status")
     assert {"bundled:efficientnet-lite0", "tiny:clip", "open_clip:ViT-B-32:openai"} <= set(table["spec"])
     # tests run with HF_HUB_OFFLINE=1 and an empty hub cache: hub weights are unavailable, and the page says
     # what to do when one of them is picked
     assert table.set_index("spec").loc["open_clip:ViT-B-32:openai", "status"] == "unavailable offline"
-    at.selectbox(key="embed.pick").set_value("open_clip:ViT-B-32:openai").run()
+    at.selectbox(key=ek(at, "embed.pick")).set_value("open_clip:ViT-B-32:openai").run()
     assert any("local checkpoint" in w.value for w in at.warning)
 
 
@@ -453,4 +458,16 @@ def test_data_form_fields_are_new_widgets_for_each_current_benchmark(app, tmp_pa
     new = fk(at, "data.name")
     assert new != old and at.selectbox(key=new).value == "demo"
     assert not [w for w in at.selectbox if w.key == old]
+
+
+def test_embed_form_opens_on_the_current_checkpoint(app, tmp_path):
+    """Regression: with a local checkpoint as the current backbone, Embed opened on "open_clip list" with
+    another backbone selected and an empty checkpoint form."""
+    spec = f"open_clip:ViT-B-32:{tmp_path / 'my-clip.pt'}"
+    at = app("embed", **{c.K_BACKBONE: spec})
+    _no_exception(at)
+    assert at.radio(key=ek(at, "embed.source")).value == "local checkpoint"
+    assert at.text_input(key=ek(at, "embed.arch")).value == "ViT-B-32"
+    assert at.text_input(key=ek(at, "embed.ckpt")).value == str(tmp_path / "my-clip.pt")
+    assert not [b for b in at.button if b.key == "embed.use"]  # the form shows what is already current
 

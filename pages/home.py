@@ -24,6 +24,13 @@ st.markdown(
     f"One click: generate the benchmark (if needed) → embed it with **{spec}** → calibrate with every "
     f"method that applies. Current choice: **{c.bench_label(bench)}** (change it in the sidebar or on Data)."
 )
+if (c.spec_key(bench), spec) != (c.spec_key(c.DEFAULT_BENCH), c.DEFAULT_BACKBONE):
+    # the button runs the current choice; say so, and offer the built-in demo the README describes
+    st.caption("This runs your current choice, not the built-in demo.")
+    if st.button("Switch to the built-in demo (Waterbirds-lite, bundled EfficientNet-Lite0)", key="home.to_demo"):
+        c.set_benchmark(c.DEFAULT_BENCH)
+        c.set_backbone(c.DEFAULT_BACKBONE)
+        st.rerun()
 demo_key = c.demo_job_key(bench, spec)
 job = c.get_jobs().get(demo_key)
 running = job is not None and job.is_running

@@ -471,3 +471,15 @@ def test_embed_form_opens_on_the_current_checkpoint(app, tmp_path):
     assert at.text_input(key=ek(at, "embed.ckpt")).value == str(tmp_path / "my-clip.pt")
     assert not [b for b in at.button if b.key == "embed.use"]  # the form shows what is already current
 
+
+def test_home_says_when_the_demo_path_runs_another_choice(app):
+    """Regression (newcomer): "Run the demo path" ran the current selection (own CSV + checkpoint) while the
+    README promised the demo; Home now says so and offers the built-in demo in one click."""
+    at = app("home")  # the seeded state: demo_small with tiny:clip
+    _no_exception(at)
+    assert any("not the built-in demo" in x.value for x in at.caption)
+    at.button(key="home.to_demo").click().run()
+    _no_exception(at)
+    assert at.session_state[c.K_BENCH] == c.DEFAULT_BENCH and at.session_state[c.K_BACKBONE] == c.DEFAULT_BACKBONE
+    assert not [b for b in at.button if b.key == "home.to_demo"]
+

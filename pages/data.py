@@ -136,8 +136,9 @@ if bench is not None:
                + f" · fingerprint `{c.fingerprint(bench)}` · root `{bench.root}`")
     if not bench.has_attributes:
         st.warning("This benchmark has no spurious-attribute labels: groups are per class only. "
-                   "Worst-group views fall back to classes, and cluster discovery (Spurious attributes) "
-                   "looks for hidden groups instead.")
+                   "Worst-group accuracy, the mean of groups and the train-weighted average are undefined "
+                   "(shown as —; worst-class accuracy stands in), per-group charts show classes, and cluster "
+                   "discovery (Spurious attributes) looks for hidden groups instead.")
 
     st.markdown("#### Group counts per split")
     with c.guarded("counting groups"):

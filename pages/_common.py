@@ -83,7 +83,8 @@ def init_state() -> None:
 
     A new session opens what is already in the store: the benchmark and backbone of the newest embedding
     set that can be reopened (e.g. embedded headless with ``python -m clipcal embed``; the manifest must say
-    where the benchmark's files are), else the built-in demo and the bundled backbone.
+    where the benchmark's files are, and a checkpoint file it was made with must still be there), else the
+    built-in demo and the bundled backbone.
     """
     ss = st.session_state
     if K_BENCH in ss and K_BACKBONE in ss:
@@ -91,7 +92,7 @@ def init_state() -> None:
     bench, spec = dict(DEFAULT_BENCH), DEFAULT_BACKBONE
     try:
         emb = store_embeddings()
-        reopenable = emb[emb["bench_spec"].notna()]
+        reopenable = emb[emb["bench_spec"].notna() & ~emb["backbone"].map(_weights_gone)]
         if len(reopenable):  # newest first; entries whose files cannot be located are skipped
             bench, spec = reopenable.iloc[0]["bench_spec"], reopenable.iloc[0]["backbone"]
     except Exception:  # noqa: BLE001 - an unreadable store must not stop the app; pages say more
@@ -690,17 +691,26 @@ def need_embeddings(bench) -> Any:
     return emb
 
 
+def _weights_gone(spec: str) -> bool:
+    """True when ``spec`` names a checkpoint file or folder that is not there (or cannot be parsed)."""
+    from clipcal.backbones import weights_status
+
+    try:
+        return weights_status(spec) == "missing"
+    except ClipcalError:
+        return True
+
+
 def no_embeddings_notice(spec: str) -> None:
     """Say why there are no embeddings for ``spec``: a checkpoint file or folder that is gone (its stored
     embeddings are keyed by the weights' fingerprint, so they are found again once it is back), or none made."""
-    from clipcal.backbones import parse_spec, weights_status
+    from clipcal.backbones import parse_spec
 
     try:
         ps = parse_spec(spec)
-        gone = weights_status(ps) == "missing"
     except ClipcalError:
-        ps, gone = None, False
-    if gone:
+        ps = None
+    if ps is not None and _weights_gone(spec):
         st.error(f"The weights of **{spec}** are missing: `{ps.checkpoint or ps.local_dir}` is not there any more. "
                  "Stored embeddings are matched by the weights' fingerprint, so the ones made with it are found "
                  "again when the file is back in place (moving it elsewhere is fine: give the new path). Or "

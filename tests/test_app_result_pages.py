@@ -411,12 +411,24 @@ def test_result_pages_explain_an_empty_run_and_missing_weights(app, seeded_store
     ck = tmp_path / "moved-away.pt"
     torch.save(load_backbone("tiny:clip", device="cpu").model.state_dict(), ck)
     spec = f"open_clip:clipcal-tiny:{ck}"
-    store = Store(seeded_store["root"])
+    store = Store(seeded_store["root"])  # the session's store: the entries are removed again at the end
     emb = embed_benchmark(seeded_store["bench"], load_backbone(spec, device="cpu"), store=store)
-    run_calibration(seeded_store["bench"], emb, ["erm"], hparams=_fast_hparams(["erm"]), store=store)
-    ck.unlink()
-    c.forget("emb")
-    for page in ("calibrate", "spurious"):
-        at = app(page, **{c.K_BACKBONE: spec, c.K_RUN: None})
-        _no_exception(at)
-        assert any("moved-away.pt" in e.value and "not there any more" in e.value for e in at.error), page
+    run = run_calibration(seeded_store["bench"], emb, ["erm"], hparams=_fast_hparams(["erm"]), store=store)
+    try:
+        ck.unlink()
+        c.forget("emb")
+        for page in ("calibrate", "spurious"):
+            at = app(page, **{c.K_BACKBONE: spec, c.K_RUN: None})
+            _no_exception(at)
+            assert any("moved-away.pt" in e.value and "not there any more" in e.value for e in at.error), page
+        # a new session does not open the newest embedding set when its weights are gone (it would show nothing)
+        from streamlit.testing.v1 import AppTest
+
+        fresh = AppTest.from_file(str(c.__file__).replace("pages/_common.py", "app.py"), default_timeout=120)
+        fresh.run()
+        _no_exception(fresh)
+        assert fresh.session_state[c.K_BACKBONE] != spec
+    finally:
+        assert store.delete("runs", run.manifest["key_fields"])
+        assert store.delete("embeddings", emb.manifest["key_fields"])
+        c.forget("emb")

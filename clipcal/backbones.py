@@ -237,19 +237,27 @@ def parse_spec(spec: str | BackboneSpec) -> BackboneSpec:
 def file_fingerprint(path: str | os.PathLike, mb: int = 1) -> dict:
     """Cheap identity of a big file: sha256 of its first and last ``mb`` MiB plus its size.
 
+    Computed once per (path, size, modification time): a spec is resolved several times per load (identity,
+    weights check, the load itself) and once per stored embedding set when a session opens.
+
     Returns:
-        ``{"file": name, "bytes": size, "sha256_head_tail": hex}``.
+        ``{"file": name, "bytes": size, "sha256_head_tail": hex}`` (a new dict each call).
     """
     p = Path(path)
-    size = p.stat().st_size
+    st = p.stat()
+    return dict(_fingerprint(str(p), st.st_size, st.st_mtime_ns, mb))
+
+
+@functools.lru_cache(maxsize=256)
+def _fingerprint(path: str, size: int, mtime_ns: int, mb: int) -> tuple:
     h = hashlib.sha256(str(size).encode())
     n = mb << 20
-    with open(p, "rb") as f:
+    with open(path, "rb") as f:
         h.update(f.read(n))
         if size > n:
             f.seek(max(size - n, n))
             h.update(f.read(n))
-    return {"file": p.name, "bytes": size, "sha256_head_tail": h.hexdigest()}
+    return (("file", Path(path).name), ("bytes", size), ("sha256_head_tail", h.hexdigest()))
 
 
 def _hf_cached(repo: str, filename: str) -> str | None:
@@ -947,11 +955,13 @@ class _TextOnlyBackbone(Backbone):
 
 
 def _lazy_state_dict(path: str) -> dict | None:
-    """The checkpoint's tensors without reading them all: safetensors opened lazily, torch zip files memory-
-    mapped (``torch.load(mmap=True)``), so tensors never used (the image tower) stay on disk. None for formats
-    that cannot be read lazily (legacy torch pickles, TorchScript archives, numpy ``.npz``)."""
+    """The checkpoint's non-image-tower tensors without reading the others: safetensors opened lazily, torch
+    zip files memory-mapped (``torch.load(mmap=True)``), so the image tower's tensors stay on disk. A nested
+    ``state_dict`` and DataParallel's ``module.`` prefix are unwrapped. None for formats that cannot be read
+    lazily (legacy torch pickles, TorchScript archives, numpy ``.npz``)."""
     import torch
 
+    visual = ("visual.", "module.visual.")
     if path.endswith((".npz", ".npy")):
         return None
     try:
@@ -959,17 +969,16 @@ def _lazy_state_dict(path: str) -> dict | None:
             from safetensors import safe_open
 
             with safe_open(path, framework="pt", device="cpu") as f:
-                return {k: f.get_tensor(k) for k in f.keys() if not k.startswith(("visual.", "module.visual."))}
-        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                ck = {k: f.get_tensor(k) for k in f.keys() if not k.startswith(visual)}
+        else:
+            ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - unreadable lazily: the whole-model path reports what is wrong with it
         return None
     if isinstance(ck, dict) and isinstance(ck.get("state_dict"), dict):
         ck = ck["state_dict"]
     if not isinstance(ck, dict) or not ck:
         return None
-    if next(iter(ck)).startswith("module."):
-        ck = {k[7:]: v for k, v in ck.items()}
-    return ck
+    return {k[7:] if k.startswith("module.") else k: v for k, v in ck.items() if not k.startswith(visual)}
 
 
 def _text_only_open_clip(r: _Resolved):
@@ -1003,7 +1012,6 @@ def _text_only_open_clip(r: _Resolved):
     except Exception:  # noqa: BLE001 - a tower that cannot be built without data: the whole-model path
         return None
     model.visual = None
-    sd = {k: v for k, v in sd.items() if not k.startswith("visual.")}
     if "positional_embedding" in sd and not hasattr(model, "positional_embedding"):
         sd = convert_to_custom_text_state_dict(sd)
     sd = {k: (v.float() if v.is_floating_point() and v.dtype != torch.float32 else v) for k, v in sd.items()}

@@ -15,6 +15,7 @@ import torch
 from clipcal.backbones import (
     BackboneSpec,
     backbone_identity,
+    file_fingerprint,
     list_backbones,
     lite0_projection,
     load_backbone,
@@ -383,3 +384,22 @@ def test_cached_weights_load_offline_without_the_hub(emb_tiny, tmp_path, monkeyp
     assert hb.identity()["preprocess"]["mean"] == [0.4, 0.4, 0.4] and hb.has_text
     torch.testing.assert_close(hb.encode_images(x)[1], emb_tiny.encode_images(x)[1], atol=0, rtol=0)
     assert hb.encode_text(["a bird"]).shape == (1, 64)
+
+
+def test_file_fingerprint_is_read_once_per_file_version(tmp_path):
+    """A spec is resolved several times per load; the checkpoint's head and tail are hashed once, and again
+    only when the file changes."""
+    import os
+
+    from clipcal.backbones import _fingerprint
+
+    f = tmp_path / "w.pt"
+    f.write_bytes(b"a" * 5000)
+    before = _fingerprint.cache_info().misses
+    first = file_fingerprint(f)
+    assert file_fingerprint(f) == first and _fingerprint.cache_info().misses == before + 1
+    f.write_bytes(b"b" * 5000)  # same size, new content
+    os.utime(f, ns=(os.stat(f).st_atime_ns, os.stat(f).st_mtime_ns + 1_000_000))
+    second = file_fingerprint(f)
+    assert second["sha256_head_tail"] != first["sha256_head_tail"] and second["bytes"] == 5000
+

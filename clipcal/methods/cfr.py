@@ -516,8 +516,7 @@ class CFR(Method):
             raise MethodError(f"dropout must be in [0, 1), got {self.dropout}")
 
     def _check_options(self, data: FeatureData) -> None:
-        self.check_params()
-        T.check_selection(self.selection, data)
+        T.check_selection(self.selection, data)  # the values themselves: check_params, run by Method.fit
 
     # -- fit ------------------------------------------------------------------------------------------------
     def _fit(self, data: FeatureData, progress: ProgressFn | None, cancel) -> MethodResult:

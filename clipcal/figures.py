@@ -7,7 +7,7 @@ Used by the pages and tested directly. Conventions:
   are fixed (correct = blue, wrong = vermillion; fixed = green, broken = vermillion);
 * every title says what the figure shows and every axis title says what its unit is;
 * every scatter point carries ``sample_id`` as the FIRST ``custom_data`` field, so a selection maps back
-  to samples through :func:`clipcal.selection.ids_from_selection`, whatever the number of traces;
+  to samples through :func:`clipcal.plot_selection.ids_from_selection`, whatever the number of traces;
 * scatters above :data:`WEBGL_THRESHOLD` points use ``Scattergl`` (WebGL); the default drag mode is lasso.
 """
 
@@ -798,7 +798,7 @@ def decodability_figure(table: pd.DataFrame, title: str | None = None) -> go.Fig
 
 def concept_scores_figure(scores: pd.DataFrame, top: int = 10, classes: Sequence[str] | None = None,
                           value: str = "score", title: str | None = None) -> go.Figure:
-    """Horizontal bars of the top concepts per class (``clipcal.inspect.concept_scores``).
+    """Horizontal bars of the top concepts per class (``clipcal.concepts.concept_scores``).
 
     Args:
         scores: concept-score table. top: concepts per class. classes: which classes (default all).

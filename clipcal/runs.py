@@ -35,7 +35,8 @@ import pandas as pd
 
 from clipcal.errors import Cancelled, ClipcalError, MethodError, StoreError
 from clipcal.methods import METHODS, get_method, make_method
-from clipcal.methods.base import FeatureData, MethodResult, Progress, _jsonable
+from clipcal._json import jsonable as _jsonable
+from clipcal.methods.base import FeatureData, MethodResult, Progress
 from clipcal.metrics import METRIC_DEFINITIONS, group_table, method_table
 
 KIND = "runs"

@@ -40,6 +40,7 @@ from typing import Any, Iterable
 import filelock
 import numpy as np
 
+from clipcal._json import jsonable
 from clipcal.errors import StoreError
 from clipcal.paths import cache_dir
 
@@ -53,19 +54,11 @@ _LOCKS_GUARD = threading.Lock()
 
 
 def _jsonable(value: Any) -> Any:
-    """Normalise key fields to plain JSON types (Path → str, tuple → list, numpy scalars → Python)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
+    """Normalise key fields to plain JSON types (:func:`clipcal._json.jsonable`); anything else is refused."""
+    return jsonable(value, fallback=_not_json)
+
+
+def _not_json(value: Any):
     raise StoreError(f"store key field of type {type(value).__name__} is not JSON-serialisable: {value!r}",
                      hint="key fields must be str, int, float, bool, None, lists or dicts of those")
 

@@ -1363,7 +1363,7 @@ def records_table(run) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Representations (joint UMAP via clipcal.projection, selection via clipcal.selection)
+# Representations (joint UMAP via clipcal.projection, selection via clipcal.plot_selection)
 # ---------------------------------------------------------------------------------------------------------
 UMAP_PARAMS = {"seed": 0, "n_neighbors": 15, "min_dist": 0.1, "metric": "cosine"}  # joint_umap's defaults
 
@@ -1515,7 +1515,7 @@ def points_table(run, bench, emb, method: str | None, xy) -> pd.DataFrame:
 
 def umap_figure(points: pd.DataFrame, color: str, layout: str):
     """The joint map (:func:`clipcal.figures.umap_figure`): side by side or overlaid; ``sample_id`` is every
-    point's ``custom_data[0]`` (clipcal.selection reads it back)."""
+    point's ``custom_data[0]`` (clipcal.plot_selection reads it back)."""
     from clipcal.figures import umap_figure as _fig
 
     hover = [c for c in ("class", "attribute", "split", "crossed") if c in points and c != color]
@@ -1524,15 +1524,15 @@ def umap_figure(points: pd.DataFrame, color: str, layout: str):
 
 
 def selected_ids(event, shown: pd.DataFrame) -> list[str]:
-    """Sample ids of the box/lasso selection (:func:`clipcal.selection.ids_from_selection`)."""
-    from clipcal.selection import ids_from_selection
+    """Sample ids of the box/lasso selection (:func:`clipcal.plot_selection.ids_from_selection`)."""
+    from clipcal.plot_selection import ids_from_selection
 
     return ids_from_selection(event)
 
 
 def selection_table(points: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
-    """Rows of the selected samples in selection order (:func:`clipcal.selection.selection_table`)."""
-    from clipcal.selection import selection_table as _table
+    """Rows of the selected samples in selection order (:func:`clipcal.plot_selection.selection_table`)."""
+    from clipcal.plot_selection import selection_table as _table
 
     cols = [c for c in points.columns if c not in ("x_before", "y_before", "x_after", "y_after")]
     return _table(points[cols], ids)
@@ -1621,18 +1621,18 @@ def movement_section(run, bench, emb, method: str, xy, points: pd.DataFrame) -> 
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Spurious attributes (clipcal.inspect)
+# Spurious attributes (clipcal.concepts)
 # ---------------------------------------------------------------------------------------------------------
 def _grid_from_ids(bench, fd, ids, limit: int = 12, columns: int = 6, captions: dict | None = None) -> None:
-    from clipcal.selection import image_grid_items
+    from clipcal.plot_selection import image_grid_items
 
     items = image_grid_items(fd_table(bench, fd), list(ids), bench, limit=limit, captions=captions)
     image_grid([p for p, _ in items], [cap for _, cap in items], columns=columns, size=112)
 
 
 def concepts_section(run, bench, emb, method: str) -> None:
-    """(a) Text concepts scored per class (:func:`clipcal.inspect.concept_scores`)."""
-    from clipcal.inspect import concept_prompts, concept_scores, load_concept_vocabulary
+    """(a) Text concepts scored per class (:func:`clipcal.concepts.concept_scores`)."""
+    from clipcal.concepts import concept_prompts, concept_scores, load_concept_vocabulary
 
     vocab = load_concept_vocabulary()
     typed = st.text_input("Your candidate concepts (comma-separated)", key="spur.concepts",
@@ -1680,8 +1680,8 @@ def concepts_section(run, bench, emb, method: str) -> None:
 
 
 def decodability_section(run, bench, emb) -> None:
-    """(b) Attribute decodability before vs after (:func:`clipcal.inspect.attribute_decodability`)."""
-    from clipcal.inspect import attribute_decodability
+    """(b) Attribute decodability before vs after (:func:`clipcal.concepts.attribute_decodability`)."""
+    from clipcal.concepts import attribute_decodability
 
     fd = run_feature_data(run, bench)
     after_methods = methods_with_after(run)
@@ -1718,7 +1718,7 @@ def no_after_note(methods: list[str]) -> str:
 
 def clusters_section(run, bench, emb, method: str) -> None:
     """(c) k-means within each class with per-cluster accuracy and grids (:func:`discover_clusters`)."""
-    from clipcal.inspect import discover_clusters
+    from clipcal.concepts import discover_clusters
 
     fd = run_feature_data(run, bench)
     a, b = st.columns(2)
@@ -1751,7 +1751,7 @@ def clusters_section(run, bench, emb, method: str) -> None:
 def calibration_set_section(run, bench, method: str | None = None) -> None:
     """(d) The calibration / error set of ``method`` (the page's method picker) against the true groups; if
     that method selects none, the first method of the run that does (said on the page)."""
-    from clipcal.inspect import calibration_set_vs_groups
+    from clipcal.concepts import calibration_set_vs_groups
 
     fd = run_feature_data(run, bench)
     with_sets = [m for m in run_methods(run) if getattr(method_result(run, m), "calibration_set", None) is not None]
@@ -1785,7 +1785,7 @@ def calibration_set_section(run, bench, method: str | None = None) -> None:
 
 def gallery_section(run, bench, method: str) -> None:
     """(e) Misclassified test images of the worst group, most confident first."""
-    from clipcal.inspect import worst_group_gallery
+    from clipcal.concepts import worst_group_gallery
 
     fd = run_feature_data(run, bench)
     res = method_result(run, method)

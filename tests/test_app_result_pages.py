@@ -175,7 +175,7 @@ def test_representations_page_map_and_selection_path(app, seeded_store):
 
 
 def test_spurious_page_views(app, seeded_store):
-    from clipcal.inspect import attribute_decodability
+    from clipcal.concepts import attribute_decodability
 
     at = app("spurious", **{c.K_RUN: seeded_store["run_id"]})
     _no_exception(at)
@@ -185,12 +185,12 @@ def test_spurious_page_views(app, seeded_store):
     scores = frame_with(at, "concept", "score", "effect_size")
     assert len(scores) > 10 and set(scores["class"]) == {"landbird", "waterbird"}
     # the concept text embeddings are kept in the store (a fresh server needs no model for them)
-    from clipcal.inspect import concept_prompts
+    from clipcal.concepts import concept_prompts
 
     prompts = concept_prompts(sorted(set(scores["concept"]), key=list(scores["concept"]).index))
     text_keys = [m["key_fields"] for m in c.get_store().list("text")]
     assert any(sorted(k.get("texts", [])) == sorted(prompts) for k in text_keys), text_keys
-    # (b) decodability = clipcal.inspect on the same arrays
+    # (b) decodability = clipcal.concepts on the same arrays
     dec = frame_with(at, "representation", "balanced_accuracy", "auroc")
     fd, run = _fd(seeded_store), seeded_store["run"]
     ref = attribute_decodability(fd.embeddings, run.results["cfr"].embeddings_after, fd.a, fd.split).table

@@ -9,7 +9,7 @@ import pytest
 
 from clipcal import figures as F
 from clipcal.data.base import Benchmark
-from clipcal.inspect import (attribute_decodability, calibration_set_vs_groups, concept_scores,
+from clipcal.concepts import (attribute_decodability, calibration_set_vs_groups, concept_scores,
                              discover_clusters)
 from clipcal.metrics import group_table
 from clipcal.projection import crossed_boundary, group_centroid_shifts
@@ -138,7 +138,7 @@ def test_umap_overlay_with_lines_and_before_only():
     p = _points()
     fig = F.umap_figure(p, color="class", mode="overlay", lines=5, line_order="move_2d")
     names = [t.name for t in fig.data]
-    # filled "after" dots first, the open "before" rings over them (tests/test_figures_fixes.py), lines last
+    # filled "after" dots first, the open "before" rings over them (tests/test_figure_markers_stay_visible.py), lines last
     assert names == ["landbird", "waterbird", "landbird (before)", "waterbird (before)", "before → after (5 points)"]
     assert fig.data[2].marker.symbol == "circle-open"
     lines = fig.data[-1]

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from clipcal._json import jsonable
 from clipcal.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -126,7 +127,7 @@ class Benchmark:
         """JSON-able summary (name, params, names, sizes, fingerprint) for manifests."""
         return {
             "name": self.name,
-            "params": {k: _jsonable(v) for k, v in self.params.items()},
+            "params": {k: jsonable(v, fallback=str) for k, v in self.params.items()},  # reopens with these types
             "class_names": list(self.class_names),
             "attr_names": list(self.attr_names),
             "n_samples": int(len(self.table)),
@@ -152,17 +153,6 @@ class Benchmark:
                 for y in range(self.n_classes):
                     rows.append((split, -1, self.class_names[y], "unknown", int((s["y"] == y).sum())))
         return pd.DataFrame(rows, columns=["split", "group", "class", "attribute", "n"])
-
-
-def _jsonable(v):
-    """``v`` unchanged when JSON can hold it (so manifests reopen with the same types), else ``str(v)``."""
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    return str(v)
 
 
 def finalize_table(table: pd.DataFrame, n_classes: int, n_attrs: int) -> pd.DataFrame:

@@ -25,6 +25,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import pandas as pd
 
+from clipcal._json import jsonable
 from clipcal.errors import Cancelled, MethodError
 
 SPLITS = ("train", "val", "test")
@@ -502,7 +503,7 @@ class Method:
             data.check_trainable()
         check_cancel(cancel)
         result = self._fit(data, progress, cancel)
-        result.record["hparams"] = _jsonable(self.get_params())
+        result.record["hparams"] = jsonable(self.get_params())
         result.record.setdefault("uses_group_labels", self.uses_group_labels)
         result.record["uses_group_labels"] = bool(result.record["uses_group_labels"])
         result.record["notes"] = list(data.notes) + list(result.record.get("notes", []))
@@ -517,19 +518,6 @@ class Method:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
-
-
-def _jsonable(obj):
-    """Convert numpy scalars / tuples recursively so a dict can go to JSON."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return obj
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

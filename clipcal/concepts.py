@@ -470,7 +470,3 @@ def worst_group_gallery(table: pd.DataFrame, pred, probs, group: int | None = No
     items = wrong.drop(columns=["correct"]).reset_index(drop=True)
     return Gallery(by, int(group), float(sub["correct"].mean()) if len(sub) else float("nan"), int(len(sub)),
                    items)
-
-
-# docs/interfaces.md lists the selection helper under inspect; it lives in clipcal.selection.
-from clipcal.selection import ids_from_selection as select_ids  # noqa: E402, F401

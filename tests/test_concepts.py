@@ -1,4 +1,4 @@
-"""clipcal.inspect: concept scores, attribute decodability, clusters, calibration set vs groups, gallery."""
+"""clipcal.concepts: concept scores, attribute decodability, clusters, calibration set vs groups, gallery."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from clipcal.data.base import finalize_table
 from clipcal.errors import DataError, MethodError
-from clipcal.inspect import (attribute_decodability, calibration_set_vs_groups, concept_prompts, concept_scores,
+from clipcal.concepts import (attribute_decodability, calibration_set_vs_groups, concept_prompts, concept_scores,
                              discover_clusters, load_concept_vocabulary, minority_groups, worst_group_gallery)
 
 

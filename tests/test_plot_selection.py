@@ -1,4 +1,4 @@
-"""clipcal.selection: Streamlit plotly selection events → sample ids → table / CSV / image grid."""
+"""clipcal.plot_selection: Streamlit plotly selection events → sample ids → table / CSV / image grid."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from streamlit.elements.plotly_chart import PlotlyChartSelectionSerde
 
 from clipcal.data.base import Benchmark
 from clipcal.figures import umap_figure
-from clipcal.selection import image_grid_items, ids_from_selection, selection_csv, selection_table
+from clipcal.plot_selection import image_grid_items, ids_from_selection, selection_csv, selection_table
 
 
 def _table():

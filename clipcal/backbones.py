@@ -450,6 +450,10 @@ def check_weights(spec: str | BackboneSpec) -> None:
     or when huggingface.co cannot be reached within 3 s.
     """
     r = _resolve(parse_spec(spec))
+    if r.local_file or r.spec.checkpoint:  # an LFS / annex pointer, HTML page or empty file is named (filekind)
+        from clipcal.filekind import check_file
+
+        check_file(r.local_file or r.where, "a PyTorch / safetensors checkpoint", error=BackboneError)
     if r.status == "missing":
         raise _unavailable(r, _missing_why(r))
     if r.status == "unavailable offline":

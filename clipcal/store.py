@@ -40,6 +40,7 @@ from typing import Any, Iterable
 import filelock
 import numpy as np
 
+from clipcal import filekind
 from clipcal._json import jsonable
 from clipcal.errors import StoreError
 from clipcal.paths import cache_dir
@@ -303,11 +304,12 @@ class Store:
             except OSError:
                 raise _Corrupt(f"array file {rec['file']} is missing") from None
             if st.st_size != rec["bytes"]:
-                raise _Corrupt(f"{rec['file']} has {st.st_size} bytes, manifest says {rec['bytes']}")
+                raise _Corrupt(f"{rec['file']} has {st.st_size} bytes, manifest says {rec['bytes']}"
+                               + filekind.note(f))  # names an LFS pointer / HTML page / empty file
             try:
                 shape, dtype = _npy_header(f)
             except (OSError, ValueError) as err:
-                raise _Corrupt(f"{rec['file']} has a bad .npy header: {err}") from None
+                raise _Corrupt(f"{rec['file']} has a bad .npy header: {err}" + filekind.note(f)) from None
             if list(shape) != list(rec["shape"]) or dtype != rec["dtype"]:
                 raise _Corrupt(f"{rec['file']} is {shape} {dtype}, manifest says {rec['shape']} {rec['dtype']}")
             stamp = [st.st_size, st.st_mtime_ns, st.st_ino]

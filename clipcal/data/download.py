@@ -15,7 +15,11 @@ Public sources (:data:`SOURCES`):
 
 Mechanics (:func:`fetch`): the file is written to ``<name>.part``; a rerun sends ``Range: bytes=<size>-``
 and appends when the server answers 206 (restarts cleanly on 200); the checksum (when known) is checked
-before the ``.part`` file is renamed; a mismatch deletes it. Extraction goes into a temporary folder
+before the ``.part`` file is renamed; a mismatch deletes it. What the server sent is recognised
+(:mod:`clipcal.filekind`): an answer whose ``Content-Type`` or first bytes show an HTML page, a JSON / XML
+error body, a Git LFS pointer, plain text or nothing at all is refused and named as such, and never kept
+(neither as ``.part`` nor under the final name; no ``.sha256`` is written), so a mirror that answers 200 with
+a quota or login page falls through to the next mirror and, at the end, to the manual-placement message. Extraction goes into a temporary folder
 inside ``root`` (members with absolute paths or ``..`` are refused by ``tarfile``'s ``data`` filter), the
 content is checked, and the dataset folder is moved into place with one ``os.replace``.
 """
@@ -34,8 +38,9 @@ import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
+from clipcal import filekind
 from clipcal.errors import DataError
 
 CHUNK = 1 << 20
@@ -150,8 +155,19 @@ def _hash_file(path: Path, algo: str) -> str:
     return h.hexdigest()
 
 
+class _WrongContent(DataError):
+    """A download answered with the wrong kind of content (an HTML page, an error body, …); nothing was kept."""
+
+    def __init__(self, url: str, kind: filekind.FileKind, what: str, content_type: str | None = None):
+        ctype = f" (Content-Type {content_type.split(';')[0].strip()})" if content_type else ""
+        self.remedy = kind.remedy or "check the URL"
+        super().__init__(f"download of {url}: the server answered{ctype} with {kind.describe()}, not {what}",
+                         hint=f"{self.remedy}; nothing of it was kept")
+
+
 def fetch(url: str, dest: str | Path, sha256: str | None = None, md5: str | None = None,
-          progress: Callable | None = None, timeout: float = 30.0) -> Path:
+          progress: Callable | None = None, timeout: float = 30.0, expect: Iterable[str] | None = None,
+          what: str = "the expected binary file") -> Path:
     """Download ``url`` to ``dest``, resuming a previous ``dest.part`` with an HTTP Range request.
 
     Args:
@@ -160,17 +176,25 @@ def fetch(url: str, dest: str | Path, sha256: str | None = None, md5: str | None
         sha256 / md5: expected checksum (hex); checked over the whole file before the rename.
         progress: optional ``progress(done_bytes, total_bytes_or_None, message)``.
         timeout: socket timeout in seconds.
+        expect: acceptable :mod:`clipcal.filekind` kinds (e.g. ``filekind.ARCHIVE_KINDS``); ``None`` = any
+            binary. Text kinds (HTML page, JSON / XML error body, LFS pointer, plain text, empty) are always
+            refused.
+        what: what the file should be, for messages (``"a .tar.gz archive"``).
 
     Returns:
         ``dest`` (complete, verified).
 
     Raises:
-        DataError: network/HTTP failure (the ``.part`` file is kept so a rerun resumes), or checksum
-            mismatch (the ``.part`` file is deleted).
+        DataError: network/HTTP failure (the ``.part`` file is kept so a rerun resumes); checksum mismatch, or
+            content of the wrong kind (checked from the ``Content-Type`` and the first bytes, and again over
+            the finished file) — then nothing is kept.
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    expect = frozenset(expect or ())
+    if part.is_file() and filekind.unexpected(part, expect) is not None:
+        part.unlink()  # an earlier attempt stored an error page: its bytes are not the start of the file
     have = part.stat().st_size if part.is_file() else 0
     headers = {"User-Agent": "clipcal-download/1"}
     if have:
@@ -197,16 +221,29 @@ def fetch(url: str, dest: str | Path, sha256: str | None = None, md5: str | None
                     have, mode = 0, "wb"
                 length = resp.headers.get("Content-Length")
                 total = have + int(length) if length and length.isdigit() else None
+                ctype = resp.headers.get("Content-Type")
+                first = resp.read(CHUNK)
+                if mode == "wb":  # the start of the file: its first bytes say what it is
+                    kind = filekind.sniff_bytes(first, total)
+                    # a text Content-Type (text/html …) with bytes that are not a recognised expected kind
+                    if filekind.unexpected(kind, expect) is not None or (
+                            filekind.content_type_kind(ctype) and expect and kind.kind not in expect):
+                        part.unlink(missing_ok=True)
+                        raise _WrongContent(url, kind, what, ctype)
+                elif filekind.content_type_kind(ctype):  # a text answer to a range request: not our bytes
+                    raise _WrongContent(url, filekind.sniff_bytes(first, None), what, ctype)
                 done = have
                 last = 0.0
                 with open(part, mode) as f:
-                    for block in iter(lambda: resp.read(CHUNK), b""):
+                    block = first
+                    while block:
                         f.write(block)
                         done += len(block)
                         now = time.monotonic()
                         if progress is not None and now - last > 0.5:
                             progress(done, total, f"downloading {dest.name}")
                             last = now
+                        block = resp.read(CHUNK)
                 if total is not None and done < total:
                     raise DataError(f"download of {url} stopped at {done} of {total} bytes",
                                     hint=f"run again to resume from {part}")
@@ -220,6 +257,10 @@ def fetch(url: str, dest: str | Path, sha256: str | None = None, md5: str | None
         raise DataError(f"download of {url} failed: {reason}",
                         hint=f"partial data kept in {part}; run again to resume" if part.exists() else
                         "check the network connection") from None
+    kind = filekind.sniff(part)
+    if filekind.unexpected(kind, expect) is not None:  # e.g. a server that resumed an error page
+        part.unlink(missing_ok=True)
+        raise _WrongContent(url, kind, what)
     for algo, want in (("sha256", sha256), ("md5", md5)):
         if want:
             got = _hash_file(part, algo)
@@ -264,6 +305,10 @@ def extract(archive: str | Path, root: str | Path, folder: str, check: Callable[
                 with tarfile.open(archive) as t:
                     t.extractall(tmp, filter="data")
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
+            kind = filekind.sniff(archive)
+            if kind.is_text or filekind.unexpected(kind, filekind.ARCHIVE_KINDS):
+                raise DataError(f"cannot extract {archive}: it is {kind.describe()}, not an archive",
+                                hint=kind.remedy or "delete it and get the archive again") from None
             raise DataError(f"cannot extract {archive}: {err}",
                             hint="delete the archive and download it again") from None
         found = next((tmp / n for n in (folder, *aliases) if (tmp / n).is_dir()), None)
@@ -326,21 +371,32 @@ def download(name: str, root: str | Path, progress: Callable | None = None,
         raise DataError(f"{key} cannot be downloaded automatically",
                         hint=manual_message(src, root))
     root.mkdir(parents=True, exist_ok=True)
-    failures = []
+    failures, remedies = [], []
     for i, url in enumerate(mirrors):
         # one file per mirror: mirrors may serve different bytes, so a .part is only resumed from its own URL
         archive = root / (src.filename if i == 0 else f"{src.filename}.mirror{i}")
         try:
-            fetch(url, archive, sha256=src.sha256, md5=src.md5, progress=progress, timeout=timeout)
+            fetch(url, archive, sha256=src.sha256, md5=src.md5, progress=progress, timeout=timeout,
+                  expect=filekind.ARCHIVE_KINDS, what=f"the {key} archive ({src.filename})")
             break
         except DataError as err:
             failures.append(err.message)
+            if isinstance(err, _WrongContent) and err.remedy not in remedies:
+                remedies.append(err.remedy)
     else:
-        raise DataError(f"{key}: download failed ({'; '.join(failures)})",
-                        hint="place the files by hand: " + manual_message(src, root))
+        raise DataError(f"{key}: download failed ({'; '.join(failures)}); nothing was kept",
+                        hint="; ".join(remedies + ["place the files by hand: " + manual_message(src, root)]))
+    existed = (root / src.folder).exists()
+    try:
+        out = extract(archive, root, src.folder, src.check, src.folder_aliases)
+    except DataError as err:
+        if existed:  # the archive may be fine; the destination is in the way (the message says so)
+            raise
+        archive.unlink(missing_ok=True)  # never keep a bad download
+        raise DataError(f"{err.message}; the downloaded file was deleted",
+                        hint="place the files by hand: " + manual_message(src, root)) from None
     if not src.sha256 and not src.md5:  # nothing published: record what we got, for reproducibility
         (root / (src.filename + ".sha256")).write_text(f"{_hash_file(archive, 'sha256')}  {url}\n")
-    out = extract(archive, root, src.folder, src.check, src.folder_aliases)
     if not keep_archive:
         archive.unlink(missing_ok=True)
     return out

@@ -14,7 +14,7 @@ from typing import Callable
 import pandas as pd
 
 from clipcal.data.base import SPLITS, Benchmark
-from clipcal.data.images import MAX_PIXELS, check_image
+from clipcal.data.images import MAX_PIXELS, check_image, missing_reason
 
 #: A group with fewer training images than this is flagged as tiny (worst-group accuracy on it is noisy).
 TINY_GROUP = 20
@@ -124,7 +124,7 @@ def validate(benchmark: Benchmark, check_images: bool = True, progress: Callable
     for i, (sid, p) in enumerate(zip(t["sample_id"].to_numpy(), t["path"].to_numpy())):
         full = benchmark.image_path(p)
         if not os.path.isfile(full):
-            missing.append((sid, p, "file not found" if not os.path.exists(full) else "not a file"))
+            missing.append((sid, p, missing_reason(full)))  # names an unfetched git-annex link
         elif check_images:
             reason = check_image(full, max_pixels=max_pixels, full=full_decode)
             checked += 1

@@ -36,7 +36,7 @@ import pandas as pd
 from clipcal.errors import Cancelled, ClipcalError, MethodError, StoreError
 from clipcal.methods import METHODS, get_method, make_method
 from clipcal._json import jsonable as _jsonable
-from clipcal.methods.base import FeatureData, MethodResult, Progress
+from clipcal.methods.base import FeatureData, MethodResult, NonFiniteError, Progress
 from clipcal.metrics import METRIC_DEFINITIONS, group_table, method_table
 
 KIND = "runs"
@@ -233,7 +233,10 @@ def run_calibration(benchmark, embedding_set, methods, hparams: dict | None = No
             raise
         except ClipcalError as err:
             msg = err.message
-            not_applicable[name] = msg if msg.startswith("not applicable") else f"not applicable: {msg}"
+            if isinstance(err, NonFiniteError):  # it applied, and diverged: say so, with what to change
+                not_applicable[name] = f"failed: {msg} ({err.hint})"
+            else:
+                not_applicable[name] = msg if msg.startswith("not applicable") else f"not applicable: {msg}"
         except Exception as err:  # a bug in one method must not lose the others' results
             not_applicable[name] = f"failed: {type(err).__name__}: {err}"
             failures[name] = traceback.format_exc()

@@ -32,8 +32,12 @@ examples:
   python -m clipcal report --benchmark demo --backbone bundled:efficientnet-lite0 --out reports/demo
 
 --set METHOD.NAME=VALUE sets one hyperparameter; VALUE is read as JSON when it parses
-(1e-3, 20, true, [0.5,1,2], "text"), else as a string. Hyperparameters of each method:
+(1e-3, 20, true, [0.5,1,2], "text"), else as a string, and must lie in the hyperparameter's
+domain (NaN and infinity never do). Hyperparameters of each method, with their domains:
   python -m clipcal calibrate --show-hparams
+CFR's loss terms are switched by cfr.ce, cfr.contrastive and cfr.supcon (true/false; the run
+records which were on), e.g. cross-entropy on the calibration set alone:
+  --methods cfr --set cfr.contrastive=false --set cfr.supcon=false
 """
 
 DEFAULT_METHODS = "zeroshot,erm,jtt,afr,dfr,cfr"
@@ -90,6 +94,7 @@ def parse_sets(items: list[str]) -> dict:
 def _show_hparams() -> int:
     from clipcal.errors import MethodError
     from clipcal.methods import METHODS, get_method
+    from clipcal.methods.params import describe
 
     for name in METHODS:
         try:
@@ -100,7 +105,8 @@ def _show_hparams() -> int:
         flag = " [uses group labels]" if cls.uses_group_labels else ""
         print(f"{name} — {cls.label}{flag}: {cls.description}")
         for k, (default, help_) in cls.HPARAMS.items():
-            print(f"  {name}.{k} = {json.dumps(default)}  — {help_}")
+            domain = describe(cls.PARAM_CONSTRAINTS[k]) if k in cls.PARAM_CONSTRAINTS else "?"
+            print(f"  {name}.{k} = {json.dumps(default)}  — {help_} [{domain}]")
         print()
     return 0
 

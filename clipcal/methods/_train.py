@@ -44,7 +44,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipcal.errors import MethodError
-from clipcal.methods.base import (FeatureData, Progress, ProgressFn, check_cancel, empty_curves, report)
+from clipcal.methods.base import (FeatureData, NonFiniteError, Progress, ProgressFn, check_cancel, empty_curves,
+                                  report)
+from clipcal.methods.params import Boolean, InstanceOf, Integral, Interval, Real, StrOptions
 
 SELECTION_RULES = {
     "worst-class": "validation worst-class accuracy (annotation-free)",
@@ -62,6 +64,22 @@ ERM_DEFAULTS = {
     "dropout": 0.1,
     "learn_scale": False,
     "selection": "worst-class",
+}
+
+
+#: Domains of the last-layer hyperparameters, declared once: ERM, JTT and AFR take them as they are, CFR for
+#: its stage-2 SGD and (``erm_lr`` / ``erm_epochs``) its stage 1 (clipcal.methods.params).
+LAST_LAYER_CONSTRAINTS = {
+    "epochs": [Interval(Integral, 1, None, closed="left")],
+    "lr": [Interval(Real, 0, None, closed="neither")],
+    "weight_decay": [Interval(Real, 0, None, closed="left")],
+    "momentum": [Interval(Real, 0, 1, closed="left")],        # μ = 1 never forgets a gradient: diverges
+    "batch_size": [Interval(Integral, 1, None, closed="left")],
+    "dropout": [Interval(Real, 0, 1, closed="left")],         # p = 1 drops every feature
+    "learn_scale": [Boolean()],
+    "selection": [StrOptions(SELECTION_RULES)],
+    "seed": [Interval(Integral, 0, 2**32 - 1, closed="both")],  # numpy's and torch's seed range
+    "device": [InstanceOf(str, "a device name (auto, cpu, cuda, cuda:1 …)")],
 }
 
 
@@ -339,6 +357,10 @@ class Evaluator:
         for split in dict.fromkeys(("val",) + self.splits):
             idx = self._idx[split]
             probs, _ = self.predict(model, idx)
+            if not np.isfinite(probs).all():  # argmax of NaN is 0: the score would look like a real one
+                raise NonFiniteError(
+                    f"the model's {split} outputs became NaN or inf at {stage} epoch {epoch}",
+                    hint="the weights diverged: lower the learning rate (e.g. 10× smaller)")
             m = self.split_metrics(probs, idx)
             if split == "val":
                 score = m["worst_class"] if self.rule == "worst-class" else m.get("worst_group", float("nan"))
@@ -373,8 +395,25 @@ class LoopResult:
     seconds: float = 0.0
 
 
+def check_finite_loss(loss: float, *, stage: str, epoch: int, lr: float | None = None) -> None:
+    """Raise :class:`~clipcal.methods.base.NonFiniteError` when a training loss is NaN or ±inf.
+
+    A non-finite loss means the weights are (or are about to be) NaN: every later epoch, the selection and the
+    stored predictions would be meaningless, so the method stops here. The hint names the likely cause: a
+    learning rate too large for the loss (SGD overshoots, the logits overflow).
+    """
+    if math.isfinite(loss):
+        return
+    lr_text = f" (lr = {lr:g})" if lr is not None else ""
+    raise NonFiniteError(
+        f"the training loss became {loss} at {stage} epoch {epoch}; training stopped and nothing was kept",
+        hint=f"the learning rate is probably too large{lr_text}: try one 10× smaller; if that does not help, "
+             f"check the features for huge values")
+
+
 def run_epochs(model: LastLayer, *, epochs: int, train_epoch: Callable[[int], dict], evaluator: Evaluator,
-               stage: str, progress: ProgressFn | None = None, cancel=None, select: bool = True) -> LoopResult:
+               stage: str, progress: ProgressFn | None = None, cancel=None, select: bool = True,
+               lr: float | None = None) -> LoopResult:
     """Run ``epochs`` epochs, evaluate after each, keep and restore the best state.
 
     Args:
@@ -387,9 +426,12 @@ def run_epochs(model: LastLayer, *, epochs: int, train_epoch: Callable[[int], di
         progress / cancel: as in :meth:`Method.fit`; progress counts epochs.
         select: True (default) keeps the best validation epoch; False keeps the last epoch (e.g. JTT's
             identification model trained for a fixed number of epochs).
+        lr: the learning rate, named in the hint when the loss diverges.
 
     Raises:
-        MethodError: ``epochs < 1``. Cancelled: ``cancel`` set (checked before each epoch).
+        MethodError: ``epochs < 1``. NonFiniteError: an epoch's training loss (or any other figure the epoch
+        function returned), the model's validation outputs or the validation score is NaN / inf.
+        Cancelled: ``cancel`` set (checked before each epoch).
     """
     if epochs < 1:
         raise MethodError(f"epochs must be ≥ 1, got {epochs}")
@@ -402,13 +444,18 @@ def run_epochs(model: LastLayer, *, epochs: int, train_epoch: Callable[[int], di
         model.train()
         train_m = train_epoch(ep) or {}
         model.eval()
+        for k, v in train_m.items():  # "loss" and its terms (CFR: loss_ce, loss_contrastive, loss_supcon)
+            check_finite_loss(float(v), stage=stage, epoch=ep, lr=lr)
         if "loss" in train_m:
             losses.append(float(train_m["loss"]))
         rows += [{"epoch": ep, "stage": stage, "split": "train", "metric": k, "value": float(v)}
                  for k, v in train_m.items()]
         score, r = evaluator.evaluate(model, ep, stage)
         rows += r
-        s = score if np.isfinite(score) else -math.inf
+        if not np.isfinite(score):  # val is never empty here (check_trainable): NaN means broken outputs
+            raise NonFiniteError(f"the validation score ({evaluator.rule}) is {score} at {stage} epoch {ep}",
+                                 hint="check that the validation split has samples of every class")
+        s = score
         if not select:
             best_epoch, best_score = ep, s
         elif best_state is None or s > best_score:
@@ -620,7 +667,7 @@ def train_last_layer(data: FeatureData, *, train_idx: np.ndarray | None = None,
 
     with torch_threads(data.feature_dim, data.embed_dim, dev):
         loop = run_epochs(model, epochs=epochs, train_epoch=one_epoch, evaluator=evaluator, stage=stage,
-                          progress=progress, cancel=cancel, select=select)
+                          progress=progress, cancel=cancel, select=select, lr=lr)
     conv = check_converged(loop.train_losses)
     notes = []
     if not conv:

@@ -22,10 +22,11 @@ import numpy as np
 import pandas as pd
 
 from clipcal.errors import MethodError
-from clipcal.methods._train import (DEFAULT_SCALE, ERM_DEFAULTS, SELECTION_RULES, init_notes, selection_score,
-                                    stage_progress)
+from clipcal.methods._train import (DEFAULT_SCALE, ERM_DEFAULTS, LAST_LAYER_CONSTRAINTS, SELECTION_RULES,
+                                    init_notes, selection_score, stage_progress)
 from clipcal.methods.base import Method, MethodResult, check_cancel, report, softmax
 from clipcal.methods.erm import LAST_LAYER_HPARAMS, fit_erm_stage, uses_groups
+from clipcal.methods.params import Interval, ListOf, Real
 
 
 def stratified_split(y: np.ndarray, rows: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,6 +103,12 @@ class AFR(Method):
         "heldout_frac": (0.2, "fraction of each training class held out for reweighting"),
         **LAST_LAYER_HPARAMS,
     }
+    PARAM_CONSTRAINTS = {
+        "gammas": [ListOf(Interval(Real, 0, None, closed="left"))],
+        "regs": [ListOf(Interval(Real, 0, None, closed="left"))],
+        "heldout_frac": [Interval(Real, 0, 1, closed="neither")],
+        **LAST_LAYER_CONSTRAINTS,
+    }
 
     def __init__(self, gammas=(0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0), regs=(0.0, 0.01, 0.1), heldout_frac=0.2,
                  epochs=ERM_DEFAULTS["epochs"], lr=ERM_DEFAULTS["lr"], weight_decay=ERM_DEFAULTS["weight_decay"],
@@ -125,10 +132,6 @@ class AFR(Method):
     def _fit(self, data, progress, cancel) -> MethodResult:
         gammas = [float(g) for g in np.atleast_1d(self.gammas)]
         regs = [float(r) for r in np.atleast_1d(self.regs)]
-        if not gammas or not regs or min(gammas) < 0 or min(regs) < 0:
-            raise MethodError("AFR needs non-empty, non-negative gammas and regs")
-        if not 0.0 < float(self.heldout_frac) < 1.0:
-            raise MethodError(f"heldout_frac must lie in (0, 1), got {self.heldout_frac}")
         train = data.indices("train")
         part1, held = stratified_split(data.y, train, float(self.heldout_frac), int(self.seed))
         notes = []

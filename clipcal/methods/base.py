@@ -27,6 +27,7 @@ import pandas as pd
 
 from clipcal._json import jsonable
 from clipcal.errors import Cancelled, MethodError
+from clipcal.methods.params import choices_of, validate_params
 
 SPLITS = ("train", "val", "test")
 CURVE_COLUMNS = ("epoch", "stage", "split", "metric", "value")
@@ -72,6 +73,11 @@ def check_cancel(cancel) -> None:
         raise Cancelled("calibration cancelled", hint="nothing of this method's run was stored; start it again")
 
 
+class NonFiniteError(MethodError):
+    """Training produced NaN or ±inf (loss, model outputs or validation score): the method stops, nothing of it
+    is kept. The message names the method, stage and epoch; the hint the likely cause (lr too large …)."""
+
+
 # ---------------------------------------------------------------------------------------------------------
 # FeatureData
 # ---------------------------------------------------------------------------------------------------------
@@ -83,9 +89,15 @@ def _writable(arr, dtype) -> np.ndarray:
     return a if a.flags.writeable else a.copy()
 
 
+#: |value| above which a feature is refused: no backbone's features come near it, and float32 products of such
+#: values overflow to inf (the largest float32 is 3.4e38) — seen as corrupt store bytes (|h| ≈ 3.4e38)
+MAX_ABS_FEATURE = 1e18
+
+
 def _bad_rows(arr: np.ndarray) -> np.ndarray:
-    """Row indices of a 2-D array holding NaN or ±inf."""
-    return np.flatnonzero(~np.isfinite(arr).all(axis=1))
+    """Row indices of a 2-D array holding NaN, ±inf or a value beyond ±``MAX_ABS_FEATURE``."""
+    with np.errstate(invalid="ignore"):
+        return np.flatnonzero(~(np.abs(arr) <= MAX_ABS_FEATURE).all(axis=1))
 
 
 @dataclass
@@ -162,10 +174,10 @@ class FeatureData:
             if len(bad):
                 ids = [str(self.sample_ids[i]) for i in bad[:5]]
                 raise MethodError(
-                    f"{name} contain NaN or inf in {len(bad)} row(s): rows {bad[:5].tolist()} "
-                    f"(sample_id {ids})",
-                    hint="these images gave broken features (precision overflow or corrupt file); "
-                         "re-embed in float32 or remove them from the benchmark")
+                    f"{name} contain NaN, inf or values beyond ±{MAX_ABS_FEATURE:g} in {len(bad)} row(s): rows "
+                    f"{bad[:5].tolist()} (sample_id {ids})",
+                    hint="these images gave broken features (precision overflow, corrupt file or corrupt "
+                         "store); re-embed in float32 or remove them from the benchmark")
         k = len(self.class_names)
         if k < 2:
             raise MethodError(f"need at least 2 classes, got {k} ({self.class_names})")
@@ -183,12 +195,18 @@ class FeatureData:
             if self.proj_weight.shape != (self.feature_dim, self.embed_dim):
                 raise MethodError(f"proj_weight has shape {self.proj_weight.shape}, expected "
                                   f"[d, e] = {(self.feature_dim, self.embed_dim)}")
+            if len(_bad_rows(self.proj_weight)):
+                raise MethodError("the stored projection (proj_weight) contains NaN, inf or huge values",
+                                  hint="the backbone's weights or the embedding store are corrupt; re-embed")
         if self.text_head is not None:
             self.text_head = np.asarray(self.text_head, dtype=np.float32)
             if self.text_head.shape != (k, self.embed_dim):
                 raise MethodError(f"text_head has shape {self.text_head.shape}, expected [K, e] = "
                                   f"{(k, self.embed_dim)}",
                                   hint="compute the text head with the same backbone and class names")
+            if len(_bad_rows(self.text_head)):
+                raise MethodError("the zero-shot text head contains NaN, inf or huge values",
+                                  hint="recompute it (clipcal.embed.class_text_embeddings) with the same backbone")
         if self.projection not in ("exact", "identity"):
             raise MethodError(f"projection must be 'exact' or 'identity', got {self.projection!r}")
         self.notes = list(self.notes)
@@ -417,8 +435,12 @@ class Method:
         needs_training: True when the method trains on the train split (checks every class is present).
         description: one line for the dashboard.
         HPARAMS: ``{name: (default, one-line help)}`` for every constructor argument, in display order.
-        CHOICES: ``{name: (allowed values, …)}`` for hyperparameters that take one of a few values (the
-            dashboard shows a select box; ``fit`` rejects anything else with a MethodError).
+        PARAM_CONSTRAINTS: ``{name: [constraint, …]}`` — the domain of every constructor argument, declared
+            once (:mod:`clipcal.methods.params`: ``Interval(Real, 0, None, closed="neither")``,
+            ``StrOptions(…)``, ``Boolean()``, ``None`` …; any one constraint may hold). Shared last-layer
+            hyperparameters come from one dict (``clipcal.methods._train.LAST_LAYER_CONSTRAINTS``).
+        CHOICES: ``{name: (allowed values, …)}`` — derived from ``PARAM_CONSTRAINTS`` (every hyperparameter
+            whose domain is one ``StrOptions``), for the dashboard's select boxes. Not declared by hand.
     """
 
     name: ClassVar[str] = "base"
@@ -428,9 +450,14 @@ class Method:
     needs_training: ClassVar[bool] = True
     description: ClassVar[str] = ""
     HPARAMS: ClassVar[dict[str, tuple[Any, str]]] = {}
+    PARAM_CONSTRAINTS: ClassVar[dict[str, list]] = {}
     CHOICES: ClassVar[dict[str, tuple]] = {}
 
     result_: MethodResult
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.CHOICES = choices_of(cls.PARAM_CONSTRAINTS)  # one declaration: the domains
 
     @classmethod
     def _param_names(cls) -> list[str]:
@@ -452,28 +479,18 @@ class Method:
             setattr(self, k, v)
         return self
 
-    #: whole-number hyperparameters that must be ≥ 1 wherever a method has them
-    POSITIVE_INTS: ClassVar[tuple[str, ...]] = ("epochs", "erm_epochs", "id_epochs", "batch_size", "n_pos",
-                                                "n_neg")
-
     def check_params(self) -> None:
-        """Check the hyperparameter values that need no data: allowed values (``CHOICES``) and counts ≥ 1.
+        """Check every hyperparameter value against its declared domain (``PARAM_CONSTRAINTS``), before any work.
 
-        Called by :meth:`fit` and by the CLI before any work. Raises:
-            MethodError: naming the hyperparameter, the value and what is allowed.
+        The one entry point for value checks: :meth:`fit` calls it, and :func:`clipcal.runs.resolve_hparams`
+        (used by the CLI and the Calibrate page) calls it on what the user typed. Subclasses add checks that
+        involve several hyperparameters by overriding and calling ``super().check_params()`` first.
+
+        Raises:
+            MethodError: ``"<method>.<name> must be <domain>, got <value>"`` (NaN and ±inf are outside every
+                numeric domain), with the default in the hint.
         """
-        for name, allowed in self.CHOICES.items():
-            v = getattr(self, name, None)
-            if v not in allowed:
-                raise MethodError(f"{self.name}.{name} = {v!r} is not one of {list(allowed)}",
-                                  hint=f"use e.g. {self.name}.{name}={allowed[0]}")
-        for name in self.POSITIVE_INTS:
-            if name in self.HPARAMS:
-                v = getattr(self, name)
-                if v is None and self.HPARAMS[name][0] is None:  # "automatic" where the default is None
-                    continue
-                if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                    raise MethodError(f"{self.name}.{name} must be a whole number ≥ 1, got {v!r}")
+        validate_params(self.PARAM_CONSTRAINTS, self.get_params(), self.name, self.defaults())
 
     @classmethod
     def defaults(cls) -> dict:
@@ -492,8 +509,10 @@ class Method:
             self.
 
         Raises:
-            MethodError: input the method cannot use (class absent from train, no validation split, missing
-                group labels for DFR …). NoTextTowerError: zero-shot on an image-only backbone.
+            MethodError: a hyperparameter outside its domain; input the method cannot use (class absent from
+                train, no validation split, missing group labels for DFR …). NoTextTowerError: zero-shot on an
+                image-only backbone. NonFiniteError (a MethodError): the training loss, the model's outputs or
+                the validation score became NaN / inf — the method stops and returns nothing.
             Cancelled: ``cancel`` was set.
         """
         if not isinstance(data, FeatureData):
@@ -502,7 +521,10 @@ class Method:
         if self.needs_training:
             data.check_trainable()
         check_cancel(cancel)
-        result = self._fit(data, progress, cancel)
+        try:
+            result = self._fit(data, progress, cancel)
+        except NonFiniteError as err:  # name the method: the stage alone ("erm") is ambiguous inside CFR / JTT
+            raise NonFiniteError(f"{self.name}: {err.message}", hint=err.hint) from None
         result.record["hparams"] = jsonable(self.get_params())
         result.record.setdefault("uses_group_labels", self.uses_group_labels)
         result.record["uses_group_labels"] = bool(result.record["uses_group_labels"])

@@ -56,8 +56,12 @@ import torch.nn.functional as F
 from clipcal.errors import MethodError
 from clipcal.methods import _train as T
 from clipcal.methods.base import FeatureData, Method, MethodResult, ProgressFn, check_cancel
+from clipcal.methods.params import Boolean, Integral, Interval, Real, StrOptions
+
 
 NEGATIVE_MODES = ("hard", "random-other-class")
+#: the stage-2 loss terms, each with a switch (hyperparameter of the same name) and a weight ``w_<term>``
+LOSS_TERMS = ("ce", "contrastive", "supcon")
 INIT_MODES = ("pretrained", "erm")
 LOSS_SCHEDULES = ("fixed", "cosine")
 CALIBRATION_ERRORS = ("train", "cross-fit")
@@ -367,11 +371,12 @@ def project_unique(model: T.LastLayer, h: torch.Tensor, *index_sets: torch.Tenso
 def cfr_step_loss(model: T.LastLayer, h: torch.Tensor, y: torch.Tensor, batch: torch.Tensor,
                   anchors: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, *, tau: float = 1.0,
                   supcon_temperature: float = 0.07, w_ce: float = 1.5, w_contrastive: float = 1.5,
-                  w_supcon: float = 1.0, supcon: bool = True, dedup: bool = True
-                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                  w_supcon: float = 1.0, ce: bool = True, contrastive: bool = True, supcon: bool = True,
+                  dedup: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The CFR loss of one step (cfr-method.md, "Stage 2").
 
-    ``w_ce·CE(anchors) + w_contrastive·contrastive(anchors, pos, neg; τ) + w_supcon·SupCon(batch; t)``.
+    ``w_ce·CE(anchors) + w_contrastive·contrastive(anchors, pos, neg; τ) + w_supcon·SupCon(batch; t)``, each
+    term only where its switch (``ce``, ``contrastive``, ``supcon``) is on — switched-off terms are not computed.
     Feature dropout (model's, training mode) acts on the anchors' and batch's z; those are re-normalised
     for the contrastive terms. Positives / negatives get no dropout.
 
@@ -383,25 +388,37 @@ def cfr_step_loss(model: T.LastLayer, h: torch.Tensor, y: torch.Tensor, batch: t
             behaviour, used by the tests to show both give the same loss and gradients).
 
     Returns:
-        (total loss, {"ce", "contrastive", "supcon"} detached scalars).
+        (total loss, detached scalars of the terms that are on: ``{"ce", "contrastive", "supcon"}``).
+
+    Raises:
+        MethodError: every term switched off (nothing to train).
     """
+    if not (ce or contrastive or supcon):
+        raise MethodError("every CFR loss term is switched off; nothing to train",
+                          hint="switch on at least one of ce, contrastive, supcon")
     if dedup:
         zb, za, zp, zn = project_unique(model, h, batch, anchors, pos, neg)
     else:
         zb, za = model.project(h[batch]), model.project(h[anchors])
         zp = model.project(h[pos.reshape(-1)]).reshape(*pos.shape, -1)
         zn = model.project(h[neg.reshape(-1)]).reshape(*neg.shape, -1)
-    za_d = model.feature_dropout(za)
-    ce = F.cross_entropy(model.logits_from_z(za_d), y[anchors])
-    con = contrastive_loss(F.normalize(za_d, dim=-1), zp, zn, tau=tau)
-    loss = w_ce * ce + w_contrastive * con
-    terms = {"ce": ce.detach(), "contrastive": con.detach()}
-    if supcon and w_supcon != 0:
+    parts, terms = [], {}
+    if ce or contrastive:
+        za_d = model.feature_dropout(za)
+        if ce:
+            ce_v = F.cross_entropy(model.logits_from_z(za_d), y[anchors])
+            parts.append(w_ce * ce_v)
+            terms["ce"] = ce_v.detach()
+        if contrastive:
+            con = contrastive_loss(F.normalize(za_d, dim=-1), zp, zn, tau=tau)
+            parts.append(w_contrastive * con)
+            terms["contrastive"] = con.detach()
+    if supcon:
         zb_d = model.feature_dropout(zb)
         sc = supcon_loss(F.normalize(zb_d, dim=-1), y[batch], temperature=supcon_temperature)
-        loss = loss + w_supcon * sc
+        parts.append(w_supcon * sc)
         terms["supcon"] = sc.detach()
-    return loss, terms
+    return sum(parts[1:], parts[0]), terms
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -442,11 +459,13 @@ class CFR(Method):
         "n_neg": (16, "negatives per anchor: other-class training samples"),
         "negatives": ("hard", "'hard' (nearest other-class by cosine in h) or 'random-other-class' (ablation)"),
         "tau": (1.0, "temperature of the anchor contrastive term"),
-        "supcon": (True, "add the supervised contrastive term on the training batch"),
+        "ce": (True, "loss term on/off: cross-entropy on the calibration set (the anchors)"),
+        "contrastive": (True, "loss term on/off: anchor contrastive term (P positives, N negatives)"),
+        "supcon": (True, "loss term on/off: supervised contrastive term on the training batch"),
         "supcon_temperature": (0.07, "temperature of the supervised contrastive term"),
-        "w_ce": (1.5, "weight of cross-entropy on the calibration anchors"),
-        "w_contrastive": (1.5, "weight of the anchor contrastive term"),
-        "w_supcon": (1.0, "weight of the supervised contrastive term"),
+        "w_ce": (1.5, "weight (> 0) of cross-entropy on the calibration anchors; switch: ce"),
+        "w_contrastive": (1.5, "weight (> 0) of the anchor contrastive term; switch: contrastive"),
+        "w_supcon": (1.0, "weight (> 0) of the supervised contrastive term; switch: supcon"),
         "loss_schedule": ("fixed", "'fixed' weights, or 'cosine': CE/contrastive × (1+0.5·cos(2π·ep/epochs))/1.5 "
                                    "as in the reference code"),
         "init": ("pretrained", "stage-2 start: 'pretrained' (W₀ and text head / ERM head) or 'erm'"),
@@ -464,12 +483,29 @@ class CFR(Method):
         "device": ("auto", "'auto' (CUDA when present), 'cpu' or 'cuda'"),
     }
 
-    CHOICES: ClassVar[dict] = {"negatives": NEGATIVE_MODES, "loss_schedule": LOSS_SCHEDULES, "init": INIT_MODES,
-                               "calibration_errors": CALIBRATION_ERRORS}
+    #: domains (clipcal.methods.params); the SGD / stage-1 ones are the shared last-layer declarations
+    PARAM_CONSTRAINTS: ClassVar[dict] = {
+        **T.LAST_LAYER_CONSTRAINTS,
+        "erm_epochs": T.LAST_LAYER_CONSTRAINTS["epochs"],
+        "erm_lr": T.LAST_LAYER_CONSTRAINTS["lr"],
+        "n_pos": [Interval(Integral, 1, None, closed="left")],
+        "n_neg": [Interval(Integral, 1, None, closed="left")],
+        "negatives": [StrOptions(NEGATIVE_MODES)],
+        "tau": [Interval(Real, 0, None, closed="neither")],
+        **{term: [Boolean()] for term in LOSS_TERMS},
+        "supcon_temperature": [Interval(Real, 0, None, closed="neither")],
+        **{f"w_{term}": [Interval(Real, 0, None, closed="neither")] for term in LOSS_TERMS},
+        "loss_schedule": [StrOptions(LOSS_SCHEDULES)],
+        "init": [StrOptions(INIT_MODES)],
+        "train_head": [Boolean()],
+        "calibration_errors": [StrOptions(CALIBRATION_ERRORS)],
+        "cross_fit_folds": [Interval(Integral, 2, None, closed="left")],
+    }
 
     def __init__(self, epochs: int = 100, lr: float = 1e-4, momentum: float = 0.9, weight_decay: float = 1e-5,
                  batch_size: int = 128, n_pos: int = 16, n_neg: int = 16, negatives: str = "hard",
-                 tau: float = 1.0, supcon: bool = True, supcon_temperature: float = 0.07, w_ce: float = 1.5,
+                 tau: float = 1.0, ce: bool = True, contrastive: bool = True, supcon: bool = True,
+                 supcon_temperature: float = 0.07, w_ce: float = 1.5,
                  w_contrastive: float = 1.5, w_supcon: float = 1.0, loss_schedule: str = "fixed",
                  init: str = "pretrained", train_head: bool = True, dropout: float = 0.1, learn_scale: bool = False,
                  selection: str = "worst-class", calibration_errors: str = "train", cross_fit_folds: int = 2,
@@ -484,6 +520,8 @@ class CFR(Method):
         self.n_neg = n_neg
         self.negatives = negatives
         self.tau = tau
+        self.ce = ce
+        self.contrastive = contrastive
         self.supcon = supcon
         self.supcon_temperature = supcon_temperature
         self.w_ce = w_ce
@@ -504,16 +542,39 @@ class CFR(Method):
 
     # -- checks ---------------------------------------------------------------------------------------------
     def check_params(self) -> None:
-        """:meth:`Method.check_params` plus CFR's own ranges (folds ≥ 2, rates and temperatures > 0, dropout in
-        [0, 1)). Raises MethodError."""
+        """Every value in its domain (``PARAM_CONSTRAINTS``) and at least one loss term on.
+
+        A loss term is switched off by its boolean (``ce``, ``contrastive``, ``supcon``), never by a weight of 0:
+        one way to say "off", and the run record lists the terms that were on. Raises MethodError.
+        """
+        for term in LOSS_TERMS:  # a weight of 0 was the old way to switch off SupCon: say what to do instead
+            w = getattr(self, f"w_{term}")
+            if isinstance(w, (int, float)) and not isinstance(w, bool) and w == 0:
+                raise MethodError(f"cfr.w_{term} must be > 0, got 0",
+                                  hint=f"to switch the term off, set cfr.{term}=false")
         super().check_params()
-        if self.calibration_errors == "cross-fit" and int(self.cross_fit_folds) < 2:
-            raise MethodError(f"cross_fit_folds must be ≥ 2, got {self.cross_fit_folds}")
-        for name in ("lr", "erm_lr", "tau", "supcon_temperature"):
-            if not float(getattr(self, name)) > 0:
-                raise MethodError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not 0 <= float(self.dropout) < 1:
-            raise MethodError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not any(getattr(self, term) for term in LOSS_TERMS):
+            raise MethodError("every CFR loss term is switched off (cfr.ce, cfr.contrastive and cfr.supcon are "
+                              "all false); nothing to train", hint="switch on at least one of them")
+
+    def loss_terms(self) -> dict:
+        """Which loss terms are on and their weights, for the run record.
+
+        Returns:
+            ``{"ce": {"on": bool, "weight": float, "what": str}, "contrastive": …, "supcon": …}`` plus
+            ``"formula"``: the stage-2 loss as run, e.g. ``"1.5·CE(calibration set) + 1.0·SupCon(train batch,
+            t=0.07)"`` (× the cosine factor on CE and contrastive when ``loss_schedule="cosine"``).
+        """
+        what = {"ce": "cross-entropy on the calibration set (anchors)",
+                "contrastive": f"anchor contrastive (P={self.n_pos}, N={self.n_neg} {self.negatives}, τ={self.tau:g})",
+                "supcon": f"supervised contrastive on the training batch (t={self.supcon_temperature:g})"}
+        short = {"ce": "CE(calibration set)", "contrastive": f"contrastive(τ={self.tau:g})",
+                 "supcon": f"SupCon(train batch, t={self.supcon_temperature:g})"}
+        out = {t: {"on": bool(getattr(self, t)), "weight": float(getattr(self, f"w_{t}")), "what": what[t]}
+               for t in LOSS_TERMS}
+        out["formula"] = " + ".join(f"{out[t]['weight']:g}·{short[t]}" for t in LOSS_TERMS if out[t]["on"]) + (
+            " (CE and contrastive × the cosine factor)" if self.loss_schedule == "cosine" else "")
+        return out
 
     def _check_options(self, data: FeatureData) -> None:
         T.check_selection(self.selection, data)  # the values themselves: check_params, run by Method.fit
@@ -575,6 +636,7 @@ class CFR(Method):
             "uses_group_labels": uses_groups,
             "selection_rule": f"{self.selection}: {T.SELECTION_RULES[self.selection]}",
             "seed": seed,
+            "loss_terms": self.loss_terms(),
             "device": str(dev),
             "last_layer": last_layer,
             "erm": {"chosen_epoch": erm.chosen_epoch, "best_score": erm.best_score, "converged": erm.converged,
@@ -689,7 +751,7 @@ class CFR(Method):
             else:
                 f = 1.0
             perm = torch.randperm(len(tr), generator=gen)
-            sums = {"loss": 0.0, "ce": 0.0, "contrastive": 0.0, "supcon": 0.0}
+            sums = {"loss": 0.0, **{t: 0.0 for t in LOSS_TERMS if getattr(self, t)}}
             for s in range(steps):
                 check_cancel(cancel)                    # an epoch can take tens of seconds on a CPU
                 batch = tr_t[perm[s * B:(s + 1) * B]]
@@ -703,7 +765,7 @@ class CFR(Method):
                     model, h, y_all, b_d, a_d, p_d, n_d, tau=float(self.tau),
                     supcon_temperature=float(self.supcon_temperature), w_ce=float(self.w_ce) * f,
                     w_contrastive=float(self.w_contrastive) * f, w_supcon=float(self.w_supcon),
-                    supcon=bool(self.supcon))
+                    ce=bool(self.ce), contrastive=bool(self.contrastive), supcon=bool(self.supcon))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -713,14 +775,10 @@ class CFR(Method):
                 sums["loss"] += float(loss.detach())
                 for k, v in terms.items():
                     sums[k] += float(v)
-            out = {"loss": sums["loss"] / steps, "loss_ce": sums["ce"] / steps,
-                   "loss_contrastive": sums["contrastive"] / steps}
-            if self.supcon and self.w_supcon != 0:
-                out["loss_supcon"] = sums["supcon"] / steps
-            return out
+            return {("loss" if k == "loss" else f"loss_{k}"): v / steps for k, v in sums.items()}
 
         loop = T.run_epochs(model, epochs=epochs, train_epoch=one_epoch, evaluator=evaluator, stage="cfr",
-                            progress=T.stage_progress(progress, pre_cfr, grand), cancel=cancel)
+                            progress=T.stage_progress(progress, pre_cfr, grand), cancel=cancel, lr=float(self.lr))
         probs, z_after = evaluator.predict(model)
         if not T.check_converged(loop.train_losses):
             notes.append(f"cfr: training loss had not levelled off after {epochs} epochs "

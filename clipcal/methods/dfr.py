@@ -23,6 +23,7 @@ import pandas as pd
 from clipcal.errors import MethodError
 from clipcal.methods._train import accuracy_by
 from clipcal.methods.base import Method, MethodResult, check_cancel, report, softmax
+from clipcal.methods.params import Integral, Interval, ListOf, Real, StrOptions
 
 
 def balanced_subsample(groups: np.ndarray, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -74,6 +75,12 @@ class DFR(Method):
         "n_retrain": (10, "balanced subsamples averaged in the final fit"),
         "seed": (0, "random seed (halves, subsamples)"),
     }
+    PARAM_CONSTRAINTS = {
+        "Cs": [ListOf(Interval(Real, 0, None, closed="neither"))],
+        "refit": [StrOptions(("full-val", "half"))],
+        "n_retrain": [Interval(Integral, 1, None, closed="left")],
+        "seed": [Interval(Integral, 0, 2**32 - 1, closed="both")],
+    }
 
     def __init__(self, Cs=(1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01), refit="full-val", n_retrain=10, seed=0):
         self.Cs = Cs
@@ -85,11 +92,7 @@ class DFR(Method):
         from sklearn.preprocessing import StandardScaler
 
         data.check_attributes("val")
-        if self.refit not in ("full-val", "half"):
-            raise MethodError(f"refit must be 'full-val' or 'half', got {self.refit!r}")
         Cs = [float(c) for c in np.atleast_1d(self.Cs)]
-        if not Cs or min(Cs) <= 0:
-            raise MethodError("DFR needs a non-empty grid of positive C values")
         rng = np.random.default_rng(int(self.seed))
         val = data.indices("val")
         val = val[data.group[val] >= 0]

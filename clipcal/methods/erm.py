@@ -8,7 +8,8 @@ Implementation: :func:`clipcal.methods._train.train_last_layer`.
 from __future__ import annotations
 
 
-from clipcal.methods._train import DEFAULT_SCALE, ERM_DEFAULTS, SELECTION_RULES, init_notes, train_last_layer
+from clipcal.methods._train import (DEFAULT_SCALE, ERM_DEFAULTS, LAST_LAYER_CONSTRAINTS, SELECTION_RULES, init_notes,
+                                    train_last_layer)
 from clipcal.methods.base import FeatureData, Method, MethodResult
 
 #: hyperparameters shared by every last-layer method (ERM, JTT, AFR stage 1); name → (default, help)
@@ -56,6 +57,7 @@ class ERM(Method):
     uses_group_labels = False
     description = "cross-entropy on the train split, last layer + head, no group labels"
     HPARAMS = dict(LAST_LAYER_HPARAMS)
+    PARAM_CONSTRAINTS = dict(LAST_LAYER_CONSTRAINTS)
 
     def __init__(self, epochs=ERM_DEFAULTS["epochs"], lr=ERM_DEFAULTS["lr"],
                  weight_decay=ERM_DEFAULTS["weight_decay"], momentum=ERM_DEFAULTS["momentum"],

@@ -17,10 +17,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from clipcal.errors import MethodError
-from clipcal.methods._train import ERM_DEFAULTS, SELECTION_RULES, init_notes, stage_progress
+from clipcal.methods._train import (ERM_DEFAULTS, LAST_LAYER_CONSTRAINTS, SELECTION_RULES, init_notes,
+                                    stage_progress)
 from clipcal.methods.base import Method, MethodResult
 from clipcal.methods.erm import LAST_LAYER_HPARAMS, fit_erm_stage, uses_groups
+from clipcal.methods.params import Integral, Interval, Real
 
 
 class JTT(Method):
@@ -34,6 +35,9 @@ class JTT(Method):
                "id_epochs": (None, "epochs of the identification model, last epoch kept (JTT's T); "
                                    "None = the validation-selected ERM model"),
                **LAST_LAYER_HPARAMS}
+    PARAM_CONSTRAINTS = {"lambda_up": [Interval(Real, 1, None, closed="left")],   # < 1 would down-weight errors
+                         "id_epochs": [None, Interval(Integral, 1, None, closed="left")],
+                         **LAST_LAYER_CONSTRAINTS}
 
     def __init__(self, lambda_up=20.0, id_epochs=None, epochs=ERM_DEFAULTS["epochs"], lr=ERM_DEFAULTS["lr"],
                  weight_decay=ERM_DEFAULTS["weight_decay"], momentum=ERM_DEFAULTS["momentum"],
@@ -54,11 +58,7 @@ class JTT(Method):
         self.device = device
 
     def _fit(self, data, progress, cancel) -> MethodResult:
-        if not float(self.lambda_up) >= 1.0:
-            raise MethodError(f"lambda_up must be ≥ 1, got {self.lambda_up}")
         n_id = int(self.epochs) if self.id_epochs is None else int(self.id_epochs)
-        if n_id < 1:
-            raise MethodError(f"id_epochs must be ≥ 1, got {self.id_epochs}")
         total = n_id + int(self.epochs)
         erm = fit_erm_stage(self, data, stage_progress(progress, 0, total), cancel, stage="erm", epochs=n_id,
                             select=self.id_epochs is None)

@@ -14,6 +14,7 @@ import numpy as np
 from clipcal.errors import MethodError, NoTextTowerError
 from clipcal.methods._train import normalize_rows
 from clipcal.methods.base import Method, MethodResult, report, softmax
+from clipcal.methods.params import HasAttr, InstanceOf, Interval, ListOf, Real
 
 NOT_APPLICABLE = "not applicable: this backbone has no text tower"
 
@@ -32,6 +33,13 @@ class ZeroShot(Method):
         "class_names": (None, "class names used in the prompts (default: the benchmark's)"),
         "scale": (100.0, "logit scale (CLIP's trained value 100); changes probabilities, not predictions"),
         "backbone": (None, "backbone spec (or loaded Backbone) for custom prompts (default: the data's)"),
+    }
+
+    PARAM_CONSTRAINTS = {
+        "templates": [None, InstanceOf(str), ListOf(InstanceOf(str))],
+        "class_names": [None, ListOf(InstanceOf(str))],
+        "scale": [Interval(Real, 0, None, closed="neither")],
+        "backbone": [None, InstanceOf(str, "a backbone spec"), HasAttr("has_text", "a loaded Backbone")],
     }
 
     def __init__(self, templates=None, class_names=None, scale=100.0, backbone=None):

@@ -259,6 +259,13 @@ def umap_points(table: pd.DataFrame, xy_before: np.ndarray, xy_after: np.ndarray
     return out
 
 
+def _segment_rows(p: pd.DataFrame, line_order: str, lines: int) -> pd.Index:
+    """Rows that get a before→after segment: at most ``lines``, largest ``line_order`` first, only those
+    whose value is > 0 — a point that did not move gets no segment and is not counted as drawn."""
+    v = p[line_order].astype(float)
+    return v[v > 0].sort_values(ascending=False, kind="stable").index[:lines]
+
+
 def _hover_template(hover: Sequence[str], start: int = 1, panel: str = "") -> str:
     lines = ["<b>%{customdata[0]}</b>"]
     lines += [f"{h}: %{{customdata[{i}]}}" for i, h in enumerate(hover, start=start)]
@@ -299,8 +306,10 @@ def umap_figure(points: pd.DataFrame, color: str, mode: str = "side_by_side", ho
         color_label: legend title (default the column name).
         category_order / colors: optional category order and ``{category: colour}``.
         lines: overlay only — how many before→after segments to draw (0 = none).
-        line_order: overlay only — column ranking the points for segments (largest first, e.g.
-            ``move_2d`` from :func:`clipcal.projection.displacement`); default a seeded random subset.
+        line_order: overlay only — column ranking the points for segments (largest first; rows with a
+            value ≤ 0 get none): the embedding change ``cos_change`` from
+            :func:`clipcal.projection.displacement`, not ``move_2d`` (the map can show movement the
+            embeddings do not have); default a seeded random subset.
         webgl: force ``Scattergl`` on/off; default on above :data:`WEBGL_THRESHOLD` points.
 
     Returns:
@@ -369,7 +378,7 @@ def umap_figure(points: pd.DataFrame, color: str, mode: str = "side_by_side", ho
     fig.add_traces(rings)
     if has_after and not side and lines > 0:
         if line_order is not None and line_order in p:
-            idx = p[line_order].astype(float).fillna(-np.inf).sort_values(ascending=False).index[:lines]
+            idx = _segment_rows(p, line_order, lines)
         else:
             idx = np.sort(np.random.default_rng(seed).permutation(n)[:lines])
         xs = np.full(3 * len(idx), np.nan)
@@ -541,7 +550,8 @@ def umap_hover_chart(points: pd.DataFrame, color: str, mode: str = "side_by_side
             values use the continuous Cividis scheme).
         mode: ``"side_by_side"`` (two panels, one shared axis range) or ``"overlay"`` (before = open circles,
             after = filled, grey segments joining ``lines`` points' two positions, the ``line_order`` column's
-            largest first, else a seeded random subset).
+            largest first and only where it is > 0 — pass ``cos_change``, the embedding change — else a
+            seeded random subset).
         hover: extra columns for the hover card (after sample id and the colour column).
         max_images: at most this many rows keep their image (a seeded subset of the non-empty ones, see
             :func:`hover_subsample`): the payload bound holds whatever the caller passed.
@@ -594,7 +604,7 @@ def umap_hover_chart(points: pd.DataFrame, color: str, mode: str = "side_by_side
     d["image"] = pd.Series(imgs, dtype=object)  # object: a str column would copy the base64 into Arrow
     if has_after and not side and lines > 0:
         if line_order is not None and line_order in p:
-            idx = p[line_order].astype(float).fillna(-np.inf).sort_values(ascending=False).index[:lines]
+            idx = _segment_rows(p, line_order, lines)
         else:
             idx = np.random.default_rng(seed).permutation(n)[:lines]
         d["line"] = False

@@ -9,7 +9,10 @@ Facts this module is built around (offline.md): ``import umap`` and the first fi
 (tens of seconds cold); numba's JIT cache is pointed at ``<cache>/numba`` by
 :func:`clipcal.paths.configure_numba_cache` before umap is imported; a fixed ``random_state`` makes UMAP
 single-threaded and repeatable; numba's threading layer is not safe under concurrent server threads, so a
-process-wide lock lets only one UMAP run at a time. Results are stored in the store (kind
+process-wide lock lets only one UMAP run at a time. UMAP spreads identical rows over the map (more of
+them than ``n_neighbors`` form a clique that repulsion pulls apart), so rows that are one point are fitted
+once (:func:`merge_duplicates`) and "what moved" is ranked by the embedding change, the map distance being a
+cue only (:func:`moved_most`). Results are stored in the store (kind
 ``projections``), keyed by a sha256 of the input arrays plus the parameters, and never recomputed.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from dataclasses import dataclass
 import time
 import warnings
 from importlib import metadata
@@ -31,7 +35,14 @@ from clipcal.paths import configure_numba_cache
 #: Store kind for projections (docs/interfaces.md, clipcal.store).
 KIND = "projections"
 #: Bump when the way a projection is computed changes, so old store entries are not reused.
-PROJECTION_VERSION = 2
+#: 3: duplicate and float-noise-equal rows are merged before the fit (they used to be spread over the map).
+PROJECTION_VERSION = 3
+#: 1 − cosine at or below which two embeddings are the same point: the map merges them before UMAP
+#: (:func:`merge_duplicates`) and :func:`moved_most` counts a sample as unchanged. float32 rounding (also of
+#: TF32 matmuls) perturbs 1 − cos of one image by < 1e-7 (1 − cos is second order in the perturbation);
+#: 1e-6 is an angle of 0.08°, far below the change of any calibration (≥ 1e-3 on the benchmarks) and
+#: below the gap between distinct images.
+DUPLICATE_TOL = 1e-6
 
 _UMAP_LOCK = threading.Lock()  # one UMAP at a time in this process (numba threading is not thread-safe)
 _WARM = False
@@ -101,6 +112,7 @@ def projection_key(before: np.ndarray, after: np.ndarray | None, key_fields: Map
         "has_after": after is not None,
         "umap": _umap_version(),
         "projection_version": PROJECTION_VERSION,
+        "duplicates": f"merged where 1 - cos <= {DUPLICATE_TOL:g}",
     })
     key.update({k: v for k, v in params.items()})
     return key
@@ -176,15 +188,127 @@ def exact_knn(x: np.ndarray, k: int, metric: str = "cosine", block: int = 1024) 
     return idx_out, dist_out
 
 
+def _cos_change(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """1 − cosine similarity of matching rows, in float64, as ½‖a/‖a‖ − b/‖b‖‖² (exactly 0 for equal rows;
+    no cancellation for small changes, unlike 1 − a·b). [N, e], [N, e] → [N] in [0, 2]."""
+    d = _unit(a) - _unit(b)
+    return np.clip(0.5 * np.einsum("ij,ij->i", d, d), 0.0, 2.0)
+
+
+def _same_point(x: np.ndarray, i: np.ndarray, j: np.ndarray, metric: str, tol: float) -> np.ndarray:
+    """Whether rows ``i`` and ``j`` of ``x`` are one point: 1 − cos ≤ tol (cosine), or for euclidean
+    ‖a − b‖² ≤ 2·tol·‖a‖‖b‖ (the same for unit vectors, and also needs equal lengths)."""
+    a, b = np.asarray(x[i], np.float64), np.asarray(x[j], np.float64)
+    if metric == "cosine":
+        return _cos_change(a, b) <= tol
+    d2 = ((a - b) ** 2).sum(axis=1)
+    return d2 <= 2.0 * tol * np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+
+
+def _merge(x: np.ndarray, metric: str, n_neighbors: int, tol: float, allow_exact: bool = True
+           ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None, bool]:
+    """:func:`merge_duplicates`, also returning the exact neighbours of ``x[keep]`` (``None`` if not computed)
+    and whether the exact-neighbour path applies (``allow_exact``, metric, ≤ EXACT_KNN_MAX_ROWS distinct rows)."""
+    from scipy.sparse import coo_matrix  # noqa: PLC0415
+    from scipy.sparse.csgraph import connected_components  # noqa: PLC0415
+
+    # exact duplicates: what umap-learn's UMAP(unique=True) does (np.unique(axis=0)); done here because umap
+    # refuses unique=True together with precomputed_knn. Representatives keep input order, so an input
+    # without duplicates is fitted exactly as before.
+    _, first, inverse = np.unique(x, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    pos = np.empty_like(order)
+    pos[order] = np.arange(len(order))
+    keep, inverse = first[order].astype(np.int64), pos[inverse.reshape(-1)].astype(np.int64)
+    exact_nn = allow_exact and metric in _EXACT_METRICS and len(keep) <= EXACT_KNN_MAX_ROWS
+    if not exact_nn:
+        return keep, inverse, None, False
+    while True:
+        xu = x[keep]
+        m = len(keep)
+        if m < 2:
+            return keep, inverse, None, True
+        k = int(max(2, min(n_neighbors, m - 1)))
+        knn_i, knn_d = exact_knn(xu, k, metric)
+        # float32 distances are coarse near 0 (≈1e-7): screen loosely, decide in float64
+        loose = 100.0 * tol if metric == "cosine" else \
+            float(np.sqrt(200.0 * tol) * np.linalg.norm(xu, axis=1).max())
+        r, c = np.nonzero(knn_d[:, 1:] <= loose)
+        i, j = r, knn_i[r, c + 1].astype(np.int64)
+        same = _same_point(xu, i, j, metric, tol) if len(i) else np.zeros(0, bool)
+        if not same.any():
+            return keep, inverse, (knn_i, knn_d), True
+        # near-duplicates: one point per connected component (a group larger than k is linked through
+        # its members' neighbour lists; the loop catches any split that is left)
+        g = coo_matrix((np.ones(int(same.sum())), (i[same], j[same])), shape=(m, m))
+        _, label = connected_components(g, directed=False)
+        rep = np.full(label.max() + 1, m, dtype=np.int64)
+        np.minimum.at(rep, label, np.arange(m))  # earliest member represents its component
+        comp_order = np.argsort(rep, kind="stable")
+        comp_pos = np.empty_like(comp_order)
+        comp_pos[comp_order] = np.arange(len(comp_order))
+        keep, inverse = keep[rep[comp_order]], comp_pos[label][inverse]
+
+
+def merge_duplicates(x: np.ndarray, metric: str = "cosine", n_neighbors: int = 15, tol: float = DUPLICATE_TOL
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows of ``x`` are one point of the map: exact duplicates, and rows equal within ``tol``.
+
+    UMAP spreads identical rows (more of them than ``n_neighbors``) over the map, inventing structure and,
+    in a joint [before; after] fit, movement; the map is therefore fitted on one row per point and the
+    coordinates copied back. Exact duplicates are found as ``umap.UMAP(unique=True)`` finds them
+    (``np.unique(axis=0)``). Rows within ``tol`` (1 − cos ≤ tol for ``metric="cosine"``; for
+    ``"euclidean"`` ‖a − b‖² ≤ 2·tol·‖a‖‖b‖) are merged too, by single linkage over the exact neighbour
+    lists, when the exact path applies (``metric`` cosine/euclidean and at most :data:`EXACT_KNN_MAX_ROWS`
+    distinct rows); above that only exact duplicates are merged.
+
+    Args:
+        x: [M, e] float32 rows (before and after stacked, for a joint map).
+        metric, n_neighbors: as given to UMAP (the neighbour lists searched for near-duplicates).
+        tol: see :data:`DUPLICATE_TOL`.
+
+    Returns:
+        ``(keep [U] int64, inverse [M] int64)``: the representative rows (earliest row of each point,
+        ascending) and, for every row, its position in ``keep`` — ``xy[inverse]`` spreads a [U, 2] map back.
+    """
+    keep, inverse, _, _ = _merge(np.asarray(x, dtype=np.float32), metric, n_neighbors, tol)
+    return keep, inverse
+
+
+def _few_points_layout(x: np.ndarray, metric: str) -> np.ndarray:
+    """2-D places of 1-3 distinct points, too few for UMAP: classical MDS of their exact distances."""
+    m = len(x)
+    if m == 1:
+        return np.zeros((1, 2), dtype=np.float32)
+    if metric == "cosine":
+        u = _unit(x)
+        d2 = np.clip(2.0 - 2.0 * (u @ u.T), 0.0, None)  # squared chord length = 2(1 − cos)
+    else:
+        xf = np.asarray(x, np.float64)
+        d2 = ((xf[:, None, :] - xf[None, :, :]) ** 2).sum(-1)
+    j = np.eye(m) - 1.0 / m
+    w, v = np.linalg.eigh(-0.5 * j @ d2 @ j)
+    top = np.argsort(w)[::-1][:2]
+    xy = v[:, top] * np.sqrt(np.clip(w[top], 0.0, None))
+    return np.pad(xy, ((0, 0), (0, 2 - xy.shape[1]))).astype(np.float32)
+
+
 def _fit(x: np.ndarray, seed: int | None, n_neighbors: int, min_dist: float, metric: str,
          force_approximation: bool = False) -> np.ndarray:
     """Run one UMAP fit on ``x`` [M, e] → [M, 2] float32. Caller holds ``_UMAP_LOCK``.
 
+    Rows that are one point (:func:`merge_duplicates`) are fitted once and share their coordinates, so
+    identical rows — in a joint map, a sample whose "after" equals its "before" — land on the same point.
     ``force_approximation`` makes UMAP use its own NN-descent (used only to warm that path up).
     """
     global FIT_COUNT
     umap = _umap_module()
-    m = x.shape[0]
+    keep, inverse, knn, exact_nn = _merge(x, metric, n_neighbors, DUPLICATE_TOL, not force_approximation)
+    xu = x[keep]
+    m = xu.shape[0]
+    if m < 4:  # UMAP needs a few distinct points; 1-3 are placed by their exact distances
+        FIT_COUNT += 1
+        return _few_points_layout(xu, metric)[inverse]
     k = int(max(2, min(n_neighbors, m - 1)))
     kw: dict[str, Any] = dict(
         n_components=2,
@@ -200,16 +324,15 @@ def _fit(x: np.ndarray, seed: int | None, n_neighbors: int, min_dist: float, met
     else:
         kw["random_state"] = int(seed)
         kw["n_jobs"] = 1  # what umap does anyway with random_state; said explicitly to silence its warning
-    if metric in _EXACT_METRICS and m <= EXACT_KNN_MAX_ROWS and not force_approximation:
-        knn_i, knn_d = exact_knn(x, k, metric)
-        kw["precomputed_knn"] = (knn_i, knn_d)
+    if exact_nn:
+        kw["precomputed_knn"] = knn if knn is not None else exact_knn(xu, k, metric)
     with warnings.catch_warnings():
         # "precomputed_knn[2] is not an NNDescent object": we never call transform (module docstring)
         warnings.filterwarnings("ignore", message=".*knn_search_index.*")
         warnings.filterwarnings("ignore", message=".*n_jobs value.*overridden.*")
-        xy = umap.UMAP(**kw).fit_transform(x)
+        xy = umap.UMAP(**kw).fit_transform(xu)
     FIT_COUNT += 1
-    return np.asarray(xy, dtype=np.float32)
+    return np.asarray(xy, dtype=np.float32)[inverse]
 
 
 def joint_umap(before: np.ndarray, after: np.ndarray | None = None, store=None,
@@ -331,8 +454,11 @@ def displacement(xy_before: np.ndarray, xy_after: np.ndarray, emb_before: np.nda
     Returns:
         DataFrame, one row per point in input order, columns ``dx, dy`` (map units), ``move_2d``
         (Euclidean distance in the map), ``move_emb`` (Euclidean distance between the L2-normalised
-        embeddings, 0…2), ``cos_change`` (1 − cosine similarity of before and after, 0…2), and
-        ``rank_2d`` (1 = moved most in the map).
+        embeddings, 0…2), ``cos_change`` (1 − cosine similarity of before and after, 0…2, computed as
+        ½·move_emb² so that an unchanged embedding gives exactly 0), ``rank_change`` (1 = largest
+        embedding change; ties by ``move_2d``, then input order) and ``rank_2d`` (1 = moved most in the
+        map). Rank what moved by ``cos_change`` (:func:`moved_most`): the map distance is a cue only, UMAP
+        does not preserve distances.
 
     Raises:
         MethodError: row counts differ.
@@ -343,15 +469,17 @@ def displacement(xy_before: np.ndarray, xy_after: np.ndarray, emb_before: np.nda
     if not (xa.shape[0] == eb.shape[0] == ea.shape[0] == n) or eb.shape != ea.shape:
         raise MethodError(f"displacement inputs disagree: xy {xb.shape}/{xa.shape}, emb {eb.shape}/{ea.shape}",
                           hint="pass the before/after arrays of the same samples")
-    ub, ua = _unit(eb), _unit(ea)
-    cos = np.clip((ub * ua).sum(axis=1), -1.0, 1.0)
+    change = _cos_change(eb, ea)
     d = xa - xb
     out = pd.DataFrame({
         "dx": d[:, 0], "dy": d[:, 1],
         "move_2d": np.hypot(d[:, 0], d[:, 1]),
-        "move_emb": np.linalg.norm(ua - ub, axis=1),
-        "cos_change": 1.0 - cos,
+        "move_emb": np.sqrt(2.0 * change),
+        "cos_change": change,
     })
+    order = np.lexsort((np.arange(n), -out["move_2d"].to_numpy(), -change))
+    out["rank_change"] = np.empty(n, np.int64)
+    out.loc[order, "rank_change"] = np.arange(1, n + 1)
     out["rank_2d"] = out["move_2d"].rank(ascending=False, method="first").astype(np.int64)
     if sample_ids is not None:
         out.insert(0, "sample_id", np.asarray(sample_ids).astype(str))
@@ -411,7 +539,7 @@ def group_centroid_shifts(xy_before: np.ndarray, xy_after: np.ndarray, emb_befor
         m = g == lab
         cb, ca = xb[m].mean(axis=0), xa[m].mean(axis=0)
         mb, ma = ub[m].mean(axis=0), ua[m].mean(axis=0)
-        cos = float(mb @ ma / max(np.linalg.norm(mb) * np.linalg.norm(ma), 1e-12))
+        cos_shift = float(_cos_change(mb[None], ma[None])[0])  # exactly 0 for an unchanged group
         if group_names is not None:
             try:
                 name = group_names[lab]
@@ -422,6 +550,81 @@ def group_centroid_shifts(xy_before: np.ndarray, xy_after: np.ndarray, emb_befor
         else:
             name = "unknown" if (isinstance(lab, (int, np.integer)) and lab < 0) else str(lab)
         rows.append((lab, name, int(m.sum()), cb[0], cb[1], ca[0], ca[1], float(np.hypot(*(ca - cb))),
-                     1.0 - cos))
+                     cos_shift))
     return pd.DataFrame(rows, columns=["group", "name", "n", "x_before", "y_before", "x_after", "y_after",
                                        "shift_2d", "cos_shift"])
+
+
+#: Columns :func:`moved_most` carries over from the points table, in this order, when present.
+MOVED_COLUMNS = ("sample_id", "class", "attribute", "group", "split", "cos_change", "move_2d", "crossed")
+
+
+@dataclass(frozen=True)
+class MovedRanking:
+    """What :func:`moved_most` returns.
+
+    Attributes:
+        table: the ``top`` samples whose embedding changed most, ranked: ``rank`` (1 = largest change) then
+            the :data:`MOVED_COLUMNS` present in the input. Empty when no embedding changed.
+        n_changed / n_unchanged: samples with 1 − cos above / at or below ``tol``.
+        tol: the tolerance used (:data:`DUPLICATE_TOL` by default).
+        note: one sentence for under the table (what it is ranked by, how many did not change).
+    """
+
+    table: pd.DataFrame
+    n_changed: int
+    n_unchanged: int
+    tol: float
+    note: str
+
+
+def moved_most(points: pd.DataFrame, top: int = 20, tol: float = DUPLICATE_TOL) -> MovedRanking:
+    """The samples whose embedding changed most between before and after calibration, ranked.
+
+    Ranked by the change in embedding space, ``cos_change`` = 1 − cosine between a sample's before and after
+    embedding (:func:`displacement`), never by the 2-D move: UMAP distances are not embedding distances,
+    and a map can show movement the embeddings do not have. ``move_2d`` is kept as a secondary cue and only
+    breaks exact ties (then input order). Samples with ``cos_change <= tol`` did not change (float noise
+    included, :data:`DUPLICATE_TOL`); they are counted, never listed.
+
+    Args:
+        points: one row per sample with ``cos_change`` (and ideally ``sample_id``, ``move_2d``, ``class``,
+            ``attribute``, ``group``, ``split``, ``crossed`` — e.g. the Representations points table).
+        top: most rows in the table.
+        tol: 1 − cos at or below which a sample counts as unchanged.
+
+    Returns:
+        :class:`MovedRanking`.
+
+    Raises:
+        MethodError: ``cos_change`` is missing or has NaN values (rows named).
+    """
+    if "cos_change" not in points:
+        raise MethodError("the points table has no cos_change column (1 − cos between before and after)",
+                          hint="build it with clipcal.projection.displacement from a method with an 'after'")
+    change = points["cos_change"].astype(float)
+    if change.isna().any():
+        bad = points.index[change.isna()][:5].tolist()
+        raise MethodError(f"cos_change is missing for rows {bad}",
+                          hint="compute displacement for every sample of the map")
+    n = len(points)
+    changed = change > tol
+    cols = [c for c in MOVED_COLUMNS if c in points]
+    sub = points.loc[changed, cols].copy()
+    keys = [sub["cos_change"].to_numpy(float)]
+    if "move_2d" in sub:
+        keys.insert(0, sub["move_2d"].to_numpy(float))
+    order = np.lexsort([np.arange(len(sub))] + [-k for k in keys])
+    table = sub.iloc[order[:max(int(top), 0)]].reset_index(drop=True)
+    table.insert(0, "rank", np.arange(1, len(table) + 1, dtype=np.int64))
+    n_changed = int(changed.sum())
+    if n_changed == 0:
+        note = (f"None of the {n} samples' embeddings changed (1 − cos ≤ {tol:g} for every one), "
+                "so nothing moved: the map shows each sample at the same place before and after.")
+    else:
+        note = (f"{n_changed} of the {n} samples' embeddings changed; ranked by the embedding change "
+                "(1 − cos between before and after). The 2-D move is the distance in the map, a cue only: "
+                "UMAP does not preserve distances.")
+        if n_changed < n:
+            note += f" {n - n_changed} of the {n} did not change (1 − cos ≤ {tol:g}) and are not listed."
+    return MovedRanking(table=table, n_changed=n_changed, n_unchanged=n - n_changed, tol=float(tol), note=note)

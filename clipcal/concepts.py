@@ -23,6 +23,16 @@ import pandas as pd
 
 from clipcal.errors import DataError, MethodError
 
+#: (title, markdown) shown on the dashboard's Home, Data and Spurious attributes pages.
+TEACHING = (
+    "What is a spurious correlation?",
+    "A feature that goes along with the class in the training data but does not define it. In "
+    "Waterbirds (and the built-in Waterbirds-lite demo) 95 % of the training waterbirds are shown on "
+    "water and 95 % of the landbirds on land, so a model can score well by looking at the **background** "
+    "instead of the bird. It then fails on the rare *minority groups* — a waterbird on land, a landbird "
+    "on water. A **group** is a (class, spurious attribute) pair.",
+)
+
 # ---------------------------------------------------------------------------------------------------------
 # (a) text concepts
 

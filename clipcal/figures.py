@@ -220,45 +220,6 @@ def method_summary_style(table: pd.DataFrame, metric_cols: Sequence[str] = ("wor
 # Representations (UMAP)
 
 
-def umap_points(table: pd.DataFrame, xy_before: np.ndarray, xy_after: np.ndarray | None = None,
-                class_names: Sequence[str] | None = None, attr_names: Sequence[str] | None = None,
-                extra: Mapping | None = None) -> pd.DataFrame:
-    """The ``points`` frame :func:`umap_figure` takes, from the sample table and joint-UMAP coordinates.
-
-    Args:
-        table: sample table rows in the same order as the coordinates (``sample_id, split, y, a, group``).
-        xy_before / xy_after: [N, 2] from :func:`clipcal.projection.joint_umap` (``xy_after`` may be None).
-        class_names / attr_names: names for the ``class``, ``attribute`` and ``group`` columns
-            (``group`` = "class / attribute", "unknown" where ``a`` = -1).
-        extra: more columns ``{name: [N] values}`` (e.g. ``{"ERM": "correct"/"wrong", "in calibration set": …}``).
-
-    Returns:
-        DataFrame with ``sample_id, x_before, y_before[, x_after, y_after], split, class, attribute, group``
-        plus the extra columns.
-    """
-    t = table.reset_index(drop=True)
-    xb = np.asarray(xy_before)
-    if len(t) != len(xb) or (xy_after is not None and len(np.asarray(xy_after)) != len(xb)):
-        raise ValueError(f"table has {len(t)} rows but coordinates have {len(xb)}")
-    out = pd.DataFrame({"sample_id": t["sample_id"].astype(str), "x_before": xb[:, 0], "y_before": xb[:, 1]})
-    if xy_after is not None:
-        xa = np.asarray(xy_after)
-        out["x_after"], out["y_after"] = xa[:, 0], xa[:, 1]
-    if "split" in t:
-        out["split"] = t["split"].astype(str)
-    if "y" in t:
-        cls = [class_names[int(v)] if class_names is not None else str(int(v)) for v in t["y"]]
-        out["class"] = cls
-        if "a" in t:
-            att = [attr_names[int(v)] if attr_names is not None and 0 <= int(v) < len(attr_names)
-                   else ("unknown" if int(v) < 0 else str(int(v))) for v in t["a"]]
-            out["attribute"] = att
-            out["group"] = [f"{c} / {a}" if a != "unknown" else "unknown" for c, a in zip(cls, att)]
-    for name, vals in (extra or {}).items():
-        out[name] = np.asarray(vals)
-    return out
-
-
 def _segment_rows(p: pd.DataFrame, line_order: str, lines: int) -> pd.Index:
     """Rows that get a before→after segment: at most ``lines``, largest ``line_order`` first, only those
     whose value is > 0 — a point that did not move gets no segment and is not counted as drawn."""

@@ -20,6 +20,17 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
+#: (title, markdown) shown on the dashboard's Groups page.
+TEACHING = (
+    "What worst-group accuracy means",
+    "Accuracy is computed separately for every group; **worst-group accuracy** is the lowest of them. "
+    "It shows whether the model works for everyone or only for the majority. The *average* accuracy is "
+    "reported three ways because papers disagree: plain **overall** accuracy on the test set, the "
+    "**mean over groups**, and the **train-weighted** average (each group's accuracy weighted by its "
+    "share of the training set — the Waterbirds convention). Intervals are 95 % (Wilson) — a group "
+    "of 20 test images can easily move by ±20 points.",
+)
+
 METRIC_DEFINITIONS: dict[str, str] = {
     "worst_group": "Worst-group accuracy: the lowest accuracy over (class × spurious attribute) groups with "
                    "at least one sample.",

@@ -32,6 +32,16 @@ import pandas as pd
 from clipcal.errors import MethodError
 from clipcal.paths import configure_numba_cache
 
+#: (title, markdown) shown on the dashboard's Representations page.
+TEACHING = (
+    "How to read the UMAP plot",
+    "Each dot is one image; UMAP places images with similar embeddings close together. "
+    "\"Before\" and \"after\" are fitted **together** in one map, so positions are comparable. If the "
+    "spurious attribute drives the representation, points cluster by background (colour by "
+    "*attribute*); after a good calibration they should cluster by **class** instead. Distances between "
+    "far-apart clusters mean little; neighbourhoods mean a lot. Drag a box or lasso to see the images.",
+)
+
 #: Store kind for projections (docs/interfaces.md, clipcal.store).
 KIND = "projections"
 #: Bump when the way a projection is computed changes, so old store entries are not reused.

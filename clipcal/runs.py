@@ -35,6 +35,7 @@ import pandas as pd
 
 from clipcal.errors import Cancelled, ClipcalError, MethodError, StoreError
 from clipcal.methods import METHODS, get_method, make_method
+from clipcal.methods.applicability import not_applicable_reason
 from clipcal._json import jsonable as _jsonable
 from clipcal.methods.base import FeatureData, MethodResult, NonFiniteError, Progress
 from clipcal.metrics import METRIC_DEFINITIONS, group_table, method_table
@@ -226,6 +227,9 @@ def run_calibration(benchmark, embedding_set, methods, hparams: dict | None = No
         try:
             cls = get_method(name)
             labels[name] = cls.label
+            why = not_applicable_reason(cls, data.has_text, data.has_attributes, full[name].get("selection"))
+            if why is not None:  # the rule the CLI and the dashboard use, asked before any work
+                raise MethodError(f"not applicable: {why.short()}")
             est = make_method(name, **full[name])
             est.fit(data, progress=_method_progress(progress, i, len(methods), cls.label), cancel=cancel)
             results[name] = est.result_

@@ -8,18 +8,19 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages import _common as c
+from clipcal import catalog, pipeline
+from pages.ui import jobs, resources, state, widgets
 
 st.title("Data")
 st.caption("Pick a benchmark and check it before any GPU work: group counts per split, unreadable files, "
            "and a few images of every group.")
-c.teach_topic("spurious")
+widgets.teach_topic("spurious")
 
 from clipcal import figures  # noqa: E402
 from clipcal.data import BENCHMARKS  # noqa: E402
 
-cur = c.bench_spec()
-fk = functools.partial(c.choice_key, current=c.spec_key(cur))  # form fields follow the current benchmark
+cur = state.bench_spec()
+fk = functools.partial(state.choice_key, current=catalog.spec_key(cur))  # form fields follow the current benchmark
 names = list(BENCHMARKS)
 name = st.selectbox("Benchmark", names, index=names.index(cur["name"]) if cur["name"] in names else 0,
                     format_func=lambda n: f"{n} — {BENCHMARKS[n][1]}", key=fk("data.name"))
@@ -102,27 +103,27 @@ else:
         st.info(f"Give the folder that holds {name}. `python -m clipcal data download --benchmark {name} "
                 "--root PATH` downloads it where a source exists and explains the layout otherwise.")
 
-if spec is not None and c.spec_key(spec) != c.spec_key(cur):
+if spec is not None and catalog.spec_key(spec) != catalog.spec_key(cur):
     if st.button("Use this benchmark", type="primary", key="data.use"):
-        c.set_benchmark(spec)
+        state.set_benchmark(spec)
         st.rerun()
 
 # --- the current benchmark ----------------------------------------------------------------------------------
-cur = c.bench_spec()
+cur = state.bench_spec()
 st.divider()
-st.subheader(c.bench_label(cur))
+st.subheader(catalog.bench_label(cur))
 bench = None
-with c.guarded("loading the benchmark"):
-    bench = c.load_bench(cur)
+with widgets.guarded("loading the benchmark"):
+    bench = resources.load_bench(cur)
     if bench is None:  # demo not generated yet
-        key = c.demo_build_key(cur["options"])
+        key = pipeline.demo_build_key(cur["options"])
         st.info("The demo images are generated on this machine the first time (about a minute for the "
                 "default size).")
-        busy = c.demo_building_job(cur["options"])  # also "Run the demo" from Home builds it
+        busy = jobs.demo_building_job(cur["options"])  # also "Run the demo" from Home builds it
         if st.button("Generate the demo images", type="primary", key="data.build", disabled=busy is not None):
-            c.start_demo_build(cur["options"])
+            jobs.start_demo_build(cur["options"])
             st.rerun()
-        c.job_status(busy.key if busy is not None else key)
+        jobs.job_status(busy.key if busy is not None else key)
 
 if bench is not None:
     t = bench.table
@@ -133,7 +134,7 @@ if bench is not None:
     m[3].metric("groups", bench.n_groups or "—")
     st.caption(f"Classes ({bench.target_name}): {', '.join(bench.class_names)}"
                + (f" · attribute ({bench.attr_name}): {', '.join(bench.attr_names)}" if bench.n_attrs else "")
-               + f" · fingerprint `{c.fingerprint(bench)}` · root `{bench.root}`")
+               + f" · fingerprint `{resources.fingerprint(bench)}` · root `{bench.root}`")
     if not bench.has_attributes:
         st.warning("This benchmark has no spurious-attribute labels: groups are per class only. "
                    "Worst-group accuracy, the mean of groups and the train-weighted average are undefined "
@@ -141,7 +142,7 @@ if bench is not None:
                    "discovery (Spurious attributes) looks for hidden groups instead.")
 
     st.markdown("#### Group counts per split")
-    with c.guarded("counting groups"):
+    with widgets.guarded("counting groups"):
         counts = bench.group_counts()
         counts["name"] = counts["class"] + " / " + counts["attribute"]
         pivot = counts.pivot_table(index="name", columns="split", values="n", aggfunc="sum", observed=False)
@@ -158,8 +159,8 @@ if bench is not None:
                 f"{r.name} ({r.n})" for r in small.itertuples()) + " — their accuracy has wide intervals.")
 
     st.markdown("#### Validation report")
-    report_key = ("validation", c.fingerprint(bench))
-    rep = c.memo_peek(report_key)
+    report_key = ("validation", resources.fingerprint(bench))
+    rep = resources.memo_peek(report_key)
     if rep is not None:
         if rep.ok:
             st.success("All images readable; no problems found.")
@@ -172,10 +173,10 @@ if bench is not None:
                 st.dataframe(df, hide_index=True, key=f"data.{label}")
     elif st.button("Check every image file", key="data.validate",
                    help="Reads each image's header (fast) and lists missing or unreadable files"):
-        with c.guarded("validating"), st.spinner("Checking images…"):
+        with widgets.guarded("validating"), st.spinner("Checking images…"):
             from clipcal.data import validate
 
-            c.memo(report_key, lambda: validate(bench, check_images=True))
+            resources.memo(report_key, lambda: validate(bench, check_images=True))
             st.rerun()
 
     st.markdown("#### Samples per group")
@@ -187,4 +188,4 @@ if bench is not None:
         name_g = bench.group_name(int(g)) if bench.has_attributes else bench.class_names[int(g)]
         st.markdown(f"**{name_g}** — {len(rows)} image{'' if len(rows) == 1 else 's'} in {split}")
         pick = rows.head(per)
-        c.image_grid([bench.image_path(p) for p in pick["path"]], list(pick["sample_id"]), columns=per)
+        widgets.image_grid([bench.image_path(p) for p in pick["path"]], list(pick["sample_id"]), columns=per)

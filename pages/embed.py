@@ -6,8 +6,10 @@ import functools
 
 import streamlit as st
 
+from clipcal import catalog, pipeline
 from clipcal.errors import ClipcalError
-from pages import _common as c
+from pages.ui import jobs, resources, state, widgets
+from pages.ui.embed import embedding_summary
 
 st.title("Embed")
 st.caption("Every image of the benchmark is passed once through the backbone; the features and the "
@@ -22,9 +24,9 @@ with st.expander("📘 What is a backbone, and which one to pick?"):
         "with it. `tiny:clip` is a tiny random model for tests only."
     )
 
-bench_spec, current = c.bench_spec(), c.backbone_spec()
+bench_spec, current = state.bench_spec(), state.backbone_spec()
 # the form opens on the current backbone, also after a switch in the sidebar (new keys → new widgets)
-fk = functools.partial(c.choice_key, current=current)
+fk = functools.partial(state.choice_key, current=current)
 try:
     from clipcal.backbones import parse_spec
 
@@ -40,8 +42,8 @@ source = st.radio("Backbone source", SOURCES, horizontal=True, key=fk("embed.sou
                   3 if current.startswith("tiny:") or current.endswith(":random") else 0)
 spec = None
 if source == "open_clip list":
-    with c.guarded("listing backbones"), st.spinner("Checking which weights are cached (first time only)…"):
-        table = c.list_backbones()
+    with widgets.guarded("listing backbones"), st.spinner("Checking which weights are cached (first time only)…"):
+        table = resources.list_backbones()
         st.dataframe(table, hide_index=True, height=240, key="embed.table")
         specs = list(table["spec"])
         labels = {r.spec: f"{r.spec}  ({r.status}{', text' if r.has_text else ''})" for r in table.itertuples()}
@@ -74,12 +76,12 @@ else:
 if spec and spec != current:
     st.info(f"Selected **{spec}** — the current backbone is **{current}**.")
     if st.button("Use this backbone", type="primary", key="embed.use"):
-        c.set_backbone(spec)
+        state.set_backbone(spec)
         st.rerun()
 
 # --- settings and the job -----------------------------------------------------------------------------
 st.divider()
-st.subheader(f"Embed {c.bench_label(bench_spec)} with {current}")
+st.subheader(f"Embed {catalog.bench_label(bench_spec)} with {current}")
 a, b, d = st.columns(3)
 device = a.selectbox("Device", ["auto", "cpu", "cuda", "mps"], key="embed.device",
                      help="auto = the first GPU if there is one, else CPU")
@@ -88,24 +90,24 @@ precision = b.selectbox("Precision", ["auto", "fp32", "fp16", "bf16"], key="embe
 batch = d.number_input("Batch size", 1, 4096, 64, step=16, key="embed.batch")
 
 bench = None
-with c.guarded("loading the benchmark"):
-    bench = c.load_bench(bench_spec)
+with widgets.guarded("loading the benchmark"):
+    bench = resources.load_bench(bench_spec)
     if bench is None:
-        c.no_benchmark_notice()
+        widgets.no_benchmark_notice()
 
 if bench is not None:
-    key = c.embed_job_key(bench_spec, current)
-    job = c.get_jobs().get(key)
+    key = pipeline.embed_job_key(bench_spec, current)
+    job = resources.get_jobs().get(key)
     running = job is not None and job.is_running
     emb = None
-    with c.guarded("reading the store"):
-        emb = c.load_embeddings(bench, current) if not running else None
+    with widgets.guarded("reading the store"):
+        emb = resources.load_embeddings(bench, current) if not running else None
     label = "Embed again (resume / refresh)" if emb is not None else "Start embedding"
     if st.button(label, type="primary" if emb is None else "secondary", disabled=running, key="embed.start"):
-        c.start_embedding(bench_spec, current, device=device, precision=precision, batch_size=int(batch))
+        jobs.start_embedding(bench_spec, current, device=device, precision=precision, batch_size=int(batch))
         st.rerun()
-    c.job_status(key)
+    jobs.job_status(key)
 
     if emb is not None:
-        c.embedding_summary(emb)
-        st.page_link(c.PAGE["calibrate"], label="Next: Calibrate", icon="🎯")
+        embedding_summary(emb)
+        st.page_link(state.PAGE["calibrate"], label="Next: Calibrate", icon="🎯")

@@ -4,32 +4,31 @@ from __future__ import annotations
 
 import streamlit as st
 
-from clipcal import figures
-from pages import _common as c
+from clipcal import figures, views
+from pages.ui import results, widgets
 
 st.title("Groups — per-group accuracy")
 st.caption("Every method of the chosen calibration run on the same test images: the summary metrics "
            "(each defined below the table), then accuracy per (class × attribute) group with 95 % intervals.")
-c.teach_topic("worst_group")
+widgets.teach_topic("worst_group")
 
 run = bench = None
-with c.guarded("loading"):
-    bench, run = c.current_run("groups")
+with widgets.guarded("loading"):
+    bench, run = results.current_run()
 
 if run is not None:
     split = st.radio("Evaluated on", ["test", "val"], horizontal=True, key="groups.split",
                      help="test is the honest figure; val is what model selection looked at")
-    with c.guarded("computing metrics"):
-        table = c.metrics_table(run, bench, split, numbers_only=True)
-        c.metrics_dataframe(table, key="groups.metrics")
-        for note in c.not_applicable_notes(run):  # e.g. zero-shot without a text tower: no numbers at all
+    with widgets.guarded("computing metrics"):
+        results.metrics_dataframe(views.metrics_table(run, split, numbers_only=True), key="groups.metrics")
+        for note in views.not_applicable_notes(run):  # e.g. zero-shot without a text tower: no numbers at all
             st.caption(note)
-        for note in c.fallback_notes(run):  # e.g. CFR = ERM when the calibration set is empty
+        for note in views.fallback_notes(run):  # e.g. CFR = ERM when the calibration set is empty
             st.warning(note)
-        c.metric_definitions()
+        results.metric_definitions()
 
         st.markdown("#### Per-group accuracy")
-        groups = c.group_tables(run, bench, split)
+        groups = views.group_tables(run, split)
         st.plotly_chart(figures.group_accuracy_figure(groups), key="groups.bars")
         if not bench.has_attributes:
             st.info("This benchmark has no spurious-attribute labels, so the bars are per class; "
@@ -38,4 +37,4 @@ if run is not None:
             st.dataframe(groups, hide_index=True, key="groups.table")
 
         st.markdown("#### How each method was trained and selected")
-        st.dataframe(c.records_table(run), hide_index=True, key="groups.records")
+        st.dataframe(views.records_table(run), hide_index=True, key="groups.records")

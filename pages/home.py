@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages import _common as c
+from clipcal import catalog, pipeline
+from clipcal.views import fmt_eta
+from pages.ui import jobs, resources, state, widgets
 
 st.title("clipcal — spurious correlations in CLIP representations")
 st.markdown(
@@ -15,36 +17,36 @@ st.markdown(
     "Then it lets you look: per-group accuracy side by side, a UMAP of the representation before vs after, "
     "and inspections that name and locate the spurious attribute."
 )
-c.teach_topic("spurious")
+widgets.teach_topic("spurious")
 
 # --- the demo path ----------------------------------------------------------------------------------------
 st.subheader("Run the demo")
-bench, spec = c.bench_spec(), c.backbone_spec()
+bench, spec = state.bench_spec(), state.backbone_spec()
 st.markdown(
     f"One click: generate the benchmark (if needed) → embed it with **{spec}** → calibrate with every "
-    f"method that applies. Current choice: **{c.bench_label(bench)}** (change it in the sidebar or on Data)."
+    f"method that applies. Current choice: **{catalog.bench_label(bench)}** (change it in the sidebar or on Data)."
 )
-if (c.spec_key(bench), spec) != (c.spec_key(c.DEFAULT_BENCH), c.DEFAULT_BACKBONE):
+if (catalog.spec_key(bench), spec) != (catalog.spec_key(catalog.DEFAULT_BENCH), catalog.DEFAULT_BACKBONE):
     # the button runs the current choice; say so, and offer the built-in demo the README describes
     st.caption("This runs your current choice, not the built-in demo.")
     if st.button("Switch to the built-in demo (Waterbirds-lite, bundled EfficientNet-Lite0)", key="home.to_demo"):
-        c.set_benchmark(c.DEFAULT_BENCH)
-        c.set_backbone(c.DEFAULT_BACKBONE)
+        state.set_benchmark(catalog.DEFAULT_BENCH)
+        state.set_backbone(catalog.DEFAULT_BACKBONE)
         st.rerun()
-demo_key = c.demo_job_key(bench, spec)
-job = c.get_jobs().get(demo_key)
+demo_key = pipeline.demo_job_key(bench, spec)
+job = resources.get_jobs().get(demo_key)
 running = job is not None and job.is_running
 if st.button("▶ Run the demo path", type="primary", disabled=running, key="home.run_demo"):
-    with c.guarded("starting the demo"):
-        c.start_demo_path(bench, spec)
+    with widgets.guarded("starting the demo"):
+        jobs.start_demo_path(bench, spec)
         st.rerun()
 
 
 def _done(job) -> None:
-    st.success(f"Demo path finished in {c.fmt_eta(job.elapsed_s)}: {job.result}. Now look at the results:")
+    st.success(f"Demo path finished in {fmt_eta(job.elapsed_s)}: {job.result}. Now look at the results:")
 
 
-c.job_status(demo_key, show_done=_done)
+jobs.job_status(demo_key, show_done=_done)
 cols = st.columns(6)
 for col, (page, label, icon) in zip(cols, [
     ("data", "Data", "🗂️"), ("embed", "Embed", "🧮"), ("calibrate", "Calibrate", "🎯"),
@@ -52,16 +54,16 @@ for col, (page, label, icon) in zip(cols, [
     ("spurious", "Spurious attributes", "🔎"),
 ]):
     with col:
-        st.page_link(c.PAGE[page], label=label, icon=icon)
+        st.page_link(state.PAGE[page], label=label, icon=icon)
 
 # --- the store ----------------------------------------------------------------------------------------------
 st.subheader("In the store")
-with c.guarded("reading the store"):
+with widgets.guarded("reading the store"):
     from clipcal.paths import cache_dir
 
     st.caption(f"Store folder: `{cache_dir()}` (set `CLIPCAL_CACHE` to move it).")
-    emb = c.store_embeddings()
-    runs = c.store_runs()
+    emb = resources.store_embeddings()
+    runs = resources.store_runs()
     st.markdown(f"**Embeddings** ({len(emb)})")
     if len(emb):
         st.dataframe(emb.drop(columns=["bench_spec", "fingerprint"]), hide_index=True, key="home.emb")

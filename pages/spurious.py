@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages import _common as c
+from clipcal import views
+from pages.ui import results, state, widgets
+from pages.ui import spurious as ui
 
 st.title("Spurious attributes")
 st.caption("Five ways to see what the model leans on besides the class.")
-c.teach_topic("spurious")
+widgets.teach_topic("spurious")
 
-bench, run, emb = c.current_run_with_embeddings("spur")
+bench, run, emb = results.current_run_with_embeddings()
 
 if run is not None and emb is not None:
-    methods = c.run_methods(run)
+    methods = views.run_methods(run)
     method = st.selectbox("Method whose predictions are inspected", methods,
-                          index=c.default_method_index(methods), key="spur.method", format_func=c.method_label)
+                          index=views.preferred_index(methods, state.preferred_method()), key="spur.method",
+                          format_func=views.method_label)
     tabs = st.tabs(["(a) Text concepts", "(b) Attribute decodability", "(c) Cluster discovery",
                     "(d) Calibration set vs groups", "(e) Worst-group gallery"])
 
@@ -24,37 +27,37 @@ if run is not None and emb is not None:
         st.markdown("Candidate concepts (typed or suggested) are scored per class by how much more they "
                     "match the **misclassified** images than the correctly classified ones, with the same "
                     "CLIP model's text tower. A high score names a likely spurious attribute.")
-        with c.guarded("scoring concepts"):
+        with widgets.guarded("scoring concepts"):
             if not emb.has_text:
                 st.info(f"**{emb.backbone_spec}** has no text tower, so concepts cannot be scored with it. "
                         "Embed with a CLIP backbone (open_clip) to use this view; the other views work.")
             else:
-                c.concepts_section(run, bench, emb, method)
+                ui.concepts_section(run, bench, method)
 
     with tabs[1]:
         st.markdown("A linear probe is trained to predict the **spurious attribute** from the embeddings. "
                     "If it still succeeds after calibration, the information is still there (a classifier "
                     "can ignore it, but it has not been removed).")
-        with c.guarded("probing the attribute"):
+        with widgets.guarded("probing the attribute"):
             if not bench.has_attributes:
                 st.info("This benchmark has no attribute labels, so decodability cannot be measured; "
                         "cluster discovery (c) looks for hidden groups instead.")
             else:
-                c.decodability_section(run, bench, emb)
+                ui.decodability_section(run, bench)
 
     with tabs[2]:
         st.markdown("k-means within each class on the embeddings finds sub-populations without labels; a "
                     "cluster with low accuracy is a candidate hidden group — look at its images.")
-        with c.guarded("clustering"):
-            c.clusters_section(run, bench, emb, method)
+        with widgets.guarded("clustering"):
+            ui.clusters_section(run, bench, method)
 
     with tabs[3]:
         st.markdown("Which training samples a method singled out (CFR's calibration set, JTT's error set) "
                     "against the true groups: a good selection over-represents the minority groups.")
-        with c.guarded("comparing the calibration set"):
-            c.calibration_set_section(run, bench, method)
+        with widgets.guarded("comparing the calibration set"):
+            ui.calibration_set_section(run, bench, method)
 
     with tabs[4]:
         st.markdown("Test images of the group where the method is worst, misclassified ones first.")
-        with c.guarded("building the gallery"):
-            c.gallery_section(run, bench, method)
+        with widgets.guarded("building the gallery"):
+            ui.gallery_section(run, bench, method)

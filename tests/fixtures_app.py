@@ -57,24 +57,25 @@ def seeded_store(seeded_embeddings, emb_tiny):
     """``seeded_embeddings`` plus a run of every applicable method and CFR's joint UMAP (module docstring)."""
     from clipcal.methods import FeatureData
     from clipcal.projection import joint_umap
+    from clipcal import pipeline
+    from clipcal.methods.applicability import available_methods
     from clipcal.store import Store
-    from pages import _common as c
 
     t0 = time.monotonic()
     s = dict(seeded_embeddings)
     bench, emb, store = s["bench"], s["emb"], Store(s["root"])
-    classes = c.method_classes()
+    classes = available_methods()
     methods = [m for m in classes if emb_tiny.has_text or not classes[m].needs_text]
     from clipcal.runs import run_calibration
 
     run = run_calibration(bench, emb, methods=methods, hparams=_fast_hparams(methods), store=store)
-    run_id = c._run_id(run)
+    run_id = pipeline.run_key(run)
     fd = FeatureData.from_store(bench, emb)
     after = run.results["cfr"].embeddings_after if "cfr" in run.results else None
     # the joint UMAP the Representations page shows for CFR (same key fields and parameters as the page)
     joint_umap(fd.embeddings, after, store=store,
                key_fields={"benchmark": bench.fingerprint(), "backbone": BACKBONE, "run": run_id,
-                           "method": "cfr" if after is not None else "before"}, **c.UMAP_PARAMS)
+                           "method": "cfr" if after is not None else "before"}, **pipeline.UMAP_PARAMS)
     print(f"seeded the store with a run and a projection in {time.monotonic() - t0:.1f} s")
     s.update(run=run, run_id=run_id, methods=list(run.results))
     return s
@@ -85,12 +86,12 @@ def app(seeded_embeddings):
     """``app(page=None, **state)`` → an AppTest of app.py over the seeded store, run once."""
     from streamlit.testing.v1 import AppTest
 
-    from pages import _common as c
+    from pages.ui.state import K_BACKBONE, K_BENCH
 
     def make(page: str | None = None, timeout: float = 120, **state):
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=timeout)
-        at.session_state[c.K_BENCH] = dict(seeded_embeddings["bench_spec"])
-        at.session_state[c.K_BACKBONE] = seeded_embeddings["backbone"]
+        at.session_state[K_BENCH] = dict(seeded_embeddings["bench_spec"])
+        at.session_state[K_BACKBONE] = seeded_embeddings["backbone"]
         for k, v in state.items():
             at.session_state[k] = v
         at.run()

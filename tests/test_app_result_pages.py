@@ -10,8 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from pages import _common as c
-from tests.test_app_setup_pages import _no_exception, _wait_job, count, frame_with
+from clipcal import pipeline, views
+from clipcal.plot_selection import ids_from_selection
+from pages.ui import representations, resources, state
+from tests.test_app_setup_pages import APP, _no_exception, _wait_job, count, frame_with
 
 PAGES = ["calibrate", "groups", "representations", "spurious"]
 
@@ -25,7 +27,7 @@ def _fd(seeded_store):
 
 
 def test_calibrate_page_widgets_and_results_match_core(app, seeded_store):
-    at = app("calibrate", **{c.K_RUN: seeded_store["run_id"]})
+    at = app("calibrate", **{state.K_RUN: seeded_store["run_id"]})
     _no_exception(at)
     ms = at.multiselect(key="calib.methods")
     # tiny:clip has a text tower, so every method applies (zero-shot included)
@@ -73,28 +75,28 @@ def test_calibrate_choices_survive_a_visit_to_another_page(app, seeded_store):
 
 def test_calibrate_job_completes_and_cancel_keeps_store(app, seeded_store):
     bench_spec, spec = seeded_store["bench_spec"], seeded_store["backbone"]
-    before = len(c.runs_for(seeded_store["bench"], spec))
+    before = len(resources.runs_for(seeded_store["bench"], spec))
     at = app("calibrate")
     at.multiselect(key="calib.methods").set_value(["erm"]).run()
     at.number_input(key="calib.hp.erm.epochs").set_value(3).run()
     at.number_input(key="calib.seed").set_value(7).run()
     at.button(key="calib.start").click().run()
-    job = _wait_job(c.calib_job_key(bench_spec, spec))
+    job = _wait_job(pipeline.calib_job_key(bench_spec, spec))
     assert job.status == "done", job.error_message
     at.run()
     _no_exception(at)
     assert any("Calibration finished" in s.value for s in at.success)
-    runs = c.runs_for(seeded_store["bench"], spec)
+    runs = resources.runs_for(seeded_store["bench"], spec)
     assert len(runs) == before + 1 and runs[0]["methods"] == ["erm"]
     # the new run became the current one (sidebar) and the results table shows it
-    assert at.session_state[c.K_RUN] == runs[0]["id"] == job.result[0]
+    assert at.session_state[state.K_RUN] == runs[0]["id"] == job.result[0]
     shown = frame_with(at, "label", "worst_group")
-    assert shown["label"].tolist() == [c.method_label("erm")]
+    assert shown["label"].tolist() == [views.method_label("erm")]
     # a cancelled run stores nothing and the page says so
     at.multiselect(key="calib.methods").set_value(["cfr"]).run()
     at.button(key="calib.start").click().run()
-    key = c.calib_job_key(bench_spec, spec)
-    job = c.get_jobs().get(key)
+    key = pipeline.calib_job_key(bench_spec, spec)
+    job = resources.get_jobs().get(key)
     assert job.is_running
     # the Cancel button lives in the polling fragment, under the live progress line
     at.button(key=f"cancel.{key}").click().run()
@@ -102,15 +104,15 @@ def test_calibrate_job_completes_and_cancel_keeps_store(app, seeded_store):
     at.run()
     _no_exception(at)
     assert any("cancelled" in w.value for w in at.warning)
-    assert len(c.runs_for(seeded_store["bench"], spec)) == before + 1
+    assert len(resources.runs_for(seeded_store["bench"], spec)) == before + 1
     # leave the newest run = the seeded one for the other tests
-    at.session_state[c.K_RUN] = seeded_store["run_id"]
+    at.session_state[state.K_RUN] = seeded_store["run_id"]
 
 
 def test_groups_page_numbers_are_the_core_metrics(app, seeded_store):
     from clipcal import metrics
 
-    at = app("groups", **{c.K_RUN: seeded_store["run_id"]})
+    at = app("groups", **{state.K_RUN: seeded_store["run_id"]})
     _no_exception(at)
     run, fd = seeded_store["run"], _fd(seeded_store)
     shown = frame_with(at, "label", "worst_group", "train_weighted")
@@ -118,17 +120,17 @@ def test_groups_page_numbers_are_the_core_metrics(app, seeded_store):
     for name, res in run.results.items():
         s = metrics.summarize(fd.y[test], res.pred[test], fd.group[test], fd.group_counts("train"),
                               fd.n_classes, fd.n_attrs)
-        row = shown[shown["label"] == c.method_label(name)].iloc[0]
+        row = shown[shown["label"] == views.method_label(name)].iloc[0]
         for k in ("worst_group", "overall", "mean_group", "train_weighted", "worst_class"):
             assert float(row[k]) == pytest.approx(s[k]), (name, k)
     # every metric is defined on the page
     text = " ".join(m.value for m in at.markdown)
     for k, d in metrics.METRIC_DEFINITIONS.items():
-        if k in c.METRIC_COLUMNS:
+        if k in views.METRIC_COLUMNS:
             assert d in text
     # per-group table of CFR = clipcal.metrics.group_table on the test split
     groups = frame_with(at, "method", "group", "accuracy", "ci_low", "ci_high")
-    cfr = groups[groups["method"] == c.method_label("cfr")].reset_index(drop=True)
+    cfr = groups[groups["method"] == views.method_label("cfr")].reset_index(drop=True)
     gt = metrics.group_table(fd.y[test], run.results["cfr"].pred[test], fd.group[test], fd.class_names,
                              fd.attr_names)
     np.testing.assert_array_equal(cfr["n"].to_numpy(), gt["n"].to_numpy())
@@ -137,38 +139,38 @@ def test_groups_page_numbers_are_the_core_metrics(app, seeded_store):
     # which methods used group labels
     rec = frame_with(at, "uses group labels", "selection rule")
     used = dict(zip(rec["method"], rec["uses group labels"]))
-    assert used[c.method_label("dfr")] == "yes" and used[c.method_label("cfr")] == "no"
+    assert used[views.method_label("dfr")] == "yes" and used[views.method_label("cfr")] == "no"
     assert set(rec["selection rule"]) - {""}, "selection rules are shown"
     assert len(at.get("plotly_chart")) >= 1
 
 
 def test_representations_page_map_and_selection_path(app, seeded_store):
-    at = app("representations", **{c.K_RUN: seeded_store["run_id"]})
+    at = app("representations", **{state.K_RUN: seeded_store["run_id"]})
     _no_exception(at)
     assert at.selectbox(key="repr.method").value == "cfr"
     colours = at.selectbox(key="repr.color").options
-    for want in ("class", "spurious attribute", "group", "split", f"correct / incorrect: {c.method_label('cfr')}",
-                 f"calibration set: {c.method_label('cfr')}", "crossed the decision boundary"):
+    for want in ("class", "spurious attribute", "group", "split", f"correct / incorrect: {views.method_label('cfr')}",
+                 f"calibration set: {views.method_label('cfr')}", "crossed the decision boundary"):
         assert want in colours
     assert len(at.get("plotly_chart")) >= 2  # the map, the crossings, the centroid shifts
     assert any(m.value.startswith("#### Selection (0 samples)") for m in at.markdown)
-    for colour in ("group", f"calibration set: {c.method_label('cfr')}"):
+    for colour in ("group", f"calibration set: {views.method_label('cfr')}"):
         at.selectbox(key="repr.color").set_value(colour).run()
         _no_exception(at)
     at.radio(key="repr.layout").set_value("overlaid").run()
     _no_exception(at)
     # the selection path the page uses, fed with a plotly event of three points of the drawn figure
     bench, run = seeded_store["bench"], seeded_store["run"]
-    xy = c.memo_peek(("umap", seeded_store["run_id"], "cfr"))
+    xy = resources.memo_peek(("umap", seeded_store["run_id"], "cfr"))
     assert xy is not None and xy[0].shape == (240, 2) and xy[1].shape == (240, 2)
-    points = c.points_table(run, bench, seeded_store["emb"], "cfr", xy)
-    fig = c.umap_figure(points, "group", "side by side")
+    points = representations.points_table(run, bench, "cfr", xy)
+    fig = representations.umap_figure(points, "group", "side by side")
     tr = fig.data[1]
     event = {"selection": {"points": [{"curve_number": 1, "point_index": i, "customdata": list(tr.customdata[i])}
                                       for i in range(3)]}}
-    ids = c.selected_ids(event, points)
+    ids = ids_from_selection(event)
     assert ids == [str(tr.customdata[i][0]) for i in range(3)]
-    sel = c.selection_table(points, ids)
+    sel = views.selection_rows(points, ids)
     assert sel["sample_id"].tolist() == ids
     truth = bench.table.set_index("sample_id").loc[ids]
     assert sel["class"].tolist() == [bench.class_names[y] for y in truth["y"]]
@@ -177,7 +179,7 @@ def test_representations_page_map_and_selection_path(app, seeded_store):
 def test_spurious_page_views(app, seeded_store):
     from clipcal.concepts import attribute_decodability
 
-    at = app("spurious", **{c.K_RUN: seeded_store["run_id"]})
+    at = app("spurious", **{state.K_RUN: seeded_store["run_id"]})
     _no_exception(at)
     assert len(at.tabs) == 5
     assert at.selectbox(key="spur.method").value == "cfr"
@@ -188,7 +190,7 @@ def test_spurious_page_views(app, seeded_store):
     from clipcal.concepts import concept_prompts
 
     prompts = concept_prompts(sorted(set(scores["concept"]), key=list(scores["concept"]).index))
-    text_keys = [m["key_fields"] for m in c.get_store().list("text")]
+    text_keys = [m["key_fields"] for m in resources.get_store().list("text")]
     assert any(sorted(k.get("texts", [])) == sorted(prompts) for k in text_keys), text_keys
     # (b) decodability = clipcal.concepts on the same arrays
     dec = frame_with(at, "representation", "balanced_accuracy", "auroc")
@@ -196,9 +198,9 @@ def test_spurious_page_views(app, seeded_store):
     ref = attribute_decodability(fd.embeddings, run.results["cfr"].embeddings_after, fd.a, fd.split).table
     by_rep = dec.set_index("representation")["balanced_accuracy"]
     assert by_rep["before (frozen)"] == pytest.approx(ref["balanced_accuracy"].iloc[0])
-    assert by_rep[f"after ({c.method_label('cfr')})"] == pytest.approx(ref["balanced_accuracy"].iloc[1])
+    assert by_rep[f"after ({views.method_label('cfr')})"] == pytest.approx(ref["balanced_accuracy"].iloc[1])
     # one "after" row per method of the run that changed the embeddings
-    assert len(dec) == 1 + len(c.methods_with_after(run))
+    assert len(dec) == 1 + len(views.methods_with_after(run))
     # (c) clusters per class, (d) calibration set, (e) gallery
     cl = frame_with(at, "cluster", "accuracy", "majority_attribute")
     assert set(cl["class"]) == {"landbird", "waterbird"} and cl["n"].sum() == 240
@@ -206,23 +208,23 @@ def test_spurious_page_views(app, seeded_store):
     assert cal["n_in_set"].sum() == len(run.results["cfr"].calibration_set)
     # one method picker on the page (tab (d) follows it), and (b) says why e.g. DFR has no "after"
     assert [s.label for s in at.selectbox if "ethod" in s.label] == ["Method whose predictions are inspected"]
-    no_after = [m for m in run.results if m not in c.methods_with_after(run)]
-    assert no_after and any(cap.value == c.no_after_note(no_after) for cap in at.caption)
+    no_after = [m for m in run.results if m not in views.methods_with_after(run)]
+    assert no_after and any(cap.value == views.no_after_note(no_after) for cap in at.caption)
     assert count(at, "Image") > 0
     assert any("Worst group for" in m.value for m in at.markdown)
 
 
 def test_spurious_page_without_text_tower_says_why(app, seeded_store, monkeypatch):
-    real = c.load_embeddings
-    monkeypatch.setattr(c, "load_embeddings",
+    real = resources.load_embeddings
+    monkeypatch.setattr(resources, "load_embeddings",
                         lambda bench, spec=None: dataclasses.replace(real(bench, spec), has_text=False))
-    at = app("spurious", **{c.K_RUN: seeded_store["run_id"]})
+    at = app("spurious", **{state.K_RUN: seeded_store["run_id"]})
     _no_exception(at)
     assert any("has no text tower" in i.value for i in at.info)
 
 
 def test_result_pages_without_a_run_point_to_calibrate(app, seeded_store, monkeypatch):
-    monkeypatch.setattr(c, "runs_for", lambda bench, spec: [])
+    monkeypatch.setattr(resources, "runs_for", lambda bench, spec: [])
     for page in ("groups", "representations", "spurious"):
         at = app(page)
         _no_exception(at)
@@ -235,7 +237,7 @@ def test_core_error_in_a_run_renders_as_message(app, seeded_store, monkeypatch):
     def broken(run_id):
         raise StoreError(f"no calibration run with key {run_id!r}", hint="calibrate again")
 
-    monkeypatch.setattr(c, "get_run", broken)
+    monkeypatch.setattr(resources, "get_run", broken)
     for page in ("groups", "representations", "spurious"):
         at = app(page)
         _no_exception(at)
@@ -247,7 +249,7 @@ def test_reruns_are_fast_once_data_is_in_the_store(app, seeded_store):
     2-core build machine; the bound asserted here is looser because the machine is shared)."""
     times = {}
     for page in ["home", "data", "embed", *PAGES]:
-        at = app(None if page == "home" else page, **{c.K_RUN: seeded_store["run_id"]})
+        at = app(None if page == "home" else page, **{state.K_RUN: seeded_store["run_id"]})
         at.run()  # warm: caches filled
         t0 = time.perf_counter()
         at.run()
@@ -275,16 +277,16 @@ def test_benchmark_without_attribute_labels(app, seeded_store, emb_tiny, tmp_pat
     store = Store(seeded_store["root"])
     emb = embed_benchmark(bench, emb_tiny, store=store)
     run_calibration(bench, emb, methods=["erm", "cfr"], hparams=_fast_hparams(["erm", "cfr"]), store=store)
-    state = {c.K_BENCH: spec, c.K_RUN: None}
+    session = {state.K_BENCH: spec, state.K_RUN: None}
 
-    at = app("groups", **state)
+    at = app("groups", **session)
     _no_exception(at)
     assert any("no spurious-attribute labels" in i.value for i in at.info)
     groups = frame_with(at, "method", "class", "attribute", "accuracy")
     assert set(groups["attribute"]) == {"unknown"} and set(groups["class"]) == {"cat", "dog"}
 
-    at = app("representations", **state)  # the first visit computes this run's UMAP in a job
-    for job in c.get_jobs().jobs(running_only=True):
+    at = app("representations", **session)  # the first visit computes this run's UMAP in a job
+    for job in resources.get_jobs().jobs(running_only=True):
         assert job.wait(300) and job.status == "done", job.error_message
     at.run()
     _no_exception(at)
@@ -292,7 +294,7 @@ def test_benchmark_without_attribute_labels(app, seeded_store, emb_tiny, tmp_pat
     colours = at.selectbox(key="repr.color").options
     assert "spurious attribute" not in colours and "group" not in colours and "class" in colours
 
-    at = app("spurious", **state)
+    at = app("spurious", **session)
     _no_exception(at)
     assert any("no attribute labels" in i.value for i in at.info)
     cl = frame_with(at, "cluster", "accuracy", "majority_attribute")
@@ -300,7 +302,7 @@ def test_benchmark_without_attribute_labels(app, seeded_store, emb_tiny, tmp_pat
 
     # Calibrate offers only what can run here: no DFR, no worst-group selection (a run of DFR alone used to
     # finish as "0 of 1 methods ran", be stored, and break Spurious attributes)
-    at = app("calibrate", **state)
+    at = app("calibrate", **session)
     _no_exception(at)
     ms = at.multiselect(key="calib.methods.no-dfr")
     assert "dfr" not in ms.options and ms.value == ["zeroshot", "erm", "jtt", "afr", "cfr"]
@@ -316,56 +318,52 @@ def test_not_applicable_method_gets_no_row_of_empty_numbers():
     import numpy as np
     import pandas as pd
 
-    from pages import _common as c
-
     headline = pd.DataFrame({"method": ["erm", "zeroshot"], "n": [80, 0], "worst_group": [0.5, np.nan],
                              "status": ["ok", "not applicable: the backbone has no text tower"]})
     groups = pd.DataFrame({"method": ["erm", "zeroshot"], "split": ["test", "test"], "group": [0, 0],
                            "accuracy": [0.5, np.nan]})
     run = NS(headline=lambda split: headline, group_tables=groups,
              not_applicable={"zeroshot": "not applicable: the backbone has no text tower"})
-    t = c.metrics_table(run, None, "test", numbers_only=True)
+    t = views.metrics_table(run, "test", numbers_only=True)
     assert t["method"].tolist() == ["erm"] and t["n"].tolist() == [80]
-    assert c.metrics_table(run, None, "test")["method"].tolist() == ["erm", "zeroshot"]  # full table kept
-    assert c.group_tables(run, None, "test")["accuracy"].tolist() == [0.5]
-    notes = c.not_applicable_notes(run)
+    assert views.metrics_table(run, "test")["method"].tolist() == ["erm", "zeroshot"]  # full table kept
+    assert views.group_tables(run, "test")["accuracy"].tolist() == [0.5]
+    notes = views.not_applicable_notes(run)
     assert len(notes) == 1 and notes[0].endswith("not applicable: the backbone has no text tower")
-    assert notes[0].startswith(c.method_label("zeroshot"))
+    assert notes[0].startswith(views.method_label("zeroshot"))
 
 
 def test_fallback_notes_say_cfr_equals_erm_and_what_to_do(app, seeded_store, monkeypatch):
     """A CFR run with an empty calibration set is flagged on Groups (its numbers and 'after' map are ERM's)."""
     from types import SimpleNamespace as NS
 
-    from pages import _common as c
-
     fell = NS(record={"fallback": "erm", "calibration_set": {"size": 0, "source": "train: …"}})
     cross = NS(record={"fallback": "erm", "calibration_set": {"size": 0, "source": "cross-fit: …"}})
     ok = NS(record={"fallback": None})
-    notes = c.fallback_notes(NS(results={"erm": ok, "cfr": fell}))
-    assert len(notes) == 1 and notes[0].startswith(c.method_label("cfr") + " fell back to ERM")
+    notes = views.fallback_notes(NS(results={"erm": ok, "cfr": fell}))
+    assert len(notes) == 1 and notes[0].startswith(views.method_label("cfr") + " fell back to ERM")
     assert "cross-fit" in notes[0]
     # already cross-fit: no advice to switch to it, and the reason given is the cross-fit one
-    note = c.fallback_notes(NS(results={"cfr": cross}))[0]
+    note = views.fallback_notes(NS(results={"cfr": cross}))[0]
     assert "cross-fit" not in note and "other folds" in note
     # JTT with an empty error set is ERM too
     jtt = NS(record={"error_set_size": 0})
-    assert c.fallback_notes(NS(results={"jtt": jtt}))[0].startswith(c.method_label("jtt") + " equals ERM")
-    assert c.fallback_notes(NS(results={"erm": ok})) == []
-    assert c.fallback_notes(NS(results={"erm": ok, "cfr": fell}), only="erm") == []
+    assert views.fallback_notes(NS(results={"jtt": jtt}))[0].startswith(views.method_label("jtt") + " equals ERM")
+    assert views.fallback_notes(NS(results={"erm": ok})) == []
+    assert views.fallback_notes(NS(results={"erm": ok, "cfr": fell}), only="erm") == []
 
     # on the page: the seeded run's CFR record marked as fallen back → a warning on Groups
     run = seeded_store["run"]
     patched = dict(run.results)
     patched["cfr"] = dataclasses.replace(run.results["cfr"], record=dict(run.results["cfr"].record, fallback="erm"))
-    monkeypatch.setattr(c, "run_methods", lambda r: list(patched))
-    monkeypatch.setattr(c, "method_result", lambda r, m: patched[m])
+    monkeypatch.setattr(views, "run_methods", lambda r: list(patched))
+    monkeypatch.setattr(views, "method_result", lambda r, m: patched[m])
     for page in ("groups", "calibrate"):
-        at = app(page, **{c.K_RUN: seeded_store["run_id"]})
+        at = app(page, **{state.K_RUN: seeded_store["run_id"]})
         _no_exception(at)
         assert any("fell back to ERM" in w.value for w in at.warning), page
     # and next to the map, when CFR's embeddings are the "after"
-    at = app("representations", **{c.K_RUN: seeded_store["run_id"]})
+    at = app("representations", **{state.K_RUN: seeded_store["run_id"]})
     _no_exception(at)
     assert at.selectbox(key="repr.method").value == "cfr"
     assert any("fell back to ERM" in w.value for w in at.warning)
@@ -374,16 +372,16 @@ def test_fallback_notes_say_cfr_equals_erm_and_what_to_do(app, seeded_store, mon
 def test_calibrate_rejects_a_bad_value_before_starting_a_job(app, seeded_store):
     """Regression (newcomer trial): epochs = -5 started a job that stored a run of 'not applicable' rows."""
     bench_spec, spec = seeded_store["bench_spec"], seeded_store["backbone"]
-    before = len(c.runs_for(seeded_store["bench"], spec))
+    before = len(resources.runs_for(seeded_store["bench"], spec))
     at = app("calibrate")
     at.multiselect(key="calib.methods").set_value(["erm"]).run()
     at.number_input(key="calib.hp.erm.epochs").set_value(-5).run()
     at.button(key="calib.start").click().run()
     _no_exception(at)
     assert any("epochs must be a whole number ≥ 1" in e.value for e in at.error)
-    job = c.get_jobs().get(c.calib_job_key(bench_spec, spec))
+    job = resources.get_jobs().get(pipeline.calib_job_key(bench_spec, spec))
     assert job is None or not job.is_running
-    assert len(c.runs_for(seeded_store["bench"], spec)) == before
+    assert len(resources.runs_for(seeded_store["bench"], spec)) == before
 
 
 def test_result_pages_explain_an_empty_run_and_missing_weights(app, seeded_store, monkeypatch, tmp_path):
@@ -392,9 +390,9 @@ def test_result_pages_explain_an_empty_run_and_missing_weights(app, seeded_store
     from types import SimpleNamespace as NS
 
     empty = NS(results={}, not_applicable={"dfr": "not applicable: no attribute labels"})
-    monkeypatch.setattr(c, "get_run", lambda rid: empty)
+    monkeypatch.setattr(resources, "get_run", lambda rid: empty)
     for page in ("groups", "representations", "spurious"):
-        at = app(page, **{c.K_RUN: seeded_store["run_id"]})
+        at = app(page, **{state.K_RUN: seeded_store["run_id"]})
         _no_exception(at)
         assert any("None of this run's methods could run" in w.value and "no attribute labels" in w.value
                    for w in at.warning), page
@@ -416,19 +414,19 @@ def test_result_pages_explain_an_empty_run_and_missing_weights(app, seeded_store
     run = run_calibration(seeded_store["bench"], emb, ["erm"], hparams=_fast_hparams(["erm"]), store=store)
     try:
         ck.unlink()
-        c.forget("emb")
+        resources.forget("emb")
         for page in ("calibrate", "spurious"):
-            at = app(page, **{c.K_BACKBONE: spec, c.K_RUN: None})
+            at = app(page, **{state.K_BACKBONE: spec, state.K_RUN: None})
             _no_exception(at)
             assert any("moved-away.pt" in e.value and "not there any more" in e.value for e in at.error), page
         # a new session does not open the newest embedding set when its weights are gone (it would show nothing)
         from streamlit.testing.v1 import AppTest
 
-        fresh = AppTest.from_file(str(c.__file__).replace("pages/_common.py", "app.py"), default_timeout=120)
+        fresh = AppTest.from_file(APP, default_timeout=120)
         fresh.run()
         _no_exception(fresh)
-        assert fresh.session_state[c.K_BACKBONE] != spec
+        assert fresh.session_state[state.K_BACKBONE] != spec
     finally:
         assert store.delete("runs", run.manifest["key_fields"])
         assert store.delete("embeddings", emb.manifest["key_fields"])
-        c.forget("emb")
+        resources.forget("emb")

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import time
 
+from pathlib import Path
+
 import pandas as pd
 
-from pages import _common as c
+from clipcal import catalog, pipeline, process, views
+from pages.ui import jobs, resources, state
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
 
 def _no_exception(at) -> None:
@@ -15,7 +20,7 @@ def _no_exception(at) -> None:
 
 
 def _wait_job(key: str, timeout: float = 120):
-    job = c.get_jobs().get(key)
+    job = resources.get_jobs().get(key)
     assert job is not None, f"no job {key}"
     assert job.wait(timeout), f"job {key} still running after {timeout} s"
     return job
@@ -44,12 +49,12 @@ def sb(at, label: str):
 
 def fk(at, base: str) -> str:
     """Key of a Data page form field: ``base`` + a hash of the current benchmark (pages/data.py)."""
-    return c.choice_key(base, c.spec_key(at.session_state[c.K_BENCH]))
+    return state.choice_key(base, catalog.spec_key(at.session_state[state.K_BENCH]))
 
 
 def ek(at, base: str) -> str:
     """Key of an Embed page form field: ``base`` + a hash of the current backbone (pages/embed.py)."""
-    return c.choice_key(base, at.session_state[c.K_BACKBONE])
+    return state.choice_key(base, at.session_state[state.K_BACKBONE])
 
 
 def count(at, element: str) -> int:
@@ -75,15 +80,15 @@ def test_home_lists_store_and_offers_demo_path(app, seeded_store):
 def test_new_session_opens_newest_embedding_in_store(seeded_embeddings):
     from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_file(str(c.__file__).replace("pages/_common.py", "app.py"), default_timeout=120)
+    at = AppTest.from_file(APP, default_timeout=120)
     at.run()  # no state set: init_state reads the store
     _no_exception(at)
     # the session store is shared with other tests: the newest reopenable entry need not be the seeded one
-    emb = c._store_embeddings()
+    emb = catalog.embeddings_table(resources.get_store())
     newest = emb[emb["bench_spec"].notna()].iloc[0]
-    assert at.session_state[c.K_BACKBONE] == newest["backbone"]
-    assert at.session_state[c.K_BENCH]["name"] == newest["benchmark"]
-    assert c.load_bench(at.session_state[c.K_BENCH]).fingerprint() == newest["fingerprint"]
+    assert at.session_state[state.K_BACKBONE] == newest["backbone"]
+    assert at.session_state[state.K_BENCH]["name"] == newest["benchmark"]
+    assert resources.load_bench(at.session_state[state.K_BENCH]).fingerprint() == newest["fingerprint"]
 
 
 def test_data_page_counts_grid_and_validation(app, seeded_embeddings):
@@ -120,7 +125,7 @@ def test_data_page_own_csv_with_column_mapping(app, tmp_path):
     _map_own_csv(at)
     at.button(key="data.use").click().run()
     _no_exception(at)
-    assert at.session_state[c.K_BENCH]["name"] == "csv"
+    assert at.session_state[state.K_BENCH]["name"] == "csv"
     counts = frame_with(at, "train", "val", "test", "total")
     assert counts["total"].sum() == 24
     assert list(counts.index) == ["cat / in", "cat / out", "dog / in", "dog / out"]
@@ -155,7 +160,7 @@ def test_embed_page_summary_and_job(app, seeded_embeddings):
     assert {s.label for s in at.selectbox} >= {"Device", "Precision"}
     # re-running the job reads the finished store entry: it completes and the summary stays
     at.button(key="embed.start").click().run()
-    key = c.embed_job_key(seeded_embeddings["bench_spec"], "tiny:clip")
+    key = pipeline.embed_job_key(seeded_embeddings["bench_spec"], "tiny:clip")
     job = _wait_job(key)
     assert job.status == "done", job.error_message
     assert len(job.result.sample_ids) == 240 and job.result.n_computed == 0
@@ -170,9 +175,9 @@ def test_embed_page_failed_job_shows_core_error(app, seeded_embeddings):
     at.text_input(key=ek(at, "embed.spec")).input("open_clip:NoSuchArch:nothing").run()
     at.button(key="embed.use").click().run()
     _no_exception(at)
-    assert at.session_state[c.K_BACKBONE] == "open_clip:NoSuchArch:nothing"
+    assert at.session_state[state.K_BACKBONE] == "open_clip:NoSuchArch:nothing"
     at.button(key="embed.start").click().run()
-    job = _wait_job(c.embed_job_key(seeded_embeddings["bench_spec"], "open_clip:NoSuchArch:nothing"))
+    job = _wait_job(pipeline.embed_job_key(seeded_embeddings["bench_spec"], "open_clip:NoSuchArch:nothing"))
     assert job.status == "failed"
     t0 = time.monotonic()
     at.run()
@@ -188,20 +193,20 @@ def test_embed_page_failed_job_shows_core_error(app, seeded_embeddings):
 def test_home_demo_path_runs_as_a_job(app, seeded_embeddings, monkeypatch):
     """The "Run the demo path" button walks benchmark → embed → calibrate in one background job (here with
     ERM only, so it is quick) and then links every page."""
-    real = c.demo_path
+    real = pipeline.demo_path
     stages = []
 
-    def quick(bench_spec_, spec, methods=None, progress=None, cancel=None):
+    def quick(bench_spec, spec, methods=None, progress=None, cancel=None):
         def spy(*a, **k):
             stages.append(k.get("message") or (a[2] if len(a) > 2 else ""))
             return progress(*a, **k)
 
-        return real(bench_spec_, spec, methods=["erm"], progress=spy, cancel=cancel)
+        return real(bench_spec, spec, methods=["erm"], progress=spy, cancel=cancel)
 
-    monkeypatch.setattr(c, "demo_path", quick)
+    monkeypatch.setattr(pipeline, "demo_path", quick)
     at = app()
     at.button(key="home.run_demo").click().run()
-    job = _wait_job(c.demo_job_key(seeded_embeddings["bench_spec"], "tiny:clip"), timeout=300)
+    job = _wait_job(pipeline.demo_job_key(seeded_embeddings["bench_spec"], "tiny:clip"), timeout=300)
     assert job.status == "done", job.error_message
     assert job.result.startswith("240 images embedded, 1 methods calibrated (erm)")
     assert any(s.startswith("2/3 embedding") for s in stages) and any(s.startswith("3/3 calibrating")
@@ -214,11 +219,11 @@ def test_home_demo_path_runs_as_a_job(app, seeded_embeddings, monkeypatch):
 
 def test_data_page_generates_a_missing_demo(app):
     spec = {"name": "demo", "root": None, "options": {"n_train": 8, "n_val": 4, "n_test": 4, "seed": 11}}
-    at = app("data", **{c.K_BENCH: spec})
+    at = app("data", **{state.K_BENCH: spec})
     _no_exception(at)
     assert any("generated on this machine" in i.value for i in at.info)
     at.button(key="data.build").click().run()
-    job = _wait_job(c.demo_build_key(spec["options"]))
+    job = _wait_job(pipeline.demo_build_key(spec["options"]))
     assert job.status == "done", job.error_message
     at.run()
     _no_exception(at)
@@ -275,7 +280,7 @@ def test_use_this_benchmark_sticks_after_rerun(app, tmp_path):
     at.run()
     at.run()
     _no_exception(at)
-    cur = at.session_state[c.K_BENCH]
+    cur = at.session_state[state.K_BENCH]
     assert cur["name"] == "csv" and cur["root"] == str(tmp_path / "own")
     assert frame_with(at, "train", "val", "test", "total")["total"].sum() == 24
 
@@ -290,7 +295,7 @@ def test_data_page_shows_the_active_csv_benchmarks_own_mapping(app, tmp_path):
     spec = {"name": "csv", "root": root, "options": {
         "csv": "meta.csv", "id_col": "file", "path_col": "file", "split_col": "part", "y_col": "label",
         "class_names": ["a cat", "a dog"]}}  # no attribute column, ids = file names
-    at = app("data", **{c.K_BENCH: spec})
+    at = app("data", **{state.K_BENCH: spec})
     _no_exception(at)
     got = {k: at.selectbox(key=fk(at, f"data.map.{k}")).value
            for k in ("id_col", "path_col", "split_col", "y_col", "a_col")}
@@ -300,7 +305,7 @@ def test_data_page_shows_the_active_csv_benchmarks_own_mapping(app, tmp_path):
     at.selectbox(key=fk(at, "data.map.a_col")).set_value("place").run()
     at.button(key="data.use").click().run()
     _no_exception(at)
-    assert at.session_state[c.K_BENCH]["options"] == {**spec["options"], "a_col": "place"}
+    assert at.session_state[state.K_BENCH]["options"] == {**spec["options"], "a_col": "place"}
 
 
 def test_own_csv_embeddings_are_told_apart_by_file_and_folder(tmp_path):
@@ -309,15 +314,15 @@ def test_own_csv_embeddings_are_told_apart_by_file_and_folder(tmp_path):
         "csv": str(tmp_path / d / "meta.csv"), "image_dir": str(tmp_path / d),
         "columns": {"id": "image_id", "path": "file", "split": "part", "y": "label", "a": None}}}}
         for d in ("birds", "cells")]
-    labels = [c.source_label(m) for m in metas]
+    labels = [catalog.source_label(m) for m in metas]
     assert labels == [f"meta.csv in {tmp_path / 'birds'}", f"meta.csv in {tmp_path / 'cells'}"]
-    specs = [c._bench_spec_from_meta(m) for m in metas]
+    specs = [catalog.bench_spec_from_meta(m) for m in metas]
     assert specs[0] == {"name": "csv", "root": str(tmp_path / "birds"), "options": {
         "csv": str(tmp_path / "birds" / "meta.csv"), "image_dir": str(tmp_path / "birds"), "id_col": "image_id",
         "path_col": "file", "split_col": "part", "y_col": "label"}}
-    assert c.bench_label(specs[0]) != c.bench_label(specs[1])
-    assert c.bench_label(specs[1]) == f"csv — meta.csv in {tmp_path / 'cells'}"
-    assert c.source_label({"benchmark": {"name": "demo", "params": {"n_train": 8}}}) == ""
+    assert catalog.bench_label(specs[0]) != catalog.bench_label(specs[1])
+    assert catalog.bench_label(specs[1]) == f"csv — meta.csv in {tmp_path / 'cells'}"
+    assert catalog.source_label({"benchmark": {"name": "demo", "params": {"n_train": 8}}}) == ""
 
 
 def test_sidebar_job_line_names_the_stage_and_its_own_count():
@@ -325,11 +330,11 @@ def test_sidebar_job_line_names_the_stage_and_its_own_count():
     from types import SimpleNamespace as NS
 
     job = NS(label="Run the demo", progress=NS(done=896, total=2400, message="2/3 embedding: 12.5 images/s"))
-    assert c.job_short_line(job) == "Run the demo — 2/3 embedding 896/2,400"
+    assert views.job_short_line(job) == "Run the demo — 2/3 embedding 896/2,400"
     job.progress = NS(done=3, total=6, message="3/3 calibrating: cfr")
-    assert c.job_short_line(job) == "Run the demo — 3/3 calibrating 3/6"
+    assert views.job_short_line(job) == "Run the demo — 3/3 calibrating 3/6"
     job.progress = NS(done=0, total=None, message="loading tiny:clip")
-    assert c.job_short_line(job) == "Run the demo — loading tiny:clip"
+    assert views.job_short_line(job) == "Run the demo — loading tiny:clip"
 
 
 def test_demo_build_counts_the_demo_path_job_as_building():
@@ -343,17 +348,17 @@ def test_demo_build_counts_the_demo_path_job_as_building():
         release.wait(30)
         return "done"
 
-    assert c.demo_building_job(opts) is None
+    assert jobs.demo_building_job(opts) is None
     spec = {"name": "demo", "root": None, "options": dict(opts)}
-    job = c.get_jobs().submit(c.demo_job_key(spec, "tiny:clip"), worker, label="Run the demo")
+    job = resources.get_jobs().submit(pipeline.demo_job_key(spec, "tiny:clip"), worker, label="Run the demo")
     try:
-        found = c.demo_building_job(opts)
+        found = jobs.demo_building_job(opts)
         assert found is not None and found.key == job.key
-        assert c.demo_building_job({**opts, "seed": 124}) is None  # another demo is not being built
+        assert jobs.demo_building_job({**opts, "seed": 124}) is None  # another demo is not being built
     finally:
         release.set()
         assert job.wait(30)
-    assert c.demo_building_job(opts) is None
+    assert jobs.demo_building_job(opts) is None
 
 
 def test_csv_manifest_column_mapping_reopens():
@@ -368,7 +373,7 @@ def test_csv_manifest_column_mapping_reopens():
     bench = Benchmark("csv", "/data/own", table, ["cat", "dog"], ["in", "out"],
                       params={"csv": "/data/own/meta.csv", "columns": {"y": "label", "a": "background"}})
     meta = {"benchmark": bench.describe()}
-    spec = c._bench_spec_from_meta(meta)
+    spec = catalog.bench_spec_from_meta(meta)
     assert spec == {"name": "csv", "root": "/data/own",
                     "options": {"csv": "/data/own/meta.csv", "y_col": "label", "a_col": "background",
                                 "class_names": ["cat", "dog"], "attr_names": ["in", "out"]}}
@@ -393,7 +398,7 @@ def test_csv_benchmark_with_named_integer_labels_and_carved_val_reopens_with_its
         warnings.simplefilter("ignore")  # "no val rows: carved …"
         bench = load_benchmark("csv", root=tmp_path, csv="meta.csv", class_names=["cat", "dog"],
                                attr_names=["indoor", "outdoor"], val_fraction=0.3, seed=4)
-        spec = c._bench_spec_from_meta({"benchmark": bench.describe()})
+        spec = catalog.bench_spec_from_meta({"benchmark": bench.describe()})
         again = load_benchmark(spec["name"], root=spec["root"], **spec["options"])
     assert again.class_names == ["cat", "dog"] and again.attr_names == ["indoor", "outdoor"]
     assert again.fingerprint() == bench.fingerprint()
@@ -407,18 +412,18 @@ def test_progress_line_shows_fractional_progress_as_a_percentage():
         return NS(progress=NS(done=done, total=total, rate=rate, eta_s=300.0, message="cfr epoch 3/100",
                               extra={}), key="calib:x", elapsed_s=60.0)
 
-    line = c.progress_line(job(1.6, 2.0, 0.004))
+    line = views.progress_line(job(1.6, 2.0, 0.004))
     assert line.startswith("80 %") and "items/s" not in line and "ETA" in line
-    assert c.progress_line(job(120.0, 2400.0, 9.5)).startswith("120 / 2,400 · 9.5 items/s")
+    assert views.progress_line(job(120.0, 2400.0, 9.5)).startswith("120 / 2,400 · 9.5 items/s")
 
 
 def test_run_label_names_non_default_settings():
     """Regression (newcomer trial): a default and a cross-fit CFR run read identically in the sidebar."""
     info = {"created": "2026-11-29T12:33:00+00:00", "methods": ["erm", "cfr"],
             "test_worst_group": {"erm": 0.875, "cfr": 0.86}, "changed": "cfr.calibration_errors=cross-fit"}
-    label = c.run_label(info)
+    label = catalog.run_label(info)
     assert "cfr.calibration_errors=cross-fit" in label and label.endswith("best test worst-group 0.88 (ERM)")
-    assert "·  ·" not in c.run_label({**info, "changed": ""})
+    assert "·  ·" not in catalog.run_label({**info, "changed": ""})
 
 
 def test_objects_alive_after_new_imports_are_frozen_once(monkeypatch):
@@ -428,13 +433,13 @@ def test_objects_alive_after_new_imports_are_frozen_once(monkeypatch):
     import sys
     import types
 
-    monkeypatch.setattr(c, "_FROZEN_MODULES", [len(sys.modules)])
+    monkeypatch.setattr(process, "_FROZEN_MODULES", [len(sys.modules)])
     gc.unfreeze()
     try:
-        assert c.freeze_imported_objects() is False and gc.get_freeze_count() == 0  # nothing new imported
+        assert process.freeze_imported_objects() is False and gc.get_freeze_count() == 0  # nothing new imported
         monkeypatch.setitem(sys.modules, "clipcal_test_fake_module", types.ModuleType("clipcal_test_fake_module"))
-        assert c.freeze_imported_objects() is True and gc.get_freeze_count() > 100_000
-        assert c.freeze_imported_objects() is False  # once per new import, not per run
+        assert process.freeze_imported_objects() is True and gc.get_freeze_count() > 100_000
+        assert process.freeze_imported_objects() is False  # once per new import, not per run
     finally:
         gc.unfreeze()
 
@@ -447,14 +452,14 @@ def test_data_form_fields_are_new_widgets_for_each_current_benchmark(app, tmp_pa
     own = {"name": "csv", "root": str(tmp_path / "own"), "options": {
         "csv": "meta.csv", "id_col": "image_id", "path_col": "file", "split_col": "part", "y_col": "label",
         "a_col": "place"}}
-    at = app("data", **{c.K_BENCH: own})
+    at = app("data", **{state.K_BENCH: own})
     _no_exception(at)
     old = fk(at, "data.name")
     assert at.selectbox(key=old).value == "csv"
     at.selectbox(key=old).set_value("demo").run()
     at.button(key="data.use").click().run()
     _no_exception(at)
-    assert at.session_state[c.K_BENCH]["name"] == "demo"
+    assert at.session_state[state.K_BENCH]["name"] == "demo"
     new = fk(at, "data.name")
     assert new != old and at.selectbox(key=new).value == "demo"
     assert not [w for w in at.selectbox if w.key == old]
@@ -464,7 +469,7 @@ def test_embed_form_opens_on_the_current_checkpoint(app, tmp_path):
     """Regression: with a local checkpoint as the current backbone, Embed opened on "open_clip list" with
     another backbone selected and an empty checkpoint form."""
     spec = f"open_clip:ViT-B-32:{tmp_path / 'my-clip.pt'}"
-    at = app("embed", **{c.K_BACKBONE: spec})
+    at = app("embed", **{state.K_BACKBONE: spec})
     _no_exception(at)
     assert at.radio(key=ek(at, "embed.source")).value == "local checkpoint"
     assert at.text_input(key=ek(at, "embed.arch")).value == "ViT-B-32"
@@ -480,6 +485,6 @@ def test_home_says_when_the_demo_path_runs_another_choice(app):
     assert any("not the built-in demo" in x.value for x in at.caption)
     at.button(key="home.to_demo").click().run()
     _no_exception(at)
-    assert at.session_state[c.K_BENCH] == c.DEFAULT_BENCH and at.session_state[c.K_BACKBONE] == c.DEFAULT_BACKBONE
+    assert at.session_state[state.K_BENCH] == catalog.DEFAULT_BENCH and at.session_state[state.K_BACKBONE] == catalog.DEFAULT_BACKBONE
     assert not [b for b in at.button if b.key == "home.to_demo"]
 

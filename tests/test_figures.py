@@ -8,9 +8,10 @@ import plotly.graph_objects as go
 import pytest
 
 from clipcal import figures as F
-from clipcal.data.base import Benchmark
+from clipcal import views as V
 from clipcal.concepts import (attribute_decodability, calibration_set_vs_groups, concept_scores,
-                             discover_clusters)
+                              discover_clusters)
+from clipcal.data.base import Benchmark
 from clipcal.metrics import group_table
 from clipcal.projection import crossed_boundary, group_centroid_shifts
 
@@ -244,13 +245,13 @@ def test_cluster_and_calibration_set_figures():
 def test_umap_points_frame(tmp_path):
     b = _bench(tmp_path)
     xy = np.arange(24, dtype=float).reshape(12, 2)
-    pts = F.umap_points(b.table, xy, xy + 1, b.class_names, b.attr_names, extra={"ERM": ["correct"] * 12})
+    pts = V.umap_points(b.table, xy, xy + 1, b.class_names, b.attr_names, extra={"ERM": ["correct"] * 12})
     assert list(pts.columns) == ["sample_id", "x_before", "y_before", "x_after", "y_after", "split", "class",
                                  "attribute", "group", "ERM"]
     assert pts.loc[2, "group"] == "landbird / water" and pts.loc[2, "x_after"] == 5.0
     t2 = b.table.assign(a=-1)
-    assert F.umap_points(t2, xy, None, b.class_names, b.attr_names)["group"].eq("unknown").all()
+    assert V.umap_points(t2, xy, None, b.class_names, b.attr_names)["group"].eq("unknown").all()
     fig = F.umap_figure(pts, "group", hover=["split", "ERM"])
     assert len(fig.data) == 8
     with pytest.raises(ValueError):
-        F.umap_points(b.table, xy[:5])
+        V.umap_points(b.table, xy[:5])

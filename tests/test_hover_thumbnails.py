@@ -197,11 +197,11 @@ def _vega_specs(at) -> list[dict]:
 
 @pytest.mark.slow  # seeding the store (embed + six methods + UMAP) takes ~1 min on 2 cores
 def test_page_hover_view_renders_the_altair_map(app, seeded_store):
-    from pages import _common as c
+    from pages.ui import representations, resources, state
 
-    at = app("representations", **{c.K_RUN: seeded_store["run_id"]})
+    at = app("representations", **{state.K_RUN: seeded_store["run_id"]})
     assert not at.exception
-    assert at.radio(key="repr.view").value == c.MAP_VIEWS[0] and not _vega_specs(at)
+    assert at.radio(key="repr.view").value == representations.MAP_VIEWS[0] and not _vega_specs(at)
     n_plotly = len(at.get("plotly_chart"))
     at.radio(key="repr.view").set_value("Hover thumbnails").run()
     assert not at.exception, at.exception
@@ -216,9 +216,9 @@ def test_page_hover_view_renders_the_altair_map(app, seeded_store):
     assert len(at.get("plotly_chart")) == n_plotly - 1  # the plotly map gave way; the movement charts stay
     # the image column: one JPEG data URI per sample (240 < cap), read with clipcal.data.thumbnail
     n = seeded_store["n_samples"]
-    xy = c.memo_peek(("umap", seeded_store["run_id"], "cfr"))
-    pts = c.points_table(seeded_store["run"], seeded_store["bench"], seeded_store["emb"], "cfr", xy)
-    imgs = c.memo_peek(("hover_imgs", seeded_store["run_id"], ("test", "train", "val")))
+    xy = resources.memo_peek(("umap", seeded_store["run_id"], "cfr"))
+    pts = representations.points_table(seeded_store["run"], seeded_store["bench"], "cfr", xy)
+    imgs = resources.memo_peek(("hover_imgs", seeded_store["run_id"], ("test", "train", "val")))
     assert imgs is not None and len(imgs) == n == len(pts)
     assert all(str(u).startswith("data:image/jpeg;base64,") for u in imgs)
     # overlay and another colour also render

@@ -198,17 +198,12 @@ def check_applicable(methods: list[str], explicit: bool, has_text: bool, has_att
         MethodError: the hint says which of the methods apply.
     """
     from clipcal.errors import MethodError
-    from clipcal.methods import METHODS, get_method
+    from clipcal.methods import METHODS
+    from clipcal.methods.applicability import not_applicable_reason
 
     def reason(m: str) -> str | None:
-        cls = get_method(m)
-        if cls.needs_text and not has_text:
-            return f"{m} needs a text tower and {backbone or 'this backbone'} is image-only"
-        sel = hparams.get(m, {}).get("selection", selection)
-        if has_attributes is False and (cls.uses_group_labels or sel == "worst-group"):
-            why = "uses group labels" if cls.uses_group_labels else "selects by worst-group accuracy"
-            return f"{m} {why} and {benchmark or 'this benchmark'} has no spurious-attribute labels"
-        return None
+        why = not_applicable_reason(m, has_text, has_attributes, hparams.get(m, {}).get("selection", selection))
+        return why.sentence(backbone or "this backbone", benchmark or "this benchmark") if why else None
 
     if selection == "worst-group" and has_attributes is False:
         raise MethodError(f"--selection worst-group needs spurious-attribute labels, and {benchmark or 'the benchmark'}"

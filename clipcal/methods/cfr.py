@@ -59,6 +59,19 @@ from clipcal.methods.base import FeatureData, Method, MethodResult, ProgressFn, 
 from clipcal.methods.params import Boolean, Integral, Interval, Real, StrOptions
 
 
+#: (title, markdown) shown on the dashboard's Calibrate page: the method as this module implements it.
+TEACHING = (
+    "What CFR does",
+    "**Contrastive Feature Recalibration** (You et al., CVPR 2024, arXiv 2403.07241) needs **no group "
+    "labels**. The image model stays frozen; only its **last projection layer** and the class head are trained, "
+    "on the cached features. (1) A plain linear probe (**ERM**) is trained on the training split. (2) The "
+    "training images this ERM model gets **wrong** form the **calibration set** — mostly images of the minority "
+    "groups, found without any group label. (3) The last layer is retrained so that each calibration image's "
+    "representation is **pulled toward correctly classified images of its own class** (positives) and **pushed "
+    "away from the most similar images of the other classes** (hard negatives), together with cross-entropy on "
+    "the calibration set and a supervised contrastive loss on the training batch; the validation split picks "
+    "the epoch. The representation itself moves, which is what the Representations page shows before vs after.",
+)
 NEGATIVE_MODES = ("hard", "random-other-class")
 #: the stage-2 loss terms, each with a switch (hyperparameter of the same name) and a weight ``w_<term>``
 LOSS_TERMS = ("ce", "contrastive", "supcon")

@@ -1,0 +1,216 @@
+"""The steps from a benchmark spec to stored results — load, embed, calibrate, project, and the whole demo path —
+as the dashboard's background jobs run them (and as a notebook or a headless script can).
+
+Each step takes plain arguments (a benchmark spec dict, a backbone spec or loaded backbone, a store) and
+progress / cancel hooks (``progress(done, total, message)`` or a ``Progress`` object; ``cancel`` a
+``threading.Event``), writes to the store and returns what it stored. Which methods run is decided by
+:func:`clipcal.methods.applicability.applicable_methods`, the rule the CLI and :func:`clipcal.runs.run_calibration`
+use too. Job keys (one running job per key, :class:`clipcal.jobs.JobManager`) are built here so that the
+pages and the tests name the same job.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clipcal.catalog import spec_key
+from clipcal.errors import ClipcalError
+
+#: The joint UMAP's parameters everywhere (those of :func:`clipcal.projection.joint_umap`).
+UMAP_PARAMS = {"seed": 0, "n_neighbors": 15, "min_dist": 0.1, "metric": "cosine"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# job keys
+# ---------------------------------------------------------------------------------------------------------
+def embed_job_key(bench_spec: dict, backbone: str) -> str:
+    """Key of the embedding job of (benchmark, backbone); starts with ``"embed:"``."""
+    return f"embed:{spec_key(bench_spec)}:{backbone}"
+
+
+def calib_job_key(bench_spec: dict, backbone: str) -> str:
+    """Key of the calibration job of (benchmark, backbone)."""
+    return f"calibrate:{spec_key(bench_spec)}:{backbone}"
+
+
+def demo_job_key(bench_spec: dict, backbone: str) -> str:
+    """Key of the demo-path job (:func:`demo_path`); starts with ``"demo-path:"``."""
+    return f"demo-path:{spec_key(bench_spec)}:{backbone}"
+
+
+def demo_build_key(options: dict) -> str:
+    """Key of the job that generates the demo images with these options."""
+    return f"demo-build:{spec_key(options)}"
+
+
+def umap_job_key(run_key: str, method: str | None) -> str:
+    """Key of the job that fits the joint UMAP of a run's before / ``method``'s after embeddings."""
+    return f"umap:{run_key}:{method}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# steps
+# ---------------------------------------------------------------------------------------------------------
+def staged(progress, stage: str):
+    """Wrap a progress callback so every report names ``stage`` (``"2/3 embedding: 12.5 images/s"``).
+
+    Accepts what the steps report: ``(done, total[, message])``, keyword fields, or one object with ``done``,
+    ``total``, ``message`` and a rate (``images_per_s`` / ``rate``, ``eta_s``). ``None`` stays ``None``.
+    """
+    if progress is None:
+        return None
+
+    def report(*args, **kwargs):
+        if len(args) == 1 and not isinstance(args[0], (int, float)):
+            obj = args[0]
+            msg = getattr(obj, "message", "") or ""
+            fields = {k: getattr(obj, k) for k in ("done", "total") if hasattr(obj, k)}
+            for k in ("images_per_s", "rate", "eta_s"):
+                if getattr(obj, k, None) is not None:
+                    fields["rate" if k == "images_per_s" else k] = getattr(obj, k)
+            return progress(**fields, message=f"{stage}: {msg}" if msg else stage)
+        if len(args) >= 3:
+            args = (*args[:2], f"{stage}: {args[2]}")
+        elif "message" in kwargs:
+            kwargs["message"] = f"{stage}: {kwargs['message']}"
+        else:
+            kwargs["message"] = stage
+        return progress(*args, **kwargs)
+
+    return report
+
+
+def load_bench(bench_spec: dict, progress=None):
+    """:func:`clipcal.data.load_benchmark` of a benchmark spec dict (the demo is built on first use, reporting to
+    ``progress``). Raises ClipcalError as ``load_benchmark`` (missing root, bad metadata …)."""
+    from clipcal.data import load_benchmark
+
+    extra = {"progress": progress} if progress is not None and bench_spec["name"] == "demo" else {}
+    return load_benchmark(bench_spec["name"], root=bench_spec.get("root"), **extra,
+                          **(bench_spec.get("options") or {}))
+
+
+def embed(bench_spec: dict, backbone, store=None, device: str = "auto", precision: str = "auto",
+          batch_size: int = 64, progress=None, cancel=None):
+    """Load the benchmark and embed it (:func:`clipcal.embed.embed_benchmark`: resumes from the store).
+
+    Args:
+        bench_spec: benchmark spec dict (:mod:`clipcal.catalog`).
+        backbone: a backbone spec string or a loaded :class:`clipcal.backbones.Backbone`.
+        store: :class:`clipcal.store.Store` (default ``Store()``).
+
+    Returns:
+        The stored ``EmbeddingSet``.
+    """
+    from clipcal.embed import embed_benchmark
+
+    bench = load_bench(bench_spec)
+    return embed_benchmark(bench, backbone, store=store, batch_size=batch_size, device=device,
+                           precision=precision, progress=progress, cancel=cancel)
+
+
+def calibrate(bench, embeddings, methods: list[str], hparams: dict, store=None, seed: int = 0,
+              selection: str | None = None, progress=None, cancel=None):
+    """Fit and store ``methods`` on stored embeddings (:func:`clipcal.runs.run_calibration`; a cancelled run
+    stores nothing). Returns the :class:`clipcal.runs.Run`.
+
+    Raises:
+        ClipcalError: ``embeddings`` is ``None`` (not embedded yet); as ``run_calibration`` otherwise.
+    """
+    from clipcal.runs import run_calibration
+
+    if embeddings is None:
+        raise ClipcalError("no embeddings of this benchmark with this backbone in the store",
+                           hint="embed it first on the Embed page (or `python -m clipcal embed`)")
+    return run_calibration(bench, embeddings, methods=methods, hparams=hparams, store=store, progress=progress,
+                           cancel=cancel, seed=seed, selection=selection)
+
+
+def calibration_summary(run, methods: list[str]) -> str:
+    """``"2 of 3 methods ran; not applicable: dfr: …"`` — one line on a finished calibration."""
+    na = run.not_applicable
+    return f"{len(run.results)} of {len(methods)} methods ran" + (
+        f"; not applicable: {'; '.join(f'{m}: {why}' for m, why in na.items())}" if na else "")
+
+
+def demo_path(bench_spec: dict, backbone: str, methods: list[str] | None = None, store=None, progress=None,
+              cancel=None) -> str:
+    """The one-click path: build / load the benchmark → embed (resumes from the store) → calibrate with every
+    method that applies (:func:`~clipcal.methods.applicability.applicable_methods`) at its defaults.
+
+    Progress messages start with the stage (``"1/3 benchmark"``, ``"2/3 embedding"``, ``"3/3 calibrating"``).
+
+    Returns:
+        One line: ``"2400 images embedded, 6 methods calibrated (zeroshot, erm, …)"``.
+    """
+    from clipcal.backbones import load_backbone
+    from clipcal.embed import embed_benchmark
+    from clipcal.methods.applicability import applicable_methods
+    from clipcal.runs import run_calibration
+
+    bench = load_bench(bench_spec, progress=staged(progress, "1/3 benchmark"))
+    emb = embed_benchmark(bench, load_backbone(backbone), store=store, progress=staged(progress, "2/3 embedding"),
+                          cancel=cancel)
+    methods = methods or applicable_methods(bool(getattr(emb, "has_text", False)), bench.has_attributes)
+    run_calibration(bench, emb, methods=methods, hparams={}, store=store,
+                    progress=staged(progress, "3/3 calibrating"), cancel=cancel)
+    return f"{len(emb.sample_ids)} images embedded, {len(methods)} methods calibrated ({', '.join(methods)})"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the joint projection of a run
+# ---------------------------------------------------------------------------------------------------------
+def check_run_rows(run, fd) -> None:
+    """Raise unless ``run`` was computed on the rows of ``fd`` (the stored embeddings' FeatureData).
+
+    Raises:
+        ClipcalError: the row count or the sample ids differ (the embeddings were recomputed since).
+    """
+    labels = getattr(run, "labels", None)
+    if labels is not None and (len(labels) != fd.n or not np.array_equal(labels["sample_id"].to_numpy(str),
+                                                                          fd.sample_ids)):
+        raise ClipcalError(f"run {run_key(run)} was computed on other embeddings than the stored ones "
+                           f"({len(labels)} vs {fd.n} rows)",
+                           hint="calibrate again on the Calibrate page (the embeddings were recomputed)")
+
+
+def run_key(run) -> str:
+    """The store key of a run (``run.key``; objects without one: their ``id``)."""
+    return str(getattr(run, "key", None) or getattr(run, "id", None) or id(run))
+
+
+def projection_inputs(run, fd, method: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(before [N, e], after [N, e] float32 | None)``: the stored embeddings and ``method``'s calibrated ones."""
+    after = None if method is None else run.results[method].embeddings_after
+    return fd.embeddings, (None if after is None else np.asarray(after, dtype=np.float32))
+
+
+def projection_key_fields(fingerprint: str, backbone: str, run_id: str, method: str | None) -> dict:
+    """Store key fields of a run's joint UMAP (benchmark fingerprint, backbone spec, run key, method)."""
+    return {"benchmark": fingerprint, "backbone": backbone, "run": run_id, "method": method or "before"}
+
+
+def stored_projection(run, fd, method: str | None, fingerprint: str, backbone: str, store):
+    """``(xy_before, xy_after | None)`` of the run's joint UMAP if it is in the store, else ``None`` (never fits;
+    :func:`clipcal.projection.stored_joint_umap`)."""
+    from clipcal.projection import stored_joint_umap
+
+    before, after = projection_inputs(run, fd, method)
+    return stored_joint_umap(before, after, store,
+                             projection_key_fields(fingerprint, backbone, run_key(run), method), **UMAP_PARAMS)
+
+
+def project(run, fd, method: str | None, fingerprint: str, backbone: str, store, progress=None):
+    """Fit (or read) and store the joint UMAP of the run's before / ``method``'s after embeddings
+    (:func:`clipcal.projection.joint_umap`). Returns ``(xy_before [N, 2], xy_after [N, 2] | None)``."""
+    from clipcal.projection import joint_umap
+
+    before, after = projection_inputs(run, fd, method)
+    if progress:
+        progress(0, 1, f"UMAP of {len(before) * (2 if after is not None else 1):,} points "
+                 "(the first fit in a process compiles numba: ~15–30 s)")
+    xy = joint_umap(before, after, store=store, progress=progress,
+                    key_fields=projection_key_fields(fingerprint, backbone, run_key(run), method), **UMAP_PARAMS)
+    if progress:
+        progress(1, 1, "done")
+    return xy

@@ -1,0 +1,162 @@
+"""Sections of the Spurious attributes page, one per tab: (a) text concepts, (b) attribute decodability,
+(c) cluster discovery, (d) the calibration set against the true groups, (e) the worst group's errors.
+The computations are :mod:`clipcal.concepts`; each result is memoised per run and method."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from clipcal import views
+from clipcal.pipeline import run_key
+from pages.ui import resources, state, widgets
+
+
+def concepts_section(run, bench, method: str) -> None:
+    """(a) Typed and shipped concepts scored per class (:func:`clipcal.concepts.concept_scores`)."""
+    from clipcal.concepts import concept_prompts, concept_scores, load_concept_vocabulary
+    from clipcal.figures import concept_scores_figure
+
+    vocab = load_concept_vocabulary()
+    typed = st.text_input("Your candidate concepts (comma-separated)", key="spur.concepts",
+                          placeholder="e.g. water, forest, bamboo, ocean, sky")
+    use_vocab = st.checkbox(f"also score the shipped vocabulary ({len(vocab)} concepts)", value=True,
+                            key="spur.vocab")
+    concepts = list(dict.fromkeys([c.strip() for c in typed.split(",") if c.strip()] + (vocab if use_vocab else [])))
+    if not concepts:
+        st.caption("Type a concept or tick the vocabulary.")
+        return
+    fd = resources.run_feature_data(run, bench)
+    res = views.method_result(run, method)
+    shown = fd.mask("test") | fd.mask("val")
+    backbone = state.backbone_spec()
+
+    def text_emb():
+        from clipcal.embed import text_embeddings
+
+        # the store caches the concept embeddings; on a miss a text-only copy of the model is loaded and
+        # released (keeping a whole CLIP for a few prompts cost +1.7 GB with ViT-L/14, bench/app_memory.py),
+        # unless this process already holds the model
+        return text_embeddings(resources.loaded_backbone(backbone) or backbone, concept_prompts(concepts),
+                               store=resources.get_store())
+
+    with st.spinner("Embedding the concepts with the text tower…"):
+        t = resources.memo(("concept_text", backbone, tuple(concepts)), text_emb)
+    key = (run_key(run), method, tuple(concepts))
+    scores = resources.memo(("concepts", *key), lambda: concept_scores(
+        fd.embeddings[shown], fd.y[shown], np.asarray(res.pred)[shown], t, concepts, fd.class_names))
+    st.caption(f"Scored on the val + test images with {views.method_label(method)}'s predictions. "
+               "score = mean cosine similarity to the misclassified − to the correctly classified images.")
+    for note in views.unscored_class_notes(scores, method):
+        st.info(note)
+    st.plotly_chart(resources.memo(("fig_concepts", *key), lambda: concept_scores_figure(scores, top=10)),
+                    key="spur.concepts_fig")
+    with st.expander("All scores"):
+        st.dataframe(scores.drop(columns=["class_index"]), hide_index=True, key="spur.concepts_table")
+
+
+def decodability_section(run, bench) -> None:
+    """(b) Attribute decodability before vs after (:func:`clipcal.concepts.attribute_decodability`)."""
+    from clipcal.concepts import attribute_decodability
+    from clipcal.figures import decodability_figure
+
+    fd = resources.run_feature_data(run, bench)
+    after_methods = views.methods_with_after(run)
+    results = []
+    for m in after_methods or [None]:
+        after = None if m is None else views.method_result(run, m).embeddings_after
+        r = resources.memo(("decod", run_key(run), m),
+                           lambda: attribute_decodability(fd.embeddings, after, fd.a, fd.split))
+        if not r.available:
+            st.info(r.reason)
+            return
+        results.append((m, r.table))
+    table = views.decodability_table(results)
+    st.plotly_chart(resources.memo(("fig_decod", run_key(run)), lambda: decodability_figure(table)),
+                    key="spur.decod_fig")
+    st.dataframe(table, hide_index=True, key="spur.decod")
+    if not after_methods:
+        st.caption("No method of this run changed the embeddings, so there is no \"after\".")
+    no_after = [m for m in views.run_methods(run) if m not in after_methods]
+    if no_after:
+        st.caption(views.no_after_note(no_after))
+
+
+def clusters_section(run, bench, method: str) -> None:
+    """(c) k-means within each class, per-cluster accuracy and the worst clusters' images
+    (:func:`clipcal.concepts.discover_clusters`)."""
+    from clipcal.concepts import discover_clusters
+    from clipcal.figures import cluster_accuracy_figure
+
+    fd = resources.run_feature_data(run, bench)
+    after_methods = views.methods_with_after(run)
+    a, b = st.columns(2)
+    k = a.slider("clusters per class", 2, 8, 4, key="spur.k")
+    rep = b.radio("on the embeddings", ["before"] + [f"after ({views.method_label(m)})" for m in after_methods],
+                  horizontal=True, key="spur.rep")
+    m_after = next((m for m in after_methods if rep == f"after ({views.method_label(m)})"), None)
+    x = fd.embeddings if m_after is None else views.method_result(run, m_after).embeddings_after
+    correct = np.asarray(views.method_result(run, method).pred) == fd.y
+    key = (run_key(run), method, k, rep)
+    cl = resources.memo(("clusters", *key), lambda: discover_clusters(
+        x, fd.y, correct, k=k, a=fd.a if bench.has_attributes else None, sample_ids=fd.sample_ids,
+        class_names=fd.class_names, attr_names=fd.attr_names or None))
+    table = cl.table.drop(columns=["ids"])
+    st.plotly_chart(resources.memo(("fig_clusters", *key), lambda: cluster_accuracy_figure(table)),
+                    key="spur.clusters_fig")
+    with st.expander("Cluster table"):
+        st.dataframe(table, hide_index=True, key="spur.clusters")
+    if not bench.has_attributes:
+        st.caption("No attribute labels: the clusters are the only view of hidden groups here.")
+    for _, r in cl.table.sort_values("accuracy").head(2 * len(fd.class_names)).iterrows():
+        st.markdown(f"**{r['class']} · cluster {r['cluster']}** — {r['n']} images, accuracy {r['accuracy']:.2f}"
+                    + (f", mostly {r['majority_attribute']} ({r['purity']:.0%})" if bench.has_attributes else ""))
+        widgets.grid_of_ids(bench, fd, r["ids"], limit=8, columns=8)
+
+
+def calibration_set_section(run, bench, method: str | None = None) -> None:
+    """(d) The calibration / error set of ``method`` (the page's method picker) against the true groups
+    (:func:`clipcal.concepts.calibration_set_vs_groups`); another method's when it selects none, said on the page."""
+    from clipcal.concepts import calibration_set_vs_groups
+    from clipcal.figures import calibration_set_figure
+
+    m, note = views.calibration_set_choice(run, method)
+    if m is None:
+        st.info("No method of this run selects a calibration set (CFR does; JTT's error set too).")
+        return
+    if note:
+        st.caption(note)
+    fd = resources.run_feature_data(run, bench)
+    rep = resources.memo(("calset", run_key(run), m), lambda: calibration_set_vs_groups(
+        views.method_result(run, m).calibration_set, resources.sample_table(bench, fd),
+        group_names=bench.group_names() if bench.has_attributes else None))
+    c1, c2, c3 = st.columns(3)
+    c1.metric("set size", rep.n_set)
+    c2.metric("minority share (precision)", "—" if np.isnan(rep.precision) else f"{rep.precision:.0%}")
+    c3.metric("minority found (recall)", "—" if np.isnan(rep.recall) else f"{rep.recall:.0%}")
+    if not rep.available:
+        st.info(rep.reason)
+    else:
+        st.plotly_chart(resources.memo(("fig_calset", run_key(run), m), lambda: calibration_set_figure(rep.table)),
+                        key="spur.calset_fig")
+    st.dataframe(rep.table, hide_index=True, key="spur.calset")
+    st.caption(f"Pool: {', '.join(rep.pool)}. Enrichment > 1 = the group is over-represented in the set.")
+
+
+def gallery_section(run, bench, method: str) -> None:
+    """(e) Misclassified test images of the worst group, most confident first
+    (:func:`clipcal.concepts.worst_group_gallery`)."""
+    from clipcal.concepts import worst_group_gallery
+
+    fd = resources.run_feature_data(run, bench)
+    res = views.method_result(run, method)
+    g = resources.memo(("gallery", run_key(run), method), lambda: worst_group_gallery(
+        resources.sample_table(bench, fd), res.pred, res.probs, n=24))
+    name = bench.group_name(g.group) if g.by == "group" else fd.class_names[g.group]
+    st.markdown(f"Worst {g.by} for **{views.method_label(method)}**: **{name}** — accuracy {g.accuracy:.2f} "
+                f"on {g.n} test images; {len(g.items)} misclassified shown.")
+    if len(g.items) == 0:
+        st.success("No errors in this group.")
+        return
+    caps = {r.sample_id: f"pred {fd.class_names[int(r.pred)]} ({r.confidence:.2f})" for r in g.items.itertuples()}
+    widgets.grid_of_ids(bench, fd, list(g.items["sample_id"]), limit=24, columns=8, captions=caps)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from clipcal.cli import main
 from clipcal.commands.data import add_benchmark_args, benchmark_from_args, benchmark_options
+from clipcal.errors import DataError
 from tests.fixtures_data import DEMO_SMALL, make_csv_dataset, make_waterbirds
 
 
@@ -70,5 +73,8 @@ def test_shared_benchmark_args_for_other_commands(tmp_path):
     assert benchmark_options(args) == ("demo", None, {**DEMO_SMALL})
     b = benchmark_from_args(args)
     assert b.name == "demo" and len(b.table) == 240
+    args = p.parse_args(["-b", "celeba", "--root", "/x", "--target", "Smiling"])
+    assert benchmark_options(args) == ("celeba", "/x", {"target": "Smiling"})
     args = p.parse_args(["-b", "celeba", "--root", "/x", "--target", "Smiling", "--n-train", "5"])
-    assert benchmark_options(args) == ("celeba", "/x", {"target": "Smiling"})  # demo options not passed on
+    with pytest.raises(DataError, match="--n-train"):  # another benchmark's option is refused (issue 16.4)
+        benchmark_options(args)

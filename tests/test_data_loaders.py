@@ -73,7 +73,7 @@ def test_waterbirds_bad_split_value(tmp_path):
     meta = pd.read_csv(folder / "metadata.csv")
     meta.loc[3, "split"] = 7
     meta.to_csv(folder / "metadata.csv", index=False)
-    with pytest.raises(DataError, match=r"unknown split value\(s\) \['7'\] \(lines \[5\]\)"):
+    with pytest.raises(DataError, match=r"unknown split value\(s\) \['7'\] \(line 5\)"):
         load_benchmark("waterbirds", folder)
 
 
@@ -235,7 +235,7 @@ def test_csv_bad_values(tmp_path):
     rows = _rows()
     rows[2]["y"] = None
     make_csv_dataset(tmp_path, rows, images=False)
-    with pytest.raises(DataError, match=r"column 'y' has empty cells \(lines \[4\]\)"):
+    with pytest.raises(DataError, match=r"column 'y' has empty cells \(line 4\)"):
         load_benchmark("csv", tmp_path)
 
 

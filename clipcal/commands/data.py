@@ -38,8 +38,9 @@ def add_benchmark_args(parser: argparse.ArgumentParser, required: bool = False) 
 
     Adds ``--benchmark`` (default ``demo`` unless ``required``), ``--root`` and the per-benchmark options
     (``--csv --image-dir --id-col --path-col --split-col --y-col --a-col --class-names --attr-names``,
-    ``--target --attribute`` for CelebA, ``--n-train --n-val --n-test`` for the demo, ``--data-seed``).
-    Read them back with :func:`benchmark_from_args`.
+    ``--target --attribute`` for CelebA, ``--n-train --n-val --n-test`` for the demo, ``--data-seed``,
+    ``--encoding --allow-outside-root`` for benchmarks read from metadata files). Read them back with
+    :func:`benchmark_from_args`, which refuses options of another benchmark (:data:`OPTION_BENCHMARKS`).
     """
     from clipcal.data import BENCHMARKS
 
@@ -64,6 +65,12 @@ def add_benchmark_args(parser: argparse.ArgumentParser, required: bool = False) 
     g.add_argument("--n-test", type=int, metavar="N", help="demo: test images (default 800)")
     g.add_argument("--data-seed", type=int, metavar="S",
                    help="seed of the demo images / MetaShift re-split (default 42) / carved csv val split")
+    g.add_argument("--encoding", metavar="NAME",
+                   help="csv, waterbirds, celeba: text encoding of the metadata files (default: detected — "
+                   "byte-order mark, UTF-16, UTF-8, else cp1252 with a note), e.g. cp1250, shift_jis")
+    g.add_argument("--allow-outside-root", action="store_true", default=None,
+                   help="csv, waterbirds, celeba: accept image paths that leave the root (absolute elsewhere, "
+                   "'../'); refused by default, listed by `data validate`")
     # remembered so that a command can print the same choice back (benchmark_cli_args)
     parser.set_defaults(_benchmark_flags=[(a.dest, a.option_strings[0]) for a in g._group_actions])
 
@@ -84,21 +91,49 @@ def _names(s: str | None) -> list[str] | None:
     return [x.strip() for x in s.split(",")] if s else None
 
 
+_FILE_BENCHMARKS = ("csv", "waterbirds", "celeba")
+
+#: CLI option (argparse dest) → (loader argument, the benchmarks it applies to). One table: what is passed
+#: on, and what is refused for another benchmark.
+OPTION_BENCHMARKS: dict[str, tuple[str, tuple[str, ...]]] = {
+    **{k: (k, ("csv",)) for k in ("csv", "image_dir", "id_col", "path_col", "split_col", "y_col", "a_col",
+                                  "class_names", "attr_names")},
+    "target": ("target", ("celeba",)),
+    "attribute": ("attribute", ("celeba",)),
+    **{k: (k, ("demo",)) for k in ("n_train", "n_val", "n_test")},
+    "data_seed": ("seed", ("demo", "metashift", "csv")),
+    "encoding": ("encoding", _FILE_BENCHMARKS),
+    "allow_outside_root": ("allow_outside_root", _FILE_BENCHMARKS),
+}
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
 def benchmark_options(args: argparse.Namespace) -> tuple[str, str | None, dict]:
-    """``(name, root, options)`` for :func:`clipcal.data.load_benchmark` from parsed arguments."""
+    """``(name, root, options)`` for :func:`clipcal.data.load_benchmark` from parsed arguments.
+
+    Raises:
+        DataError: an option given that does not apply to the chosen benchmark (e.g. ``--csv`` with
+            ``--benchmark celeba``), naming it, the benchmarks it belongs to and the chosen benchmark's options.
+    """
     name = args.benchmark or "demo"
     get = lambda k: getattr(args, k, None)  # noqa: E731 - short accessor; commands may not define every option
-    per = {
-        "demo": {"n_train": get("n_train"), "n_val": get("n_val"), "n_test": get("n_test"), "seed": get("data_seed")},
-        "celeba": {"target": get("target"), "attribute": get("attribute")},
-        "metashift": {"seed": get("data_seed")},
-        "waterbirds": {},
-        "csv": {"csv": get("csv"), "image_dir": get("image_dir"), "id_col": get("id_col"),
-                "path_col": get("path_col"), "split_col": get("split_col"), "y_col": get("y_col"),
-                "a_col": get("a_col"), "class_names": _names(get("class_names")),
-                "attr_names": _names(get("attr_names")), "seed": get("data_seed")},
-    }
-    opts = {k: v for k, v in per.get(name, {}).items() if v is not None}
+    opts, wrong = {}, []
+    for dest, (arg, names) in OPTION_BENCHMARKS.items():
+        v = get(dest)
+        if v is None:
+            continue
+        if name not in names:
+            wrong.append(f"{_flag(dest)} (an option of {', '.join(names)})")
+            continue
+        opts[arg] = _names(v) if dest in ("class_names", "attr_names") else v
+    if wrong:
+        own = ["--root"] * (name != "demo") + [_flag(d) for d, (_, names) in OPTION_BENCHMARKS.items() if name in names]
+        raise DataError(f"{'; '.join(wrong)}: not an option of --benchmark {name}",
+                        hint=f"drop it, or choose the benchmark it belongs to; {name}'s options: "
+                        + (", ".join(own) or "none"))
     return name, get("root"), opts
 
 
@@ -112,7 +147,9 @@ def benchmark_cli_args(args: argparse.Namespace) -> str:
         v = getattr(args, dest, None)
         if dest == "benchmark":
             v = v or "demo"
-        if v is not None:
+        if v is True:  # a switch (--allow-outside-root)
+            out.append(flag)
+        elif v is not None and v is not False:
             out += [flag, shlex.quote(str(v))]
     return " ".join(out)
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +46,13 @@ class Benchmark:
         attr_names: names of the spurious attribute's values, index = ``a``; empty when unknown.
         params: the loader arguments that define this benchmark (recorded in store manifests).
         target_name / attr_name: what ``y`` and ``a`` mean, e.g. ``"bird type"`` / ``"background"``.
+        notes: what the loader assumed while reading (a guessed text encoding, paths matched by Unicode
+            normal form, a count line that disagrees with the rows, …); shown as warnings by validation, not
+            part of the fingerprint.
+
+    Image paths must stay inside ``root`` (no absolute path elsewhere, no ``..`` leaving it) unless
+    ``params["allow_outside_root"]`` is true: a dashboard may be shared, and a metadata file must not make it
+    show any image the server can read (:func:`refuse_outside_root`).
     """
 
     name: str
@@ -54,10 +63,12 @@ class Benchmark:
     params: dict = field(default_factory=dict)
     target_name: str = "class"
     attr_name: str = "spurious attribute"
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
         self.table = finalize_table(self.table, len(self.class_names), len(self.attr_names))
+        refuse_outside_root(self.table["path"], self.root, bool((self.params or {}).get("allow_outside_root")))
 
     @property
     def n_classes(self) -> int:
@@ -153,6 +164,74 @@ class Benchmark:
                 for y in range(self.n_classes):
                     rows.append((split, -1, self.class_names[y], "unknown", int((s["y"] == y).sum())))
         return pd.DataFrame(rows, columns=["split", "group", "class", "attribute", "n"])
+
+
+_WIN_ABS = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\|//)")  # C:\…, C:/…, \\server\…, //server/…
+
+
+def paths_outside_root(paths: pd.Series, root: str | Path) -> pd.Series:
+    """Which table paths leave ``root`` by their text alone (no file system access).
+
+    A path leaves the root when it is absolute and not under ``root`` (POSIX ``/…``; Windows ``C:\\…`` and
+    ``\\\\server\\…``, which never name a file here), or relative with ``..`` reaching above it (``../x.jpg``,
+    ``a/../../x.jpg``). Symlinks are not followed here; :func:`clipcal.data.validate` also lists files that
+    resolve outside the root through a symlink.
+
+    Args:
+        paths: table ``path`` values (any index, kept).
+        root: the benchmark root.
+
+    Returns:
+        Series of str reasons (``"absolute path outside the root"``, ``"Windows absolute path …"``,
+        ``"'..' leads out of the root"``) indexed like ``paths``, only for the paths that leave it.
+    """
+    s = paths.astype(str)
+    # vectorised pre-filter, so CelebA's 202,599 plain ids cost one pass
+    cand = s.str.startswith(("/", "\\")) | s.str.contains("..", regex=False) | s.str.match(_WIN_ABS)
+    out = {}
+    real_root = None
+    for i, p in s[cand].items():
+        if _WIN_ABS.match(p) and not p.startswith("//"):
+            out[i] = "Windows absolute path (not a file on this machine)"
+        elif posixpath.isabs(p):
+            real_root = real_root or posixpath.normpath(os.path.abspath(root))
+            q = posixpath.normpath(p)
+            if not (q == real_root or q.startswith(real_root.rstrip("/") + "/")):
+                out[i] = "absolute path outside the root"
+        else:
+            q = posixpath.normpath(p.replace("\\", "/"))
+            if q == ".." or q.startswith("../"):
+                out[i] = "'..' leads out of the root"
+    return pd.Series(out, index=[i for i in s.index if i in out], dtype=object)
+
+
+def refuse_outside_root(paths: pd.Series, root: str | Path, allow: bool, source: str | Path | None = None) -> None:
+    """Raise ``DataError`` when image paths leave ``root`` (:func:`paths_outside_root`) and ``allow`` is false.
+
+    Args:
+        paths: image paths; with ``source`` their index is the 1-based line number in that file.
+        root: the benchmark root.
+        allow: the user's ``allow_outside_root`` (CLI ``--allow-outside-root``).
+        source: the metadata file the paths were read from (named in the message with the lines).
+
+    Raises:
+        DataError: naming the file, the first lines (or table rows) with their paths and why, and what to do.
+    """
+    if allow:
+        return
+    bad = paths_outside_root(paths, root)
+    if bad.empty:
+        return
+    where = "line" if source is not None else "row"
+    shown = "; ".join(f"{where} {i}: {paths[i]!r} ({why})" for i, why in list(bad.items())[:5])
+    more = f" … ({len(bad)} in all)" if len(bad) > 5 else ""
+    raise DataError(
+        f"{source or 'benchmark'}: {len(bad)} image path(s) leave the benchmark root {root}: {shown}{more}",
+        hint="clipcal reads images only inside the root by default (a dashboard may be shared: a metadata file "
+        "must not make it show any image the server can read). Make the paths relative to the root (move or "
+        "link the images into it, or point the root / --image-dir at a folder holding them all); if you "
+        "trust this metadata, pass --allow-outside-root (Python: allow_outside_root=True) — `data validate` "
+        "then lists these paths.")
 
 
 def finalize_table(table: pd.DataFrame, n_classes: int, n_attrs: int) -> pd.DataFrame:

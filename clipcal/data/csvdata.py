@@ -3,27 +3,36 @@
 Expected schema (column names are mappable with the ``*_col`` arguments)::
 
     id        optional   unique sample id (default: the filename)
-    filename  required   image path, relative to the image folder (or absolute); ``path`` is accepted too;
-                         Windows separators (``img\\a.jpg``) are read as ``img/a.jpg``
+    filename  required   image path, relative to the image folder; ``path`` is accepted too; Windows
+                         separators (``img\\a.jpg``) are read as ``img/a.jpg``; paths leaving the image folder
+                         (absolute elsewhere, ``../``) are refused unless ``allow_outside_root``
     split     required   0/1/2 or train/val/test (case-insensitive; also training, valid, validation, testing)
     y         required   class label: integers ≥ 0 or strings (strings → sorted names)
     a         optional   spurious attribute: integers ≥ 0 or strings; empty cells → unknown (-1)
 
+Every cell is text: ``None``, ``NA``, ``nan`` are values like any other, only an empty cell is empty (an
+empty id, path, split or class is an error naming the line). The file's text encoding and separator are
+found by :func:`read_metadata` (BOM / UTF-16 / UTF-8 / else cp1252 with a note; ``,`` tab ``;`` ``|``).
+
 A split without ``val`` gets a seeded, class-stratified ``val_fraction`` (20 %) of ``train`` carved out as
 ``val``; this is recorded in ``Benchmark.params["val_carved"]``, warned about, and shown by the validation
-report. The helpers here (:func:`read_metadata`, :func:`require_columns`, :func:`map_split`,
-:func:`carve_val`) are shared by the other loaders.
+report. The helpers here (:func:`read_metadata`, :func:`clean_paths`, :func:`require_columns`,
+:func:`map_split`, :func:`encode_labels`, :func:`carve_val`) are shared by the other loaders.
 """
 
 from __future__ import annotations
 
+import codecs
+import io
+import re
+import unicodedata
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from clipcal.data.base import Benchmark
+from clipcal.data.base import Benchmark, refuse_outside_root
 from clipcal.errors import DataError
 
 CSV_SCHEMA = (
@@ -48,30 +57,198 @@ def require_root(root: str | Path | None, benchmark: str, layout: str) -> Path:
     return p
 
 
-def read_metadata(path: Path, what: str, layout: str | None = None, **read_csv_kw) -> pd.DataFrame:
-    """Read a metadata CSV, raising ``DataError`` naming the file if it is missing, empty or not a CSV.
+#: How to say which encoding a file is in, shown with every decoding problem.
+ENCODING_HINT = ("give the file's text encoding: --encoding NAME on the command line, encoding=NAME in Python "
+                 "(common: utf-8, cp1252 = Windows Western European, latin-1, cp1250 = Central European, utf-16, "
+                 "shift_jis, gb18030); or save the file as \"CSV UTF-8\" in your spreadsheet program")
 
-    A file whose header parses as one column holding ``;``, tab or ``|`` is re-read with that separator
-    (spreadsheets in many locales save "CSV" with ``;``).
+# Longest first: the UTF-32 LE mark starts with the UTF-16 LE one.
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+_SEPARATORS = (",", "\t", ";", "|")
+
+
+def _line_of(raw: bytes, offset: int, encoding: str) -> int:
+    """1-based line number of byte ``offset`` of ``raw`` (newlines counted in the file's own encoding)."""
+    nl = "\n".encode(encoding)
+    bom = next((b for b, _ in _BOMS if nl.startswith(b) and len(nl) > len(b)), b"")
+    return raw[:offset].count(nl[len(bom):]) + 1
+
+
+def decode_text(raw: bytes, path: Path | str, what: str, encoding: str | None = None) -> tuple[str, str, str | None]:
+    """Decode the bytes of a text table by one stated rule.
+
+    Rule (first that applies): the ``encoding`` given; a byte-order mark (UTF-8 / UTF-16 / UTF-32, as spreadsheet
+    programs write for "CSV UTF-8" and "Unicode text"); NUL bytes without a mark → UTF-16 LE/BE (a text table in
+    any single-byte encoding or UTF-8 holds no NUL); valid UTF-8; otherwise Windows-1252 (cp1252, the superset of
+    Latin-1 that Western-European Excel writes), or Latin-1 where cp1252 leaves a byte undefined. General
+    detectors were not used: on short files they guess wrong (charset_normalizer 3.5 read a cp1252
+    ``Müller,Käfer`` line as cp775 → ``M³ller``), and these files are short.
+
+    Returns:
+        ``(text, encoding used, note or None)``; the note (for guessed legacy encodings) says what was assumed
+        and how to override it. A leading BOM is removed from ``text``.
+
+    Raises:
+        DataError: unknown ``encoding`` name, or bytes invalid in the given encoding (naming the 1-based line).
     """
+    note = None
+    if encoding:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise DataError(f"{what}: unknown text encoding {encoding!r}", hint=ENCODING_HINT) from None
+        enc = encoding
+    else:
+        enc = next((e for bom, e in _BOMS if raw.startswith(bom)), None)
+        if enc is None and b"\x00" in raw[:4096]:
+            head = raw[:4096]
+            enc = "utf-16-le" if head[1::2].count(0) >= head[0::2].count(0) else "utf-16-be"
+        if enc is None:
+            try:
+                return raw.decode("utf-8"), "utf-8", None
+            except UnicodeDecodeError:
+                pass
+            for enc in ("cp1252", "latin-1"):
+                try:
+                    text = raw.decode(enc)
+                    break
+                except UnicodeDecodeError:
+                    continue
+            label = "Windows Western European" if enc == "cp1252" else "Latin-1"
+            note = (f"{path} is not UTF-8: read as {enc} ({label}); "
+                    f"if names look wrong, {ENCODING_HINT}")
+            return text.lstrip("\ufeff"), enc, note
+    try:
+        text = raw.decode(enc)
+    except UnicodeDecodeError as err:
+        line = _line_of(raw, err.start, enc)
+        raise DataError(f"{what}: {path} line {line} is not valid {enc} "
+                        f"(byte {raw[err.start:err.start + 1]!r}: {err.reason})", hint=ENCODING_HINT) from None
+    return text.lstrip("\ufeff"), enc, note
+
+
+def read_text(path: Path, what: str, layout: str | None = None,
+              encoding: str | None = None) -> tuple[str, str, str | None]:
+    """Read a text file as :func:`decode_text` does; ``DataError`` naming the file when it is missing."""
     if not path.is_file():
         raise DataError(f"{what}: metadata file not found: {path}",
                         hint=f"expected layout:\n{layout}" if layout else "check the path")
+    return decode_text(path.read_bytes(), path, what, encoding)
+
+
+def read_metadata(path: Path, what: str, layout: str | None = None, encoding: str | None = None) -> pd.DataFrame:
+    """Read a metadata table (header row + one row per image) with every cell as text.
+
+    * Encoding: :func:`decode_text` (BOM, UTF-16, UTF-8, else cp1252 with a note; or ``encoding``).
+    * Separator: the one of ``,`` tab ``;`` ``|`` that occurs most in the header line (spreadsheets in many
+      locales save "CSV" with ``;``; "Unicode text" is tab-separated), so commas inside cells of a ``;`` file
+      are kept.
+    * Cells are text, never guessed missing: ``None``, ``NA``, ``nan``, ``null`` are values (16.1); an empty
+      cell is ``""``. Cells and column names are stripped of surrounding whitespace (also ``\\r`` of CRLF
+      files and a stray BOM). Rows that are entirely empty are dropped.
+
+    Returns:
+        DataFrame of ``str`` whose **index is the 1-based line number** of each row in the file (as an editor
+        shows it; exact unless a quoted cell spans lines), for messages. ``df.attrs`` holds ``encoding`` and
+        ``notes`` (list of str: the assumed encoding, when guessed).
+
+    Raises:
+        DataError: file missing, not decodable, not parseable (naming the encoding and separator used), or
+            without rows.
+    """
+    text, enc, note = read_text(path, what, layout, encoding)
+    lines = text.splitlines()
+    first = next((i for i, ln in enumerate(lines) if ln.strip()), None)
+    if first is None:
+        raise DataError(f"{what}: {path} is empty", hint="the metadata must have a header row and one row per image")
+    header = lines[first]
+    sep = max(_SEPARATORS, key=lambda c: (header.count(c), -_SEPARATORS.index(c)))
     try:
-        df = pd.read_csv(path, **read_csv_kw)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
-        raise DataError(f"{what}: cannot parse {path} as CSV: {err}",
-                        hint="the file must be a comma-separated table with a header row") from None
-    if len(df.columns) == 1 and "sep" not in read_csv_kw:
-        # spreadsheets in many locales save ';'- (or tab-) separated "CSV": read those with their separator
-        head = str(df.columns[0])
-        sep = next((c for c in (";", "\t", "|") if c in head), None)
-        if sep is not None:
-            return read_metadata(path, what, layout, sep=sep, **read_csv_kw)
+        df = pd.read_csv(io.StringIO("\n".join(lines[first:])), sep=sep, dtype=str, keep_default_na=False,
+                         skip_blank_lines=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
+        raise DataError(f"{what}: cannot parse {path} as a table: {err}",
+                        hint=f"read as {enc} text with separator {sep!r} (the one most used in the header line "
+                        f"{first + 1}); the file must be a table with a header row and the same number of cells "
+                        "on every line") from None
+    df.columns = [str(c).strip().lstrip("\ufeff").strip() for c in df.columns]
+    df = df.fillna("").apply(lambda s: s.str.strip())
+    df.index = pd.RangeIndex(len(df)) + first + 2  # header on line first + 1
+    df = df[(df != "").any(axis=1)]
     if df.empty:
         raise DataError(f"{what}: {path} has no rows", hint="the metadata must list one image per row")
-    df.columns = [str(c).strip() for c in df.columns]
+    df.attrs.update(encoding=enc, notes=[note] if note else [])
     return df
+
+
+def empty_cells(values: pd.Series, path: Path | str, column: str, what: str = "every row needs a value") -> None:
+    """Raise ``DataError`` naming ``column`` and the first lines (the index) where ``values`` is ``""``."""
+    empty = values.astype(str).str.strip() == ""
+    if empty.any():
+        lines = [int(i) for i in values.index[empty][:5]]
+        raise DataError(f"{path}: column {column!r} has empty cells ({_lines(lines, empty.sum())})", hint=what)
+
+
+def _lines(lines: list[int], n: int | None = None) -> str:
+    """``"line 5"`` / ``"lines 5, 9, 12"`` (+ ``" … (N in all)"``)."""
+    more = f" … ({n} in all)" if n is not None and n > len(lines) else ""
+    return ("line " if len(lines) == 1 and not more else "lines ") + ", ".join(map(str, lines)) + more
+
+
+_WIN_ABS = re.compile(r"^[A-Za-z]:\\|^\\\\")  # C:\… or \\server\…: Windows absolute paths, kept as they are
+
+
+def clean_paths(values: pd.Series, base: Path, path: Path | str, column: str) -> pd.Series:
+    """Image paths read from a table, with Windows separators read as folder separators.
+
+    * empty cells → ``DataError`` naming the lines;
+    * ``img\\a.jpg`` → ``img/a.jpg`` (always when the value has no ``/``; for a mix of both, when only the
+      ``/`` form exists under ``base``); Windows absolute paths (``C:\\…``, ``\\\\server\\…``) are left as
+      they are, for the root check (:func:`clipcal.data.base.paths_outside_root`) to name.
+
+    Args:
+        values: stripped path cells, index = line numbers (as from :func:`read_metadata`).
+        base: folder relative paths are resolved against.
+
+    Returns:
+        The paths (same index). Ids derived from paths use these, so they keep the text as written.
+    """
+    empty_cells(values, path, column, "every row needs an image path")
+    p = values.astype(str)
+    back = p.str.contains("\\", regex=False) & ~p.str.match(_WIN_ABS)
+    conv = p.str.replace("\\", "/", regex=False)
+    simple = back & ~p.str.contains("/", regex=False)
+    p = p.where(~simple, conv)
+    for i in p.index[back & ~simple]:
+        if not (base / p[i]).exists() and (base / conv[i]).exists():
+            p[i] = conv[i]
+    return p
+
+
+def match_unicode_forms(paths: pd.Series, base: Path, path: Path | str) -> tuple[pd.Series, list[str]]:
+    """Match non-ASCII paths to files stored in the other Unicode normal form.
+
+    macOS writes decomposed (NFD) file names while typed text is usually composed (NFC); on Linux the two are
+    different names. A path whose file does not exist as written, but does in NFC or NFD, is replaced by that
+    form. Only non-ASCII paths are looked at (one ``stat`` each).
+
+    Returns:
+        ``(paths, notes)``; the note says how many paths were matched (shown by validation).
+    """
+    p = paths.copy()
+    n = 0
+    for i in p.index[~p.map(str.isascii)]:
+        if (base / p[i]).exists():
+            continue
+        for form in ("NFC", "NFD"):
+            q = unicodedata.normalize(form, p[i])
+            if q != p[i] and (base / q).exists():
+                p[i], n = q, n + 1
+                break
+    notes = [f"{n} path(s) in {path} name files stored in another Unicode normal form (NFD, as macOS writes, "
+             "or NFC): matched to the files on disk"] if n else []
+    return p, notes
 
 
 def require_columns(df: pd.DataFrame, cols: list[str], path: Path | str, schema: str) -> None:
@@ -89,20 +266,22 @@ def map_split(values: pd.Series, path: Path | str, column: str = "split") -> pd.
     """Map split values (0/1/2, train/val/test and synonyms, any case) to ``train`` / ``val`` / ``test``.
 
     Raises:
-        DataError: unknown values, naming them and the first rows holding them.
+        DataError: empty cells or unknown values, naming them and the first lines holding them (``values``'
+            index is the line number, as from :func:`read_metadata`).
     """
     def norm(v) -> str:
         if isinstance(v, float) and v.is_integer():
             v = int(v)
         return str(v).strip().lower()
 
+    empty_cells(values, path, column, "every row needs a split: 0/1/2 or train/val/test")
     keys = values.map(norm)
     out = keys.map(_SPLIT_WORDS)
     bad = out.isna()
     if bad.any():
         vals = sorted(set(values[bad].astype(str)))[:5]
-        rows = [int(i) + 2 for i in values.index[bad][:5]]  # +2: header line, 1-based
-        raise DataError(f"{path}: column {column!r} has unknown split value(s) {vals} (lines {rows})",
+        raise DataError(f"{path}: column {column!r} has unknown split value(s) {vals} "
+                        f"({_lines([int(i) for i in values.index[bad][:5]], int(bad.sum()))})",
                         hint="use 0/1/2 or train/val/test (also training, valid, validation, testing)")
     return out
 
@@ -113,7 +292,9 @@ def encode_labels(values: pd.Series, names: list[str] | None, path: Path | str, 
 
     Integers (or integer-valued floats) are kept as they are (names default to ``"0" … "K-1"``, or the given
     ``names``); strings are mapped to the index of their sorted unique value (or of their position in the
-    given ``names``). Empty cells become -1 when ``allow_missing``.
+    given ``names``). Only an empty cell is missing (``None``, ``NA`` are labels like any other, 16.1); empty
+    cells become -1 when ``allow_missing``. String labels are compared in Unicode NFC, so a name typed on
+    macOS (NFD) and elsewhere is one label. ``values``' index is the line number used in messages.
 
     Returns:
         ``(codes int64 [N], names, mapping or None)``; ``mapping`` is ``{name: code}`` for string labels.
@@ -122,18 +303,16 @@ def encode_labels(values: pd.Series, names: list[str] | None, path: Path | str, 
         DataError: empty cells (when not allowed), negative integers, strings not in ``names``.
     """
     missing = values.isna() | (values.astype(str).str.strip() == "")
-    if missing.any() and not allow_missing:
-        rows = [int(i) + 2 for i in values.index[missing][:5]]
-        raise DataError(f"{path}: column {column!r} has empty cells (lines {rows})",
-                        hint="every row needs a label")
+    if not allow_missing:
+        empty_cells(values.where(~missing, ""), path, column, "every row needs a label")
     present = values[~missing]
     num = pd.to_numeric(present, errors="coerce")
     codes = np.full(len(values), -1, dtype=np.int64)
     if num.notna().all() and (num % 1 == 0).all():
         ints = num.astype(np.int64)
         if (ints < 0).any():
-            rows = [int(i) + 2 for i in ints.index[ints < 0][:5]]
-            raise DataError(f"{path}: column {column!r} has negative labels (lines {rows})",
+            raise DataError(f"{path}: column {column!r} has negative labels "
+                            f"({_lines([int(i) for i in ints.index[ints < 0][:5]], int((ints < 0).sum()))})",
                             hint="integer labels must be 0 … K-1; or give names as strings")
         k = int(ints.max()) + 1 if len(ints) else 0
         if names is None:
@@ -143,9 +322,11 @@ def encode_labels(values: pd.Series, names: list[str] | None, path: Path | str, 
                             hint=f"names given: {names}")
         codes[~missing.to_numpy()] = ints.to_numpy()
         return codes, list(names), None
-    strs = present.astype(str).str.strip()
+    strs = present.astype(str).str.strip().map(lambda v: unicodedata.normalize("NFC", v))
     if names is None:
         names = sorted(strs.unique())
+    else:
+        names = [unicodedata.normalize("NFC", str(n)) for n in names]
     index = {n: i for i, n in enumerate(names)}
     unknown = sorted(set(strs) - set(index))
     if unknown:
@@ -193,6 +374,8 @@ def load_csv(
     attr_name: str = "spurious attribute",
     val_fraction: float = 0.2,
     seed: int = 0,
+    encoding: str | None = None,
+    allow_outside_root: bool = False,
 ) -> Benchmark:
     """Load your own images + metadata CSV as a :class:`Benchmark` named ``csv``.
 
@@ -209,19 +392,24 @@ def load_csv(
         class_names / attr_names: names for integer labels (index = code), or the order for string labels.
         target_name / attr_name: what ``y`` and ``a`` mean (shown in tables and plots).
         val_fraction, seed: the val split carved from train when the CSV has no val rows.
+        encoding: the CSV's text encoding; default: detected by :func:`decode_text` (BOM, UTF-16, UTF-8,
+            else cp1252 with a note shown by validation).
+        allow_outside_root: accept image paths that leave the image folder (absolute elsewhere, ``../``);
+            refused by default (:func:`clipcal.data.base.refuse_outside_root`); validation lists them.
 
     Returns:
         ``Benchmark`` with params recording the mapping (``label_mapping``, ``attr_mapping`` for string
         labels, ``val_carved``).
 
     Raises:
-        DataError: root or CSV missing, missing columns (named, with the expected schema and the columns
-            found), unknown split values, empty labels, duplicate ids.
+        DataError: root or CSV missing, undecodable text, missing columns (named, with the expected schema and
+            the columns found), empty required cells (id, path, split, y: the lines named), unknown split values,
+            duplicate ids, paths leaving the image folder (unless allowed).
     """
     base = require_root(root, "csv", "  <root>/metadata.csv   columns: " + CSV_SCHEMA + "\n  <root>/<images>")
     csv_path = Path(csv) if Path(csv).is_absolute() else base / csv
-    df = read_metadata(csv_path, "csv", layout=f"  {csv_path}  with columns: {CSV_SCHEMA}", dtype=str,
-                       keep_default_na=True)
+    df = read_metadata(csv_path, "csv", layout=f"  {csv_path}  with columns: {CSV_SCHEMA}", encoding=encoding)
+    notes = list(df.attrs.get("notes", []))
     cols = set(df.columns)
     path_col = path_col or next((c for c in ("filename", "path", "img_filename", "image") if c in cols),
                                 "filename")
@@ -233,19 +421,19 @@ def load_csv(
 
     img_root = base if image_dir is None else (Path(image_dir) if Path(image_dir).is_absolute()
                                                else base / image_dir)
-    paths = df[path_col].astype(str).str.strip()
-    # a CSV written on Windows has img\a.jpg: read backslashes as folder separators (when no '/' is used)
-    win = paths.str.contains("\\", regex=False) & ~paths.str.contains("/", regex=False)
-    paths = paths.where(~win, paths.str.replace("\\", "/", regex=False))
-    if (df[path_col].isna() | (paths == "")).any():
-        rows = [int(i) + 2 for i in df.index[df[path_col].isna() | (paths == "")][:5]]
-        raise DataError(f"{csv_path}: column {path_col!r} has empty cells (lines {rows})",
-                        hint="every row needs an image path")
-    ids = df[id_col].astype(str).str.strip() if id_col else paths
+    paths = clean_paths(df[path_col], img_root, csv_path, path_col)
+    if id_col:
+        empty_cells(df[id_col], csv_path, id_col, "every row needs an id (or leave out --id-col: the path is the id)")
+    ids = df[id_col] if id_col else paths
     dup = ids.duplicated(keep=False)
     if dup.any():
-        raise DataError(f"{csv_path}: duplicate ids in column {id_col or path_col!r}: "
-                        f"{list(ids[dup].unique()[:5])}", hint="every row needs a unique id")
+        first = ids[dup].unique()[:5]
+        where = "; ".join(f"{v!r} on {_lines([int(i) for i in ids.index[ids == v][:5]])}" for v in first)
+        raise DataError(f"{csv_path}: duplicate ids in column {id_col or path_col!r}: {where}",
+                        hint="every row needs a unique id")
+    refuse_outside_root(paths, img_root, allow_outside_root, csv_path)
+    paths, more = match_unicode_forms(paths, img_root, csv_path)
+    notes += more
     split = map_split(df[split_col], csv_path, split_col)
     y, cnames, ymap = encode_labels(df[y_col], class_names, csv_path, y_col)
     if a_col in cols:
@@ -256,6 +444,10 @@ def load_csv(
                           "y": y, "a": a})
     params = {"csv": str(csv_path), "image_dir": str(img_root), "columns": {
         "id": id_col, "path": path_col, "split": split_col, "y": y_col, "a": a_col if a_col in cols else None}}
+    if encoding:
+        params["encoding"] = encoding
+    if allow_outside_root:
+        params["allow_outside_root"] = True
     if ymap:
         params["label_mapping"] = ymap
     if amap:
@@ -268,4 +460,4 @@ def load_csv(
     if not (table["split"] == "test").any():
         warnings.warn(f"{csv_path} has no test rows", stacklevel=2)
     return Benchmark(name="csv", root=img_root, table=table, class_names=cnames, attr_names=anames,
-                     params=params, target_name=target_name, attr_name=attr_name)
+                     params=params, target_name=target_name, attr_name=attr_name, notes=notes)

@@ -7,6 +7,7 @@ breaks the others, and importing :mod:`clipcal.data` stays cheap.
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 
 from clipcal.data.base import Benchmark
@@ -34,6 +35,19 @@ def benchmark_names() -> list[str]:
     return list(BENCHMARKS)
 
 
+def loader_options(name: str, loader=None) -> set[str]:
+    """Names of the options benchmark ``name``'s loader accepts (its keyword arguments except ``root``;
+    for the demo, its build parameters and ``progress``)."""
+    if loader is None:
+        mod, fn = BENCHMARKS[name][0].split(":")
+        loader = getattr(importlib.import_module(mod), fn)
+    params = inspect.signature(loader).parameters
+    names = {k for k, p in params.items() if p.kind is not p.VAR_KEYWORD and k != "root"}
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        names |= set(getattr(importlib.import_module(loader.__module__), "DEFAULTS", {}))
+    return names
+
+
 def load_benchmark(name: str, root: str | Path | None = None, **options) -> Benchmark:
     """Load a benchmark by registry name.
 
@@ -47,7 +61,8 @@ def load_benchmark(name: str, root: str | Path | None = None, **options) -> Benc
         :class:`~clipcal.data.base.Benchmark`.
 
     Raises:
-        DataError: unknown name (the message lists the valid ones), missing root, or any loader error.
+        DataError: unknown name (the message lists the valid ones), an option the benchmark does not take
+            (naming the benchmarks it belongs to), missing root, or any loader error.
     """
     key = str(name).strip().lower()
     if key not in BENCHMARKS:
@@ -66,4 +81,11 @@ def load_benchmark(name: str, root: str | Path | None = None, **options) -> Benc
     mod, fn = target.split(":")
     loader = getattr(importlib.import_module(mod), fn)
     opts = {k: v for k, v in options.items() if v is not None}
+    accepted = loader_options(key, loader)
+    wrong = sorted(set(opts) - accepted)
+    if wrong:
+        owners = {w: [n for n in BENCHMARKS if n != key and w in loader_options(n)] for w in wrong}
+        said = "; ".join(f"{w!r}" + (f" (an option of {', '.join(o)})" if o else "") for w, o in owners.items())
+        raise DataError(f"option(s) {said} do not apply to benchmark {key!r}",
+                        hint=f"{key} takes: {', '.join(sorted(accepted)) or 'no options'}")
     return loader(root=root, **opts) if root is not None else loader(**opts)

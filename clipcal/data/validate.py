@@ -13,13 +13,14 @@ from typing import Callable
 
 import pandas as pd
 
-from clipcal.data.base import SPLITS, Benchmark
+from clipcal.data.base import SPLITS, Benchmark, paths_outside_root
 from clipcal.data.images import MAX_PIXELS, check_image, missing_reason
 
 #: A group with fewer training images than this is flagged as tiny (worst-group accuracy on it is noisy).
 TINY_GROUP = 20
 
 _ISSUE_COLUMNS = ["sample_id", "path", "reason"]
+_OUTSIDE_COLUMNS = ["sample_id", "path", "resolved", "reason"]
 
 
 @dataclass
@@ -33,6 +34,10 @@ class ValidationReport:
         unreadable: DataFrame ``sample_id, path, reason`` of files that exist but cannot be read.
         duplicates: DataFrame ``sample_id, count`` of ids used more than once.
         empty_groups: DataFrame ``split, group, class, attribute`` of (split, group) cells with no image.
+        outside_root: DataFrame ``sample_id, path, resolved, reason`` of images that lie outside the benchmark
+            root: absolute or ``..`` paths (loaded only with ``allow_outside_root``) and files reached through
+            a symlink pointing outside it. Listed as a warning, not an error: whoever can open a shared
+            dashboard can see these images.
         warnings: list of one-line warnings (carved val split, no attribute labels, tiny groups, …).
         errors: list of one-line problems that make ``ok`` False.
         images_checked: how many image files were opened (0 when ``check_images=False``).
@@ -45,6 +50,7 @@ class ValidationReport:
     unreadable: pd.DataFrame
     duplicates: pd.DataFrame
     empty_groups: pd.DataFrame
+    outside_root: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=_OUTSIDE_COLUMNS))
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     images_checked: int = 0
@@ -82,6 +88,12 @@ class ValidationReport:
                 lines += [f"  {r.sample_id}  {r.path}  — {r.reason}" for r in df.head(max_rows).itertuples()]
                 if len(df) > max_rows:
                     lines.append(f"  … and {len(df) - max_rows} more")
+        if len(self.outside_root):
+            lines += ["", f"Images outside the benchmark root ({len(self.outside_root)}):"]
+            lines += [f"  {r.sample_id}  {r.path}  → {r.resolved}  — {r.reason}"
+                      for r in self.outside_root.head(max_rows).itertuples()]
+            if len(self.outside_root) > max_rows:
+                lines.append(f"  … and {len(self.outside_root) - max_rows} more")
         if len(self.duplicates):
             lines += ["", f"Duplicate ids ({len(self.duplicates)}):"]
             lines += [f"  {r.sample_id} × {r.count}" for r in self.duplicates.head(max_rows).itertuples()]
@@ -117,12 +129,23 @@ def validate(benchmark: Benchmark, check_images: bool = True, progress: Callable
     t0 = time.perf_counter()
     t = benchmark.table
     gc = benchmark.group_counts()
-    missing, unreadable = [], []
+    missing, unreadable, outside = [], [], []
     total = len(t)
     step = max(total // 100, 1)
     checked = 0
+    lexical = paths_outside_root(t["path"], benchmark.root)
+    real_root = os.path.realpath(benchmark.root)
+    real_dirs: dict[str, str] = {}  # realpath per folder: one lstat per file, not a realpath walk per file
     for i, (sid, p) in enumerate(zip(t["sample_id"].to_numpy(), t["path"].to_numpy())):
         full = benchmark.image_path(p)
+        if i in lexical.index:
+            outside.append((sid, p, os.path.realpath(full), lexical[i]))
+        elif p:
+            folder, name = os.path.split(os.fspath(full))
+            real = real_dirs.get(folder) or real_dirs.setdefault(folder, os.path.realpath(folder))
+            real = os.path.realpath(full) if os.path.islink(full) else os.path.join(real, name)
+            if os.path.commonpath([real_root, real]) != real_root:
+                outside.append((sid, p, real, "symlink to a file outside the root"))
         if not os.path.isfile(full):
             missing.append((sid, p, missing_reason(full)))  # names an unfetched git-annex link
         elif check_images:
@@ -137,7 +160,7 @@ def validate(benchmark: Benchmark, check_images: bool = True, progress: Callable
     duplicates = pd.DataFrame({"sample_id": dups.index.astype(str), "count": dups.to_numpy()})
     empty = gc[gc["n"] == 0][["split", "group", "class", "attribute"]].reset_index(drop=True)
 
-    errors, warns = [], []
+    errors, warns = [], list(getattr(benchmark, "notes", []) or [])
     if missing:
         errors.append(f"{len(missing)} image file(s) missing (listed above)")
     if unreadable:
@@ -174,6 +197,9 @@ def validate(benchmark: Benchmark, check_images: bool = True, progress: Callable
                       "group labels (DFR, group-balanced selection) are unavailable")
     elif (t["a"] < 0).any():
         warns.append(f"{int((t['a'] < 0).sum())} row(s) have an unknown attribute (a = -1)")
+    if outside:
+        warns.append(f"{len(outside)} image(s) lie outside the benchmark root {benchmark.root} (listed above): "
+                     "fine if you put them there on purpose; anyone who can open this dashboard can see them")
     if benchmark.has_attributes:
         for r in empty.to_dict("records"):
             warns.append(f"empty group in {r['split']}: {r['class']} / {r['attribute']}")
@@ -185,6 +211,7 @@ def validate(benchmark: Benchmark, check_images: bool = True, progress: Callable
         benchmark=benchmark.describe(), group_counts=gc,
         missing=pd.DataFrame(missing, columns=_ISSUE_COLUMNS),
         unreadable=pd.DataFrame(unreadable, columns=_ISSUE_COLUMNS),
-        duplicates=duplicates, empty_groups=empty, warnings=warns, errors=errors,
+        duplicates=duplicates, empty_groups=empty, outside_root=pd.DataFrame(outside, columns=_OUTSIDE_COLUMNS),
+        warnings=warns, errors=errors,
         images_checked=checked, seconds=time.perf_counter() - t0,
     )

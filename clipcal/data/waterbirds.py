@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from clipcal.data.base import Benchmark
-from clipcal.data.csvdata import map_split, read_metadata, require_columns, require_root
+from clipcal.data.base import Benchmark, refuse_outside_root
+from clipcal.data.csvdata import (clean_paths, map_split, match_unicode_forms, read_metadata, require_columns,
+                                  require_root)
 from clipcal.errors import DataError
 
 LAYOUT = """\
@@ -50,37 +51,50 @@ def find_waterbirds_dir(root: Path) -> Path:
                     hint=f"expected layout:\n{LAYOUT}")
 
 
-def load_waterbirds(root: str | Path) -> Benchmark:
+def load_waterbirds(root: str | Path, encoding: str | None = None, allow_outside_root: bool = False) -> Benchmark:
     """Load Waterbirds from its ``metadata.csv``.
 
     Args:
         root: dataset folder (see module docstring).
+        encoding: text encoding of ``metadata.csv``; default detected (:func:`clipcal.data.csvdata.read_metadata`).
+        allow_outside_root: accept ``img_filename`` values leaving the dataset folder (refused by default).
 
     Returns:
         ``Benchmark`` ``waterbirds``: classes ``landbird, waterbird`` ("bird type"), attributes
-        ``land, water`` ("background"); ``sample_id`` = ``img_filename``.
+        ``land, water`` ("background"); ``sample_id`` = ``img_filename`` as written (Windows separators read
+        as ``/``).
 
     Raises:
-        DataError: root or ``metadata.csv`` missing, missing columns (named), bad split values or labels.
+        DataError: root or ``metadata.csv`` missing, undecodable, missing columns (named), empty cells, bad
+            split values or labels (lines named), paths leaving the folder.
     """
     folder = find_waterbirds_dir(require_root(root, "waterbirds", LAYOUT))
     path = folder / "metadata.csv"
-    df = read_metadata(path, "waterbirds", LAYOUT)
+    df = read_metadata(path, "waterbirds", LAYOUT, encoding=encoding)
     require_columns(df, ["img_filename", "y", "split", "place"], path, SCHEMA)
+    paths = clean_paths(df["img_filename"], folder, path, "img_filename")
+    coded = {}
     for col in ("y", "place"):
-        v = pd.to_numeric(df[col], errors="coerce")
+        v = coded[col] = pd.to_numeric(df[col], errors="coerce")
         bad = v.isna() | ~v.isin([0, 1])
         if bad.any():
-            lines = [int(i) + 2 for i in df.index[bad][:5]]
+            lines = [int(i) for i in df.index[bad][:5]]
             raise DataError(f"{path}: column {col!r} must be 0 or 1; bad lines {lines}",
                             hint=f"expected schema: {SCHEMA}")
+    refuse_outside_root(paths, folder, allow_outside_root, path)
+    files, notes = match_unicode_forms(paths, folder, path)
     table = pd.DataFrame({
-        "sample_id": df["img_filename"].astype(str),
-        "path": df["img_filename"].astype(str),
+        "sample_id": paths.to_numpy(),
+        "path": files.to_numpy(),
         "split": map_split(df["split"], path).to_numpy(),
-        "y": df["y"].astype(int),
-        "a": df["place"].astype(int),
+        "y": coded["y"].astype(int).to_numpy(),
+        "a": coded["place"].astype(int).to_numpy(),
     })
+    params = {"root": str(folder)}
+    if encoding:
+        params["encoding"] = encoding
+    if allow_outside_root:
+        params["allow_outside_root"] = True
     return Benchmark(name="waterbirds", root=folder, table=table, class_names=["landbird", "waterbird"],
-                     attr_names=["land", "water"], params={"root": str(folder)},
-                     target_name="bird type", attr_name="background")
+                     attr_names=["land", "water"], params=params, target_name="bird type", attr_name="background",
+                     notes=list(df.attrs.get("notes", [])) + notes)

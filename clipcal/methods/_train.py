@@ -99,16 +99,34 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(n, 1e-12)).astype(np.float32)
 
 
+#: How the starting last layer W was obtained (:func:`initial_weight`) → what the run record says about it.
+WEIGHT_SOURCES = {
+    "exact": "exact last layer (visual.proj)",
+    "identity": "identity (approximation): h is the final embedding, W starts as the identity — this backbone's "
+                "projection is not a single matrix (e.g. RN50's attention pool) or is absent",
+    "stored-approximation": "approximation: W starts from a stored matrix that is not the backbone's own "
+                            "projection",
+    "least-squares": "approximation: W starts from the least-squares map h → z (no projection matrix stored)",
+    "given": "W given by the caller (e.g. a previous stage's trained layer)",
+}
+
+
 def initial_weight(data: FeatureData) -> tuple[np.ndarray, str]:
     """Initial last layer ``W`` [d, e] float32 and how it was obtained.
 
     Returns:
-        (W, source) with source ``"exact"`` (the backbone's own projection), ``"given"`` (a provided
-        ``proj_weight`` marked as an approximation), ``"identity"`` (d == e, no projection given) or
-        ``"least-squares"`` (d ≠ e and no projection: ``argmin_W ‖h W − z‖²`` on the training rows).
+        (W, source), source a key of :data:`WEIGHT_SOURCES`: ``"exact"`` (the backbone's own projection),
+        ``"identity"`` (``projection == "identity"`` — h is the final embedding — whether the stored
+        ``proj_weight`` is the identity matrix or none is stored and d == e), ``"stored-approximation"`` (a stored
+        ``proj_weight`` other than the identity on a backbone marked ``"identity"``) or ``"least-squares"``
+        (d ≠ e and no projection: ``argmin_W ‖h W − z‖²`` on the training rows).
     """
     if data.proj_weight is not None:
-        return data.proj_weight.astype(np.float32).copy(), ("exact" if data.projection == "exact" else "given")
+        W = data.proj_weight.astype(np.float32).copy()
+        if data.projection == "exact":
+            return W, "exact"
+        eye = W.shape[0] == W.shape[1] and np.array_equal(W, np.eye(W.shape[0], dtype=np.float32))
+        return W, ("identity" if eye else "stored-approximation")
     if data.feature_dim == data.embed_dim:
         return np.eye(data.feature_dim, dtype=np.float32), "identity"
     tr = data.mask("train")
@@ -568,13 +586,8 @@ class TrainedLastLayer:
 def init_notes(init: dict, data: FeatureData) -> list[str]:
     """Human-readable notes about approximations in the starting point (empty when exact + text head)."""
     notes = []
-    if init["weight"] == "identity":
-        notes.append("last layer W initialised to the identity on the final embedding (approximation: this "
-                     "backbone's projection is not a single matrix or is absent)")
-    elif init["weight"] == "least-squares":
-        notes.append("last layer W initialised by least squares h → z (no projection matrix was stored)")
-    elif init["weight"] == "given":
-        notes.append("last layer W initialised from the stored projection marked as an approximation")
+    if init["weight"] in ("identity", "stored-approximation", "least-squares"):
+        notes.append("last layer W: " + WEIGHT_SOURCES.get(init["weight"], str(init["weight"])))
     if init["head"] == "class-means":
         notes.append("class head initialised from normalised class means of training embeddings (no text head)")
     return notes

@@ -58,7 +58,6 @@ from clipcal.methods import _train as T
 from clipcal.methods.base import FeatureData, Method, MethodResult, ProgressFn, check_cancel
 from clipcal.methods.params import Boolean, Integral, Interval, Real, StrOptions
 
-
 #: (title, markdown) shown on the dashboard's Calibrate page: the method as this module implements it.
 TEACHING = (
     "What CFR does",
@@ -639,12 +638,9 @@ class CFR(Method):
         W0, wsrc = T.initial_weight(data)
         if wsrc == "exact" and data.backbone_spec.startswith("bundled:efficientnet-lite0"):
             wsrc = "lite0-random-projection"
-        last_layer = ("exact last layer (visual.proj)" if wsrc == "exact" else
-                      "image-only backbone: W starts from the backbone's fixed random orthonormal projection "
+        last_layer = ("image-only backbone: W starts from the backbone's fixed random orthonormal projection "
                       "(EfficientNet-Lite0 has no projection of its own)" if wsrc == "lite0-random-projection" else
-                      "identity-initialised approximation (the backbone's projection is not a single matrix)"
-                      if wsrc == "identity" else
-                      f"approximation: last layer initialised by {wsrc} (no exact projection available)")
+                      T.WEIGHT_SOURCES.get(wsrc, wsrc))
         record = {
             "uses_group_labels": uses_groups,
             "selection_rule": f"{self.selection}: {T.SELECTION_RULES[self.selection]}",

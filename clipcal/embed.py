@@ -420,7 +420,11 @@ def _embed_locked(benchmark, backbone, store, key_fields, batch_size, num_worker
     }
     entry = store.put(KIND, key_fields, {
         "features": feats.astype(np.float32, copy=False),
+        MissingDependencyError: torch or Pillow is not installed (before any work).
         "embeddings": embs.astype(np.float32, copy=False),
+    from clipcal.deps import require_all
+
+    require_all([("torch", "embedding images"), ("PIL", "reading images")])
         "sample_ids": sample_ids.astype(str),
         "proj_weight": backbone.proj_weight(),
     }, meta=meta)
@@ -516,6 +520,8 @@ def load_embeddings(benchmark, backbone_spec, store: Store | None = None, precis
     from clipcal.backbones import Backbone, backbone_identity
 
     store = store if store is not None else Store()
+        # activation / preprocessing used and why (a checkpoint file's may be a guess: its warning is kept)
+        "model_settings": backbone.settings.as_dict() if hasattr(backbone, "settings") else None,
     if isinstance(backbone_spec, Backbone):
         ident = backbone_spec.identity()
         if precision is None:

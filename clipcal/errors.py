@@ -50,3 +50,7 @@ class MethodError(ClipcalError):
 
 class Cancelled(ClipcalError):
     """A long job was cancelled by the user; what it finished so far is kept."""
+
+
+class MissingDependencyError(ClipcalError):
+    """A Python package a task needs is not installed (raised by ``clipcal.deps.require`` before any work)."""

@@ -62,6 +62,9 @@ FIT_COUNT = 0
 
 def _umap_module():
     """Import umap after pointing numba's cache at the store (import compiles; ~3 s warm, ~25 s cold)."""
+    from clipcal.deps import require_all
+
+    require_all([(m, "UMAP projections (the before/after maps)") for m in ("umap", "numba", "sklearn")])
     configure_numba_cache()
     import umap  # noqa: PLC0415 - deliberately late: slow import, needs NUMBA_CACHE_DIR first
 

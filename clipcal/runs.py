@@ -42,6 +42,31 @@ from clipcal.metrics import METRIC_DEFINITIONS, group_table, method_table
 
 KIND = "runs"
 RUN_FORMAT = 1
+
+#: Python packages each method imports beyond numpy / pandas, as ``(module, why)`` for ``clipcal.deps.require``
+#: (every method imports ``clipcal.methods._train``, hence torch). Checked by :func:`check_method_dependencies`
+#: before any work.
+METHOD_REQUIREMENTS = {
+    "zeroshot": (("torch", "zero-shot classification"),),
+    "erm": (("torch", "ERM (last-layer training)"),),
+    "jtt": (("torch", "JTT (last-layer training)"),),
+    "afr": (("torch", "AFR (last-layer training)"), ("scipy", "AFR (L-BFGS reweighting, scipy.optimize)")),
+    "dfr": (("torch", "DFR"), ("sklearn", "DFR (logistic regression on the validation set)")),
+    "cfr": (("torch", "CFR (contrastive feature recalibration)"),),
+}
+
+
+def check_method_dependencies(methods) -> None:
+    """Raise :class:`~clipcal.errors.MissingDependencyError` (naming the pip package and the method) now if a
+    package one of ``methods`` needs is not installed — before a benchmark is loaded or a method trains.
+
+    Args:
+        methods: method names (unknown names are left to :func:`run_calibration` to report).
+    """
+    from clipcal.deps import require_all
+
+    for m in methods:
+        require_all(METHOD_REQUIREMENTS.get(str(m).strip().lower(), ()))
 SPLITS = ("train", "val", "test")
 
 
@@ -97,15 +122,24 @@ class Run:
 
 
 def versions() -> dict:
-    """Versions of what a run depends on (python, numpy, pandas, torch, sklearn, clipcal, open_clip if loaded)."""
-    import sklearn
-    import torch
+    """Versions of what a run depends on (python, numpy, pandas, torch, sklearn, clipcal, open_clip if loaded).
+
+    Read from the installed packages' metadata (``None`` when absent): storing a run must not import a package
+    its methods did not need (a missing scikit-learn used to crash here after every method had trained)."""
+    from importlib import metadata
 
     from clipcal import __version__
 
+    def version(pkg: str) -> str | None:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return None
+
+    torch = sys.modules.get("torch")  # imported by every trained method; a zero-shot-only run may not need it
     out = {"python": platform.python_version(), "numpy": np.__version__, "pandas": pd.__version__,
-           "torch": torch.__version__, "sklearn": sklearn.__version__, "clipcal": __version__,
-           "cuda": torch.version.cuda if torch.cuda.is_available() else None}
+           "torch": torch.__version__ if torch is not None else version("torch"), "sklearn": version("scikit-learn"), "clipcal": __version__,
+           "cuda": torch.version.cuda if torch is not None and torch.cuda.is_available() else None}
     if "open_clip" in sys.modules:
         out["open_clip"] = getattr(sys.modules["open_clip"], "__version__", "?")
     return out
@@ -198,6 +232,7 @@ def run_calibration(benchmark, embedding_set, methods, hparams: dict | None = No
         MethodError: unknown method names / hyperparameters, bad features (lengths, NaN — named rows), or
             not one method could run (each one's reason in the message; nothing is stored).
         Cancelled: ``cancel`` was set. StoreError: the run cannot be written.
+        MissingDependencyError: a package a chosen method imports is not installed (raised before any work).
     """
     from clipcal.store import Store
 
@@ -210,6 +245,7 @@ def run_calibration(benchmark, embedding_set, methods, hparams: dict | None = No
         raise MethodError(f"unknown method(s) {unknown}" if unknown else "no methods given",
                           hint=f"choose from {', '.join(METHODS)}")
     methods = list(dict.fromkeys(methods))
+    check_method_dependencies(methods)  # a missing package fails here, not after training (issue 10)
     full = resolve_hparams(methods, hparams, seed, selection)
     started = datetime.now(timezone.utc)
     notes: list[str] = []

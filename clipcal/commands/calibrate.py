@@ -231,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
     from clipcal.embed import embed_benchmark, load_embeddings
     from clipcal.errors import MethodError
     from clipcal.methods import get_method
-    from clipcal.runs import run_calibration
+    from clipcal.runs import check_method_dependencies, run_calibration
     from clipcal.store import Store
 
     # Everything the user typed is checked first: a typo must not cost a demo build or an embedding pass.
@@ -240,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
     hparams = parse_sets(args.sets)
     spec = parse_spec(args.backbone)
     check_hparams(methods, hparams)
+    check_method_dependencies(methods)  # a missing package is named before a demo build or an embedding pass
     check_applicable(methods, explicit, has_text=spec.has_text, has_attributes=None, selection=args.selection,
                      hparams=hparams, backbone=str(spec))
     resolve_device(args.device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 
 from clipcal.commands._progress import CliProgress
 
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     """Embed (or list backbones); prints a summary. Returns 0 on success."""
     if args.list_backbones:
         return _list_backbones()
-    from clipcal.backbones import check_weights, load_backbone, resolve_device
+    from clipcal.backbones import ModelSettingsWarning, check_weights, load_backbone, resolve_device
     from clipcal.commands.data import benchmark_from_args
     from clipcal.embed import embed_benchmark
     from clipcal.store import Store
@@ -105,9 +106,14 @@ def run(args: argparse.Namespace) -> int:
     resolve_device(args.device)
     bench = benchmark_from_args(args)
     print(f"benchmark: {bench.name} ({len(bench.table)} images)", file=sys.stderr)
-    backbone = load_backbone(args.backbone, device=args.device, precision=args.precision)
+    with warnings.catch_warnings():  # printed below in the summary's words, not as a Python warning
+        warnings.simplefilter("ignore", ModelSettingsWarning)
+        backbone = load_backbone(args.backbone, device=args.device, precision=args.precision)
     print(f"backbone:  {backbone.spec} on {backbone.device} ({backbone.precision}); features d={backbone.feature_dim}, "
           f"embeddings e={backbone.embed_dim}, text tower: {'yes' if backbone.has_text else 'no'}", file=sys.stderr)
+    print(f"settings:  {backbone.settings.summary()}", file=sys.stderr)
+    if backbone.settings.warning:
+        print(f"warning:   {backbone.settings.warning}", file=sys.stderr)
     store = Store()
     bar = embed_progress()
     try:
@@ -119,10 +125,7 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - t0
     path = store.root / "embeddings" / es.key
     print()
-    if es.n_computed == 0:
-        print(f"already embedded: {len(es)} images from the store (nothing to do)")
-    else:
-        print(f"embedded {es.n_computed} images in this run")
+    print(es.summary())  # counts images encoded; nothing embedded at all raised NothingEmbeddedError (exit 2)
     print(f"stored:    {len(es)} embeddings  features {tuple(es.features.shape)}  embeddings "
           f"{tuple(es.embeddings.shape)}  projection {es.projection}")
     print(f"where:     {path}")

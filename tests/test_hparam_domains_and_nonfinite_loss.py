@@ -234,3 +234,15 @@ def test_broken_text_head_and_projection_are_refused():
     proj[0, 0] = np.inf
     with pytest.raises(MethodError, match="projection .*contains NaN"):
         FeatureData(**_data(proj_weight=proj))
+
+
+def test_afr_weights_stay_finite_for_any_finite_gamma(syn_small):
+    """Sibling in AFR: exp(γ) overflowed from γ ≈ 710, the weights became NaN, L-BFGS returned a NaN layer and
+    argmax(NaN) = class 0 was scored as a real model. In-domain values must give a finite result or an error."""
+    from clipcal.methods.afr import afr_weights
+
+    w = afr_weights(np.array([0.0, 1.0, 0.5, 0.2]), np.array([0, 0, 1, 1]), gamma=1000.0, n_classes=2)
+    assert np.isfinite(w).all() and w.sum() == pytest.approx(1.0)
+    assert w[0] == pytest.approx(0.5) and w[1] == pytest.approx(0.0)  # the hard sample takes its class's half
+    r = make_method("afr", gammas=[1000.0], regs=[0.0], epochs=3).fit(syn_small).result_
+    assert np.isfinite(r.probs).all() and r.record["chosen_gamma"] == 1000.0

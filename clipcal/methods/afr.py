@@ -24,7 +24,7 @@ import pandas as pd
 from clipcal.errors import MethodError
 from clipcal.methods._train import (DEFAULT_SCALE, ERM_DEFAULTS, LAST_LAYER_CONSTRAINTS, SELECTION_RULES,
                                     init_notes, selection_score, stage_progress)
-from clipcal.methods.base import Method, MethodResult, check_cancel, report, softmax
+from clipcal.methods.base import Method, MethodResult, NonFiniteError, check_cancel, report, softmax
 from clipcal.methods.erm import LAST_LAYER_HPARAMS, fit_erm_stage, uses_groups
 from clipcal.methods.params import Interval, ListOf, Real
 
@@ -48,13 +48,19 @@ def stratified_split(y: np.ndarray, rows: np.ndarray, frac: float, seed: int) ->
 
 
 def afr_weights(p_true: np.ndarray, y: np.ndarray, gamma: float, n_classes: int) -> np.ndarray:
-    """AFR weights ``exp(−γ p̂)`` normalised so each class sums to 1/K of the total (float64, sum = 1)."""
-    w = np.exp(-float(gamma) * (np.asarray(p_true, np.float64) - 1.0))  # shift by 1: same ratios, no underflow
-    out = np.zeros_like(w)
+    """AFR weights ``exp(−γ p̂)`` normalised so each class sums to 1/K of the total (float64, sum = 1).
+
+    Computed in log space with each class's largest log-weight subtracted (the class normalisation cancels it),
+    so any finite γ gives finite weights: ``exp(γ)`` alone overflows from γ ≈ 710 and made every weight NaN.
+    """
+    logw = -float(gamma) * np.asarray(p_true, np.float64)
+    y = np.asarray(y)
+    out = np.zeros_like(logw)
     present = np.unique(y)
     for c in present:
         m = y == c
-        out[m] = w[m] / w[m].sum() / len(present)
+        w = np.exp(logw[m] - logw[m].max())
+        out[m] = w / w.sum() / len(present)
     return out
 
 
@@ -154,6 +160,9 @@ class AFR(Method):
             w = afr_weights(p_true, data.y[held], gamma, data.n_classes)
             V, b = fit_linear_head(z[held], data.y[held], w, V0, reg)
             logits_val = z[val] @ V.T + b
+            if not np.isfinite(logits_val).all():  # argmax of NaN is class 0: it would score like a real model
+                raise NonFiniteError(f"the reweighted last layer gave NaN or inf outputs at γ={gamma:g}, λ={reg:g}",
+                                     hint="use smaller values in afr.gammas / afr.regs")
             score = selection_score(self.selection, data.y[val], logits_val.argmax(1), data.group[val],
                                     data.n_classes, data.n_groups)
             rows += [{"epoch": i, "stage": "afr", "split": "val", "metric": "gamma", "value": gamma},

@@ -164,18 +164,25 @@ def read_metadata(path: Path, what: str, layout: str | None = None, encoding: st
         raise DataError(f"{what}: {path} is empty", hint="the metadata must have a header row and one row per image")
     header = lines[first]
     sep = max(_SEPARATORS, key=lambda c: (header.count(c), -_SEPARATORS.index(c)))
+    body = "\n".join(lines[first:])
     try:
-        df = pd.read_csv(io.StringIO("\n".join(lines[first:])), sep=sep, dtype=str, keep_default_na=False,
-                         skip_blank_lines=False)
+        # dtype=object: the same Python str cells as dtype=str at half the time (CelebA: 202,599 × 41 cells)
+        df = pd.read_csv(io.StringIO(body), sep=sep, dtype=object, na_filter=False, skip_blank_lines=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
         raise DataError(f"{what}: cannot parse {path} as a table: {err}",
                         hint=f"read as {enc} text with separator {sep!r} (the one most used in the header line "
                         f"{first + 1}); the file must be a table with a header row and the same number of cells "
                         "on every line") from None
     df.columns = [str(c).strip().lstrip("\ufeff").strip() for c in df.columns]
-    df = df.fillna("").apply(lambda s: s.str.strip())
+    if re.search(r"[^\S\n\t]" if sep == "\t" else r"[^\S\n]", body):  # any cell may need stripping
+        df = df.apply(lambda s: s.str.strip())
     df.index = pd.RangeIndex(len(df)) + first + 2  # header on line first + 1
-    df = df[(df != "").any(axis=1)]
+    rest = lines[first + 1:]
+    if len(rest) == len(df):  # one row per line (no quoted cell spans lines): blank rows from the text, fast
+        keep = [bool(ln.strip().strip(sep).strip()) for ln in rest]
+    else:
+        keep = (df != "").any(axis=1).to_numpy()
+    df = df[keep]
     if df.empty:
         raise DataError(f"{what}: {path} has no rows", hint="the metadata must list one image per row")
     df.attrs.update(encoding=enc, notes=[note] if note else [])

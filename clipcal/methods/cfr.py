@@ -18,6 +18,8 @@ Where this departs from the authors' code (commit e9e61bd), on purpose:
   bug). ``negatives="random-other-class"`` is offered as the ablation.
 * Loss weights: fixed 1.5 / 1.5 / 1.0 (cfr-method.md). The reference multiplies the CE and contrastive terms by
   ``1 + 0.5·cos(2π·epoch/epochs)`` (= 1.5 only at epoch 0); ``loss_schedule="cosine"`` reproduces that.
+  Each term has a switch (``ce``, ``contrastive``, ``supcon``; not in the reference) so its share can be measured
+  (``bench/cfr_ablation.py``); the record's ``loss_terms`` says which were on. A weight is never the switch.
 * Feature dropout (0.1) in training only. As in the reference it hits the anchors' and training batch's
   z (which are re-normalised before the contrastive terms), never the positives / negatives.
 

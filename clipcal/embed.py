@@ -78,7 +78,8 @@ class EmbeddingSet:
         backbone_spec: canonical spec string.
         skipped: DataFrame ``sample_id, reason`` of unreadable images.
         key: store key; manifest: the entry's manifest.
-        n_computed: images encoded by the call that returned this (0 when everything came from the store).
+        n_computed: images encoded by the call that returned this (0 when everything came from the store;
+            skipped rows never count).
     """
 
     sample_ids: np.ndarray
@@ -95,6 +96,19 @@ class EmbeddingSet:
 
     def __len__(self) -> int:
         return len(self.sample_ids)
+
+    def summary(self) -> str:
+        """One line on what this call produced, e.g. ``"embedded 5 images in this run; 3 skipped (…)"``
+        (the CLI prints it; the Embed page can show it): counts images *encoded*, not table rows walked."""
+        n, new = len(self), self.n_computed
+        if new == 0:
+            text = f"already embedded: {n:,} image{'s' * (n != 1)} from the store"
+        else:
+            text = f"embedded {new:,} image{'s' * (new != 1)} in this run"
+            if n > new:
+                text += f" ({n - new:,} more from an earlier, interrupted run)"
+        k = len(self.skipped)
+        return text + (f"; {k:,} skipped (unreadable or missing, listed with reasons)" if k else "")
 
     @classmethod
     def from_entry(cls, entry: Entry, n_computed: int = 0) -> "EmbeddingSet":
@@ -115,6 +129,40 @@ class EmbeddingSet:
             manifest=entry.manifest,
             n_computed=n_computed,
         )
+
+
+class NothingEmbeddedError(DataError):
+    """No image of a benchmark could be embedded (all missing or unreadable): nothing was stored.
+
+    Attributes:
+        skipped: DataFrame ``sample_id, reason`` of every row (for a table next to the message).
+    """
+
+    def __init__(self, benchmark_name: str, skipped: pd.DataFrame):
+        self.skipped = skipped
+        n = len(skipped)
+        top = skipped["reason"].map(_reason_kind).value_counts()
+        why = ", ".join(f"{c} × {r}" for r, c in top.head(3).items())
+        first = "; ".join(f"{s}: {r}" for s, r in skipped.head(3).itertuples(index=False))
+        super().__init__(
+            f"no image could be embedded: all {n:,} of {n:,} rows of {benchmark_name} were skipped ({why}; "
+            f"e.g. {first}); nothing was stored",
+            hint=f"`python -m clipcal data validate --benchmark {benchmark_name} …` lists every problem; check "
+                 "--root / --image-dir and the path column, or fetch the files (git lfs pull, git annex get)")
+
+
+def _reason_kind(reason: str) -> str:
+    """The kind of a skip reason without its path (``"image not found: /x/1.jpg"`` → ``"image not found"``)."""
+    return str(reason).split(":", 1)[0]
+
+
+def _usable(entry: Entry | None) -> Entry | None:
+    """``entry`` unless it holds no embedding at all (stored by versions before :class:`NothingEmbeddedError`):
+    such an entry is no result and is never served."""
+    if entry is None:
+        return None
+    shape = entry.manifest.get("arrays", {}).get("sample_ids", {}).get("shape") or [1]
+    return entry if int(shape[0]) > 0 else None
 
 
 def embedding_key(benchmark, identity: dict) -> dict:
@@ -323,9 +371,15 @@ def embed_benchmark(benchmark, backbone, store: Store | None = None, batch_size:
 
     Raises:
         Cancelled: ``cancel`` was set; finished shards are kept and the next call resumes from them.
+        NothingEmbeddedError: no image could be read (a :class:`~clipcal.errors.DataError`; ``.skipped`` lists
+            every row's reason); nothing is stored.
         BackboneError / WeightsUnavailableError: loading the backbone failed, or out of memory at batch 1.
         StoreError: the store cannot be written.
+        MissingDependencyError: torch or Pillow is not installed (before any work).
     """
+    from clipcal.deps import require_all
+
+    require_all([("torch", "embedding images"), ("PIL", "reading images")])
     import torch
 
     if isinstance(backbone, str):  # load it for this call only, and free it afterwards
@@ -348,7 +402,7 @@ def embed_benchmark(benchmark, backbone, store: Store | None = None, batch_size:
         if progress is not None:
             progress(Progress(int(done), total, rate, eta, message))
 
-    entry = store.get(KIND, key_fields)
+    entry = _usable(store.get(KIND, key_fields))
     if entry is not None:
         report(total, message="already embedded (from the store)")
         return EmbeddingSet.from_entry(entry)
@@ -356,7 +410,7 @@ def embed_benchmark(benchmark, backbone, store: Store | None = None, batch_size:
     lock = store.lock(KIND, key_fields)
     _acquire(lock, cancel, lambda: report(0, message="waiting for another process embedding the same images"))
     try:
-        entry = store.get(KIND, key_fields)  # the process we waited for may have finished it
+        entry = _usable(store.get(KIND, key_fields))  # the process we waited for may have finished it
         if entry is not None:
             report(total, message="already embedded (from the store)")
             return EmbeddingSet.from_entry(entry)
@@ -403,6 +457,10 @@ def _embed_locked(benchmark, backbone, store, key_fields, batch_size, num_worker
     embs = np.concatenate([s["embeddings"] for s in shards]) if shards else np.zeros((0, e), np.float32)
     rows = np.concatenate([s["rows"] for s in shards]) if shards else np.zeros(0, np.int64)
     skipped = [{"sample_id": sid, "reason": reason} for s in shards for _r, sid, reason in s["info"]["skipped"]]
+    if not len(rows):  # a job that produced nothing says so (issue 10.7): no empty entry, no leftovers
+        store.clear_partial(KIND, key_fields)
+        store.delete(KIND, key_fields)  # an empty entry of an older version
+        raise NothingEmbeddedError(benchmark.name, pd.DataFrame(skipped, columns=["sample_id", "reason"]))
     sample_ids = ids[rows] if len(rows) else np.zeros(0, dtype="<U1")
     meta = {
         "benchmark": benchmark.describe(),
@@ -415,16 +473,14 @@ def _embed_locked(benchmark, backbone, store, key_fields, batch_size, num_worker
         "n_skipped": len(skipped),
         "skipped": skipped,
         "device": backbone.device,
+        # activation / preprocessing used and why (a checkpoint file's may be a guess: its warning is kept)
+        "model_settings": backbone.settings.as_dict() if hasattr(backbone, "settings") else None,
         "batch_size": batch_size,
         "elapsed_s_last_run": round(time.monotonic() - t_start, 3),
     }
     entry = store.put(KIND, key_fields, {
         "features": feats.astype(np.float32, copy=False),
-        MissingDependencyError: torch or Pillow is not installed (before any work).
         "embeddings": embs.astype(np.float32, copy=False),
-    from clipcal.deps import require_all
-
-    require_all([("torch", "embedding images"), ("PIL", "reading images")])
         "sample_ids": sample_ids.astype(str),
         "proj_weight": backbone.proj_weight(),
     }, meta=meta)
@@ -434,7 +490,8 @@ def _embed_locked(benchmark, backbone, store, key_fields, batch_size, num_worker
 
 
 def _run_shards(backbone, paths, ids, todo, folder, batch_size, num_workers, report, cancel, done0, torch) -> int:
-    """Embed the rows of the shards in ``todo``; write each shard when complete. Returns images encoded."""
+    """Embed the rows of the shards in ``todo``; write each shard when complete. Returns images encoded
+    (skipped rows not counted)."""
     from torch.utils.data import DataLoader
 
     nw = default_num_workers(backbone.device) if num_workers is None else max(0, int(num_workers))
@@ -451,6 +508,7 @@ def _run_shards(backbone, paths, ids, todo, folder, batch_size, num_workers, rep
     covered = 0
     done = done0
     n_new = 0
+    n_encoded = 0  # images encoded (n_new also counts the skipped rows walked, for the rate)
     t0 = None
     remaining = sum(stop - start for _, start, stop in todo)
     it = iter(loader)
@@ -475,6 +533,7 @@ def _run_shards(backbone, paths, ids, todo, folder, batch_size, num_workers, rep
                 buf_h.append(h)
                 buf_z.append(z)
                 buf_rows += rows
+                n_encoded += len(rows)
             buf_skip += [(r, str(ids[r]), reason) for r, reason in bad]
             n = len(rows) + len(bad)
             covered += n
@@ -495,7 +554,7 @@ def _run_shards(backbone, paths, ids, todo, folder, batch_size, num_workers, rep
             report(done, rate, eta, "embedding")
     finally:
         del it  # shuts the worker processes down, also on cancel / Ctrl-C
-    return n_new
+    return n_encoded
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -520,8 +579,6 @@ def load_embeddings(benchmark, backbone_spec, store: Store | None = None, precis
     from clipcal.backbones import Backbone, backbone_identity
 
     store = store if store is not None else Store()
-        # activation / preprocessing used and why (a checkpoint file's may be a guess: its warning is kept)
-        "model_settings": backbone.settings.as_dict() if hasattr(backbone, "settings") else None,
     if isinstance(backbone_spec, Backbone):
         ident = backbone_spec.identity()
         if precision is None:
@@ -536,7 +593,7 @@ def load_embeddings(benchmark, backbone_spec, store: Store | None = None, precis
         ident = {**ident}
         if precision != "auto":
             ident["precision"] = precision
-        entry = store.get(KIND, embedding_key(benchmark, ident))
+        entry = _usable(store.get(KIND, embedding_key(benchmark, ident)))
         return EmbeddingSet.from_entry(entry) if entry else None
     fp = benchmark.fingerprint()
     want = {k: v for k, v in ident.items() if k != "precision"}
@@ -545,7 +602,7 @@ def load_embeddings(benchmark, backbone_spec, store: Store | None = None, precis
         b = kf.get("backbone", {})
         if kf.get("benchmark") == fp and kf.get("format") == EMBED_FORMAT and \
                 {k: v for k, v in b.items() if k != "precision"} == want:
-            entry = store.get(KIND, kf)
+            entry = _usable(store.get(KIND, kf))
             if entry is not None:
                 return EmbeddingSet.from_entry(entry)
     return None

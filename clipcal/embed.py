@@ -4,9 +4,10 @@
 DataLoader workers, preprocesses them there, encodes batches under ``torch.inference_mode`` (autocast bf16 /
 fp16 on CUDA), and writes **shards** of ``SHARD_SIZE`` table rows into ``store.partial_dir``: per shard
 ``shard-<i>.features.npy``, ``.embeddings.npy``, ``.rows.npy`` and, last and atomically, ``shard-<i>.json``
-(rows covered, images skipped with their reasons). A killed or cancelled run keeps its finished shards; the
-next run embeds only the shards without a ``.json``. When every shard exists they are assembled into one
-store entry (kind ``embeddings``) and the shards are removed:
+(rows covered, images skipped with their reasons, the sha256 of each array file, and a checksum of itself).
+A killed or cancelled run keeps its finished shards; the next run reuses a shard only if it passes those
+checksums (a corrupt one is embedded again) and embeds the others. When every shard exists they are verified
+again, assembled into one store entry (kind ``embeddings``) and the shards are removed:
 
 =============== ============================= ==============================================================
 array           shape, dtype                  meaning
@@ -25,6 +26,8 @@ and two processes embedding the same key take turns (the second finds the first 
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import threading
@@ -38,7 +41,8 @@ import numpy as np
 import pandas as pd
 
 from clipcal.errors import BackboneError, Cancelled, ClipcalError, DataError, StoreError
-from clipcal.store import Entry, Store
+from clipcal.paths import unwritable
+from clipcal.store import Entry, Store, check_seal, seal
 
 SHARD_SIZE = 1024
 EMBED_FORMAT = 1
@@ -232,40 +236,78 @@ def _shard_name(i: int) -> str:
     return f"shard-{i:05d}"
 
 
+_SHARD_PARTS = ("features", "embeddings", "rows")
+_SHARD_SEAL = "shard_sha256"
+
+
 def _write_shard(folder: Path, i: int, start: int, stop: int, rows: list[int], feats: np.ndarray,
                  embs: np.ndarray, skipped: list[tuple[int, str, str]]) -> None:
-    """Write one shard: arrays under temporary names, renamed, then the json (its presence = complete)."""
+    """Write one shard: arrays under temporary names, renamed, then the json (its presence = complete).
+
+    The json records the sha256 of each array file's bytes (hashed from the bytes written) and a checksum of
+    itself (:func:`clipcal.store.seal`), so a shard that changed on disk before it is reused is detected
+    (:func:`_read_shard`) instead of being sealed into the entry with a fresh, valid checksum.
+
+    Raises:
+        StoreError: the shard folder cannot be written (read-only store, disk full).
+    """
     name = _shard_name(i)
     tag = uuid.uuid4().hex[:8]
-    for suffix, arr in (("features", feats), ("embeddings", embs), ("rows", np.asarray(rows, dtype=np.int64))):
-        tmp = folder / f".{name}.{suffix}.{tag}.npy"
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
+    sums = {}
+    try:
+        for suffix, arr in zip(_SHARD_PARTS, (feats, embs, np.asarray(rows, dtype=np.int64))):
+            buf = io.BytesIO()
+            np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+            data = buf.getvalue()
+            sums[suffix] = hashlib.sha256(data).hexdigest()
+            tmp = folder / f".{name}.{suffix}.{tag}.npy"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, folder / f"{name}.{suffix}.npy")
+        info = seal({"index": i, "start": start, "stop": stop, "n": len(rows),
+                     "skipped": [[r, sid, reason] for r, sid, reason in skipped], "sha256": sums},
+                    field=_SHARD_SEAL)
+        tmp = folder / f".{name}.{tag}.json"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(info, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, folder / f"{name}.{suffix}.npy")
-    info = {"index": i, "start": start, "stop": stop, "n": len(rows),
-            "skipped": [[r, sid, reason] for r, sid, reason in skipped]}
-    tmp = folder / f".{name}.{tag}.json"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(info, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / f"{name}.json")
+        os.replace(tmp, folder / f"{name}.json")
+    except OSError as err:
+        raise unwritable(folder, err, "shard folder of the store") from None
 
 
-def _read_shard(folder: Path, i: int, d: int, e: int) -> dict | None:
-    """Load a finished shard or return None (missing, partial or inconsistent → embed it again)."""
+def _read_shard(folder: Path, i: int, start: int, stop: int, d: int, e: int) -> dict | None:
+    """Load a finished shard, verified by content, or return None (missing, partial, changed or inconsistent
+    with its plan → embed it again).
+
+    Checks: the json's own checksum; each array file's sha256 against the one recorded when it was written
+    (hashed from the same bytes that are then parsed, so one read); shapes, dtypes, and rows strictly
+    increasing inside ``[start, stop)``.
+    """
     name = _shard_name(i)
     try:
         info = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
-        feats = np.load(folder / f"{name}.features.npy", allow_pickle=False)
-        embs = np.load(folder / f"{name}.embeddings.npy", allow_pickle=False)
-        rows = np.load(folder / f"{name}.rows.npy", allow_pickle=False)
-    except (OSError, ValueError):
+        if not check_seal(info, _SHARD_SEAL) or (info.get("index"), info.get("start"), info.get("stop")) != \
+                (i, start, stop):
+            return None
+        arrays = {}
+        for suffix in _SHARD_PARTS:
+            data = (folder / f"{name}.{suffix}.npy").read_bytes()
+            if hashlib.sha256(data).hexdigest() != info["sha256"][suffix]:
+                return None
+            arrays[suffix] = np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError, KeyError, TypeError):
         return None
+    feats, embs, rows = arrays["features"], arrays["embeddings"], arrays["rows"]
     n = info.get("n")
     if feats.shape != (n, d) or embs.shape != (n, e) or rows.shape != (n,):
+        return None
+    if feats.dtype != np.float32 or embs.dtype != np.float32 or rows.dtype != np.int64:
+        return None
+    if n and (rows[0] < start or rows[-1] >= stop or (np.diff(rows) <= 0).any()):
         return None
     return {"info": info, "features": feats, "embeddings": embs, "rows": rows}
 
@@ -278,12 +320,15 @@ def _plan(folder: Path, plan: dict) -> None:
     except (OSError, ValueError):
         old = None
     if old != plan:
-        for p in folder.iterdir():
-            if p.is_file():
-                p.unlink()
-        tmp = folder / ".plan.json.tmp"
-        tmp.write_text(json.dumps(plan), encoding="utf-8")
-        os.replace(tmp, pf)
+        try:
+            for p in folder.iterdir():
+                if p.is_file():
+                    p.unlink()
+            tmp = folder / ".plan.json.tmp"
+            tmp.write_text(json.dumps(plan), encoding="utf-8")
+            os.replace(tmp, pf)
+        except OSError as err:
+            raise unwritable(folder, err, "shard folder of the store") from None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -429,14 +474,12 @@ def _embed_locked(benchmark, backbone, store, key_fields, batch_size, num_worker
     paths = [str(benchmark.image_path(p)) for p in table["path"]]
     d, e = backbone.feature_dim, backbone.embed_dim
     folder = store.partial_dir(KIND, key_fields)
-    import hashlib
-
     ids_sha = hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()[:16]
     _plan(folder, {"n": total, "shard_size": shard_size, "ids_sha256": ids_sha, "d": d, "e": e})
 
     n_shards = (total + shard_size - 1) // shard_size
     bounds = [(i, i * shard_size, min(total, (i + 1) * shard_size)) for i in range(n_shards)]
-    todo = [b for b in bounds if _read_shard(folder, b[0], d, e) is None]
+    todo = [b for b in bounds if _read_shard(folder, *b, d, e) is None]
     done = sum(stop - start for i, start, stop in bounds if (i, start, stop) not in todo)
     if done:
         report(done, message=f"resuming: {n_shards - len(todo)} of {n_shards} shards already done")
@@ -449,10 +492,14 @@ def _embed_locked(benchmark, backbone, store, key_fields, batch_size, num_worker
                                  done, torch)
 
     # assemble
-    shards = [_read_shard(folder, i, d, e) for i, _, _ in bounds]
-    if any(s is None for s in shards):
-        raise StoreError(f"embedding shards in {folder} disappeared while assembling",
-                         hint="another program removed them; run again to re-embed the missing part")
+    shards = [_read_shard(folder, *b, d, e) for b in bounds]  # verified again: they may have changed since
+    bad = [b[0] for b, s in zip(bounds, shards) if s is None]
+    if bad:
+        for i in bad:  # so that the next run embeds them again
+            (folder / f"{_shard_name(i)}.json").unlink(missing_ok=True)
+        raise StoreError(f"{len(bad)} embedding shard(s) in {folder} changed or disappeared while this run "
+                         f"embedded the others (first: {_shard_name(bad[0])})",
+                         hint="another program wrote there; run again to embed those images again")
     feats = np.concatenate([s["features"] for s in shards]) if shards else np.zeros((0, d), np.float32)
     embs = np.concatenate([s["embeddings"] for s in shards]) if shards else np.zeros((0, e), np.float32)
     rows = np.concatenate([s["rows"] for s in shards]) if shards else np.zeros(0, np.int64)

@@ -13,12 +13,21 @@ Layout under the store root (``clipcal.paths.cache_dir()`` unless given)::
 whatever defines the content: for embeddings the benchmark fingerprint and the backbone identity
 (weights, preprocessing, precision); for text embeddings the backbone identity, class names and templates.
 
-Verification on ``get`` (``verify="auto"``, the default): the manifest must parse and name the same kind and
-key; each array file must exist with the recorded byte size, shape and dtype (read from the ``.npy`` header).
-The sha256 of every array is checked in full the first time; the entry then records, in a hidden
-``.verified.json``, each file's (size, mtime_ns, inode) at that moment, and later gets re-hash only files whose
-stat changed (any rewrite of a file changes its mtime). ``verify="full"`` always hashes; ``verify="shape"``
-never hashes. A corrupt entry is moved to ``.trash`` and ``get`` returns ``None`` so the caller rebuilds it.
+Verification on ``get`` (``verify="auto"``, the default): the manifest must parse, carry a valid
+``manifest_sha256`` (sha256 of its canonical JSON without that field, so *every* field — key fields, array
+table, ``meta`` — is covered; :func:`check_seal`) and name the same kind and key; each array file must exist with
+the recorded byte size, shape and dtype (read from the ``.npy`` header). The sha256 of every array is checked
+in full the first time; the entry then records, in a hidden ``.verified.json``, each file's stat stamp
+(size, mtime_ns, ctime_ns, inode, device; :mod:`clipcal.integrity`, which also states the threat model) with
+the sha256 it was checked against, and later gets re-hash only files whose stamp changed. Stamps younger than
+``clipcal.integrity.RACY_NS`` are not recorded (timestamps are coarse). ``verify="full"`` always hashes;
+``verify="shape"`` never hashes. :meth:`Store.list` checks the manifest checksum too (no array hashing). A
+corrupt entry is moved to ``.trash`` and ``get`` returns ``None`` so the caller rebuilds it; an entry written
+before manifests carried a checksum counts as corrupt (it cannot be verified).
+
+Writes: every folder the store writes to is checked with :func:`clipcal.paths.writable_dir`, and every
+``OSError`` of a write becomes one :class:`~clipcal.errors.StoreError` naming the folder (read-only store, a
+file in place of a folder, disk full) with what to do. Reading an intact entry from a read-only store works.
 """
 
 from __future__ import annotations
@@ -40,15 +49,17 @@ from typing import Any, Iterable
 import filelock
 import numpy as np
 
-from clipcal import filekind
+from clipcal import filekind, integrity
 from clipcal._json import jsonable
 from clipcal.errors import StoreError
-from clipcal.paths import cache_dir
+from clipcal.integrity import sha256_file  # noqa: F401 - public here since the store's first version
+from clipcal.paths import cache_dir, unwritable, writable_dir
 
 KINDS = ("embeddings", "text", "runs", "projections", "inspect")
 MANIFEST = "manifest.json"
 VERIFIED = ".verified.json"
-FORMAT_VERSION = 1
+SEAL = "manifest_sha256"
+FORMAT_VERSION = 2  # 2: manifests carry SEAL
 
 _LOCKS: dict[str, filelock.FileLock] = {}
 _LOCKS_GUARD = threading.Lock()
@@ -74,13 +85,26 @@ def make_key(key_fields: dict) -> str:
     return hashlib.sha256(canonical_json(key_fields).encode("utf-8")).hexdigest()[:16]
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def json_checksum(obj: dict, field: str = SEAL) -> str:
+    """sha256 (hex) of ``obj`` without ``field``, as canonical JSON (sorted keys, no whitespace, ASCII).
+
+    Over the parsed content, not the file's bytes, so re-indenting a manifest is no change while any edited
+    value is.
+    """
+    body = {k: v for k, v in obj.items() if k != field}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def seal(obj: dict, field: str = SEAL) -> dict:
+    """``obj`` (made JSON-plain by a round trip) with ``field`` = :func:`json_checksum` of the rest."""
+    plain = json.loads(json.dumps({k: v for k, v in obj.items() if k != field}, allow_nan=True))
+    return {**plain, field: json_checksum(plain, field)}
+
+
+def check_seal(obj: Any, field: str = SEAL) -> bool:
+    """True when ``obj`` is a dict whose ``field`` equals :func:`json_checksum` of the rest."""
+    return isinstance(obj, dict) and isinstance(obj.get(field), str) and obj[field] == json_checksum(obj, field)
 
 
 def _as_storable(name: str, arr: Any) -> np.ndarray:
@@ -201,8 +225,9 @@ class Store:
     """
 
     def __init__(self, root: str | os.PathLike | None = None):
-        self.root = Path(root).expanduser().resolve() if root is not None else cache_dir()
-        self.root.mkdir(parents=True, exist_ok=True)
+        # created if missing, but not probed: a read-only store can still be read
+        self.root = writable_dir(Path(root).expanduser().resolve(), probe=False) if root is not None \
+            else cache_dir()
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
@@ -229,8 +254,7 @@ class Store:
         (:meth:`clear_partial`) once the final entry is put.
         """
         p = self.root / ".partial" / self._check_kind(kind) / make_key(key_fields)
-        p.mkdir(parents=True, exist_ok=True)
-        return p
+        return writable_dir(p)
 
     def clear_partial(self, kind: str, key_fields: dict) -> None:
         """Remove the shard folder of this key, if any."""
@@ -244,13 +268,19 @@ class Store:
 
         Args:
             timeout: seconds to wait in ``acquire`` when used as a context manager; -1 waits forever.
+
+        Raises:
+            StoreError: the lock folder cannot be written (here, or later from ``acquire``).
         """
-        path = self.root / ".locks" / f"{self._check_kind(kind)}-{make_key(key_fields)}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        return self._lock(self._check_kind(kind), make_key(key_fields), timeout)
+
+    def _lock(self, kind: str, key: str, timeout: float) -> filelock.FileLock:
+        path = self.root / ".locks" / f"{kind}-{key}.lock"
+        writable_dir(path.parent)
         with _LOCKS_GUARD:
             lk = _LOCKS.get(str(path))
             if lk is None:
-                lk = _LOCKS[str(path)] = filelock.FileLock(str(path), timeout=timeout)
+                lk = _LOCKS[str(path)] = _StoreLock(str(path), timeout=timeout)
         lk.timeout = timeout
         return lk
 
@@ -271,10 +301,11 @@ class Store:
         path = self.entry_path(kind, key_fields)
         if not path.is_dir():
             return None
+        key = make_key(key_fields)
         try:
-            return self._verify(path, kind, make_key(key_fields), verify)
+            return self._verify(path, kind, key, verify)
         except _Corrupt as err:
-            self._trash(path, kind, key_fields, str(err))
+            self._trash(path, kind, key, str(err))
             return None
 
     def _verify(self, path: Path, kind: str, key: str, verify: str) -> Entry:
@@ -285,7 +316,8 @@ class Store:
             manifest = json.loads(mf.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             raise _Corrupt(f"unreadable manifest: {err}") from None
-        if not isinstance(manifest, dict) or manifest.get("kind") != kind or manifest.get("key") != key:
+        _check_manifest(manifest)
+        if manifest.get("kind") != kind or manifest.get("key") != key:
             raise _Corrupt("manifest names another kind or key")
         arrays = manifest.get("arrays")
         if not isinstance(arrays, dict):
@@ -312,21 +344,24 @@ class Store:
                 raise _Corrupt(f"{rec['file']} has a bad .npy header: {err}" + filekind.note(f)) from None
             if list(shape) != list(rec["shape"]) or dtype != rec["dtype"]:
                 raise _Corrupt(f"{rec['file']} is {shape} {dtype}, manifest says {rec['shape']} {rec['dtype']}")
-            stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+            # the stamp is trusted only for the sha256 it was checked against (a new manifest → hash again)
+            stamp = {"stamp": integrity.stat_stamp(st), "sha256": rec["sha256"]}
             if verify == "full" or (verify == "auto" and verified.get(name) != stamp):
-                if sha256_file(f) != rec["sha256"]:
+                if integrity.sha256_file(f) != rec["sha256"]:
                     raise _Corrupt(f"{rec['file']} fails its sha256 check")
-            new_verified[name] = stamp
-        if verify in ("auto", "full") and new_verified != verified:
+            if not integrity.is_racy(st):
+                new_verified[name] = stamp
+        if verify in ("auto", "full") and (new_verified != verified or not (path / VERIFIED).exists()):
             try:
                 _write_json_atomic(path / VERIFIED, new_verified)
             except OSError:  # read-only store: verification still happened, it is just not remembered
                 pass
         return Entry(path=path, manifest=manifest)
 
-    def _trash(self, path: Path, kind: str, key_fields: dict, reason: str) -> None:
-        lk = self.lock(kind, key_fields, timeout=0)
+    def _trash(self, path: Path, kind: str, key: str, reason: str) -> None:
+        """Move a corrupt entry aside (never delete). On a read-only store it stays (and is still not served)."""
         try:
+            lk = self._lock(kind, key, timeout=0)
             with lk:
                 if not path.exists():
                     return
@@ -336,11 +371,16 @@ class Store:
                 (dest / "TRASHED_BECAUSE.txt").write_text(reason + "\n", encoding="utf-8")
         except filelock.Timeout:  # a writer holds the key: it is replacing the entry right now
             return
+        except (OSError, StoreError):  # cannot move it: get/list still refuse it each time
+            return
 
     def list(self, kind: str) -> list[dict]:
-        """Manifests of the entries of ``kind`` (only entries with a parseable manifest; no hashing).
+        """Manifests of the entries of ``kind`` whose manifest is intact (checksum, kind, key; arrays are not
+        hashed — :meth:`get` does that before any array is served).
 
-        Each dict is the manifest plus ``"path"`` (str). Sorted by creation time, oldest first.
+        An entry whose manifest fails its checksum is moved to ``.trash`` and left out, so a listing never
+        shows an edited value. Each dict is the manifest plus ``"path"`` (str). Sorted by creation time,
+        oldest first.
         """
         base = self.root / self._check_kind(kind)
         out = []
@@ -351,6 +391,13 @@ class Store:
                 try:
                     m = json.loads((p / MANIFEST).read_text(encoding="utf-8"))
                 except (OSError, ValueError):
+                    continue
+                try:
+                    _check_manifest(m)
+                    if m.get("kind") != kind or m.get("key") != p.name:
+                        raise _Corrupt("manifest names another kind or key")
+                except _Corrupt as err:
+                    self._trash(p, kind, p.name, str(err))
                     continue
                 m["path"] = str(p)
                 out.append(m)
@@ -379,11 +426,11 @@ class Store:
         for name in arrays:
             if not name or "/" in name or name.startswith(".") or name == MANIFEST:
                 raise StoreError(f"invalid array name {name!r}", hint="use simple names like 'features'")
-        tmp = self.root / ".tmp" / f"{kind}-{key}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
+        tmp = writable_dir(self.root / ".tmp") / f"{kind}-{key}-{uuid.uuid4().hex[:8]}"
         try:
+            tmp.mkdir()
             recs = {name: save_npy(tmp / f"{name}.npy", a) for name, a in arrays.items()}
-            manifest = {
+            manifest = seal({
                 "kind": kind,
                 "key": key,
                 "key_fields": _jsonable(key_fields),
@@ -391,7 +438,7 @@ class Store:
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "arrays": recs,
                 "meta": _jsonable(meta or {}),
-            }
+            })
             _write_json_atomic(tmp / MANIFEST, manifest)
             with self.lock(kind, key_fields):
                 dest.parent.mkdir(parents=True, exist_ok=True)
@@ -406,18 +453,23 @@ class Store:
             raise
         except OSError as err:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise StoreError(f"cannot write store entry {dest}: {err}",
-                             hint="check free disk space and permissions of the store folder "
-                             "(set CLIPCAL_CACHE to move it)") from err
+            raise unwritable(self.root, err) from None
         return Entry(path=dest, manifest=manifest)
 
     def delete(self, kind: str, key_fields: dict) -> bool:
-        """Remove an entry (and its shards). Returns True if an entry existed."""
+        """Remove an entry (and its shards). Returns True if an entry existed.
+
+        Raises:
+            StoreError: the store cannot be written.
+        """
         path = self.entry_path(kind, key_fields)
         with self.lock(kind, key_fields):
             existed = path.exists()
-            if existed:
-                shutil.rmtree(path)
+            try:
+                if existed:
+                    shutil.rmtree(path)
+            except OSError as err:
+                raise unwritable(self.root, err) from None
             self.clear_partial(kind, key_fields)
         return existed
 
@@ -428,14 +480,40 @@ class Store:
         if base.is_dir():
             now = time.time()
             for p in base.iterdir():
-                if now - p.stat().st_mtime > older_than_s:
-                    shutil.rmtree(p, ignore_errors=True)
-                    n += 1
+                try:
+                    if now - p.stat().st_mtime > older_than_s:
+                        shutil.rmtree(p)
+                        n += 1
+                except OSError:  # vanished meanwhile, or a read-only store: nothing to clean here
+                    continue
         return n
 
 
 class _Corrupt(Exception):
     """Internal: an entry failed verification (reason in the message)."""
+
+
+def _check_manifest(manifest: Any) -> None:
+    """Raise :class:`_Corrupt` unless ``manifest`` is a dict with a valid checksum."""
+    if not isinstance(manifest, dict):
+        raise _Corrupt("manifest.json is not a JSON object")
+    if SEAL not in manifest:
+        raise _Corrupt("manifest.json has no checksum (written by clipcal before store format 2, or edited): "
+                       "it cannot be verified, so the entry is rebuilt")
+    if not check_seal(manifest):
+        raise _Corrupt("manifest.json fails its checksum: it was edited or damaged after it was written")
+
+
+class _StoreLock(filelock.FileLock):
+    """``filelock.FileLock`` whose ``acquire`` turns a failure to create the lock file into a StoreError."""
+
+    def acquire(self, *args, **kwargs):
+        try:
+            return super().acquire(*args, **kwargs)
+        except filelock.Timeout:
+            raise
+        except OSError as err:
+            raise unwritable(Path(self.lock_file).parent.parent, err) from None
 
 
 def iter_kinds(store: Store) -> Iterable[str]:

@@ -104,35 +104,44 @@ class Benchmark:
         return p if p.is_absolute() else self.root / p
 
     def fingerprint(self) -> str:
-        """sha256 (hex, 16 chars) of what defines the samples: name, table rows and names.
+        """sha256 (hex, 16 chars) of what defines the samples: name, names, table rows and image contents.
 
         Two loads of the same files give the same fingerprint; any change of a row, label, split or name
-        changes it, and so does any image file whose size changed (a replaced, re-encoded, truncated or removed
-        image: embeddings of the old files are then not reused). Sizes, not modification times, so the same
-        files on another machine (a copied store, the demo built twice) keep the fingerprint. Image bytes are
-        not hashed (too slow for CelebA); one ``os.stat`` per file is (≈ 1 s for CelebA's 202,599 files), once
-        per Benchmark object.
+        changes it, and so does any change of an image file's bytes (replaced — even by a file of the same size —,
+        re-encoded, truncated or removed: embeddings of the old files are then not reused). Content, not stat
+        fields, so the same files elsewhere (a copied store, the demo built twice) keep the fingerprint.
+
+        Cost: every image is hashed once per machine (sha256, 8 threads); the digests are kept in
+        ``<cache>/.integrity/`` with each file's (size, mtime_ns, ctime_ns, inode) stamp, and a later call
+        stats every file and re-hashes only those whose stamp changed (:func:`clipcal.integrity.file_digests`;
+        ``bench/store_verify.py`` measures both). Computed once per Benchmark object.
         """
         h = hashlib.sha256()
         h.update(json.dumps([self.name, self.class_names, self.attr_names], sort_keys=True).encode())
         cols = self.table[["sample_id", "path", "split", "y", "a"]].astype(str)
         h.update(pd.util.hash_pandas_object(cols, index=False).values.tobytes())
-        h.update(self._file_stats().tobytes())
+        digests, sizes = self._file_digests()
+        h.update(sizes.tobytes())
+        h.update(digests.tobytes())
         return h.hexdigest()[:16]
 
-    def _file_stats(self) -> np.ndarray:
-        """[N] int64 size in bytes of every image file, -1 where missing; computed once per object."""
-        cached = self.__dict__.get("_stats")
+    def _file_digests(self) -> tuple[np.ndarray, np.ndarray]:
+        """([N, 16] uint8 content digests, [N] int64 sizes) of the image files (missing: 0xff…, -1); computed
+        once per object, through the digest cache under the store folder (best-effort: never written if the
+        store is read-only)."""
+        cached = self.__dict__.get("_digests")
         if cached is not None:
             return cached
-        out = np.full(len(self.table), -1, dtype=np.int64)
-        for i, p in enumerate(self.table["path"].tolist()):
-            try:
-                out[i] = os.stat(self.image_path(p)).st_size if p else -1
-            except OSError:
-                pass
-        self.__dict__["_stats"] = out
-        return out
+        from clipcal.integrity import file_digests
+        from clipcal.paths import cache_root
+
+        paths = [str(self.image_path(p)) if p else "" for p in self.table["path"].tolist()]
+        root = os.path.abspath(self.root)
+        cache = cache_root() / ".integrity" / f"images-{hashlib.sha256(root.encode()).hexdigest()[:16]}.npz"
+        digests, sizes, stats = file_digests(paths, cache)
+        self.__dict__["_digests"] = (digests, sizes)
+        self.__dict__["_digest_stats"] = stats
+        return digests, sizes
 
     def describe(self) -> dict:
         """JSON-able summary (name, params, names, sizes, fingerprint) for manifests."""

@@ -46,7 +46,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from clipcal.data.base import Benchmark
 from clipcal.errors import DataError
-from clipcal.paths import cache_dir
+from clipcal.paths import cache_dir, writable_dir
 
 #: Bump when the generator changes its output, so old cached folders are not reused.
 BUILDER_VERSION = 1
@@ -313,7 +313,7 @@ def build_demo(progress: Callable | None = None, **options) -> Path:
     if (dest / "COMPLETE").is_file():
         return dest
     _require_assets()
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    writable_dir(dest.parent, "datasets folder")  # a read-only cache: StoreError naming it, not OSError
     with FileLock(str(dest) + ".lock"):
         if (dest / "COMPLETE").is_file():  # another process built it while we waited
             return dest

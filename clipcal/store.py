@@ -232,6 +232,14 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
 
+    def check_writable(self) -> None:
+        """Raise :class:`StoreError` (naming the folder and what to do) unless entries can be written here.
+
+        A read-only store opens and serves its entries; call this before starting work that must store its
+        result (embedding, a calibration run, a projection) to say so up front instead of after the work.
+        """
+        writable_dir(self.root)
+
     # -- paths ---------------------------------------------------------------------------------------------
     @staticmethod
     def _check_kind(kind: str) -> str:

@@ -109,12 +109,14 @@ def test_every_write_to_a_read_only_store_is_a_store_error(tmp_path, read_only):
     st = Store(root)
     st.put("runs", {"k": 1}, {"x": np.arange(3)})
     st.get("runs", {"k": 1})  # verified once (the cache of that check is best-effort)
+    st.check_writable()  # writable now: no error
     read_only(root)
     st2 = Store(root)  # opening a read-only store is fine …
     got = st2.get("runs", {"k": 1})  # … and so is reading an intact entry
     assert got is not None and list(got.array("x")) == [0, 1, 2]
     assert st2.list("runs")[0]["key"] == got.key
     attempts = {
+        "check_writable (up front, for pages and the CLI)": st2.check_writable,
         "lock": lambda: st2.lock("runs", {"k": 2}).acquire(),
         "lock as context": lambda: st2.lock("runs", {"k": 1}).__enter__(),
         "put": lambda: st2.put("runs", {"k": 2}, {"x": np.arange(3)}),

@@ -435,6 +435,8 @@ class ModelSettings:
     def summary(self) -> str:
         """One line for people, e.g. ``"QuickGELU · mean/std OpenAI · bicubic · shortest side + centre crop ·
         224 px — settings of tag 'openai' (named in the spec)"``."""
+        if "mean" not in self.preprocess:  # an hf-hub model not downloaded yet: its config comes with it
+            return f"settings not known yet — {self.reason}"
         px = self.preprocess.get("size")
         px = f"{px[0]}×{px[1]} px" if isinstance(px, (list, tuple)) and px[0] != px[1] else \
             f"{px[0] if isinstance(px, (list, tuple)) else px} px"
@@ -842,10 +844,6 @@ def check_weights(spec: str | BackboneSpec) -> None:
                   f"on a machine with internet, run the same command once (huggingface.co/{repo} is cached in "
                   "~/.cache/huggingface and works offline afterwards), or unset HF_HUB_OFFLINE if this machine "
                   "is online"))
-    if r.local_file or r.spec.checkpoint:  # an LFS / annex pointer, HTML page or empty file is named (filekind)
-        from clipcal.filekind import check_file
-
-        check_file(r.local_file or r.where, "a PyTorch / safetensors checkpoint", error=BackboneError)
     if r.status == "missing":
         raise _unavailable(r, _missing_why(r))
     if r.status == "unavailable offline":

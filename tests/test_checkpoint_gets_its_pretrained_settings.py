@@ -241,3 +241,5 @@ def test_specs_that_carry_their_config_report_settings_without_warning():
     lite = model_settings("bundled:efficientnet-lite0")
     assert lite.source == "bundled" and lite.preprocess["mean"] == [0.5] * 3
     assert "QuickGELU" in tag.summary() and "224 px" in tag.summary()
+    hub = model_settings("open_clip:hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K")  # not downloaded here
+    assert hub.source == "config" and hub.summary().startswith("settings not known yet")

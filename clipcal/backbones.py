@@ -844,6 +844,10 @@ def check_weights(spec: str | BackboneSpec) -> None:
                   f"on a machine with internet, run the same command once (huggingface.co/{repo} is cached in "
                   "~/.cache/huggingface and works offline afterwards), or unset HF_HUB_OFFLINE if this machine "
                   "is online"))
+    if r.local_file or r.spec.checkpoint:  # an LFS / annex pointer, HTML page or empty file is named (filekind)
+        from clipcal.filekind import check_file
+
+        check_file(r.local_file or r.where, "a PyTorch / safetensors checkpoint", error=BackboneError)
     if r.status == "missing":
         raise _unavailable(r, _missing_why(r))
     if r.status == "unavailable offline":

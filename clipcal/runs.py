@@ -247,6 +247,7 @@ def run_calibration(benchmark, embedding_set, methods, hparams: dict | None = No
     methods = list(dict.fromkeys(methods))
     check_method_dependencies(methods)  # a missing package fails here, not after training (issue 10)
     full = resolve_hparams(methods, hparams, seed, selection)
+    store.check_writable()  # a read-only store fails here, not after training (issue 10 item 8)
     started = datetime.now(timezone.utc)
     notes: list[str] = []
     head = text_head if text_head is not None else _text_head(benchmark, embedding_set, methods, store, notes)

@@ -161,10 +161,12 @@ def test_runs_and_projections_into_a_read_only_store_are_store_errors(tmp_path, 
     root = tmp_path / "store"
     Store(root)
     read_only(root)
+    seen = []
     with pytest.raises(StoreError) as info:
         run_calibration(syn_small_ds.benchmark(), syn_small_ds.embedding_set(), "erm",
-                        hparams={"erm": {"epochs": 1}}, store=Store(root))
+                        hparams={"erm": {"epochs": 1}}, store=Store(root), progress=seen.append)
     _assert_clear(info.value, root)
+    assert seen == []  # refused before any training, not after it
     x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
     with pytest.raises(StoreError) as info:
         joint_umap(x, store=Store(root))

@@ -69,8 +69,8 @@ def _too_thin(w: int, h: int, max_aspect: float) -> str | None:
         return None
     side = 224  # a typical CLIP input; the bundled backbone uses 160
     long_side = hi * side // lo
-    return (f"aspect ratio {hi / lo:,.0f}:1 is beyond the limit of {max_aspect:,.0f}:1; a model's shortest-side "
-            f"resize to {side} px would make it {long_side:,} × {side} pixels ({long_side * side * 3 / 1e9:,.2f} GB)")
+    return (f"aspect ratio {hi / lo:,.0f}:1 is beyond the limit of {max_aspect:,.0f}:1; a shortest-side resize to "
+            f"{side} px (a typical CLIP input) would make it {long_side:,} × {side} pixels ({long_side * side * 3 / 1e9:,.2f} GB)")
 
 
 def _open(path: str | os.PathLike, max_pixels: int, max_aspect: float | None = None) -> Image.Image:

@@ -145,6 +145,10 @@ class NothingEmbeddedError(DataError):
     def __init__(self, benchmark_name: str, skipped: pd.DataFrame):
         self.skipped = skipped
         n = len(skipped)
+        if n == 0:
+            super().__init__(f"{benchmark_name} has no rows: there is nothing to embed, and nothing was stored",
+                             hint="check the metadata file (and the split / path columns it is read with)")
+            return
         top = skipped["reason"].map(_reason_kind).value_counts()
         why = ", ".join(f"{c} × {r}" for r, c in top.head(3).items())
         first = "; ".join(f"{s}: {r}" for s, r in skipped.head(3).itertuples(index=False))

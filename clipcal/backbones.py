@@ -69,7 +69,7 @@ from typing import Any, Callable
 import numpy as np
 
 from clipcal.deps import install_command, pip_name, require
-from clipcal.errors import BackboneError, NoTextTowerError, WeightsUnavailableError
+from clipcal.errors import BackboneError, ClipcalError, NoTextTowerError, WeightsUnavailableError
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 TINY_ARCH = "clipcal-tiny"
@@ -274,30 +274,43 @@ def _parse_named_checkpoint(s: str, arch: str, named: str, path: str, tags: list
 # ---------------------------------------------------------------------------------------------------------
 # weights: where they are, whether they are available, and their identity
 # ---------------------------------------------------------------------------------------------------------
-def file_fingerprint(path: str | os.PathLike, mb: int = 1) -> dict:
-    """Cheap identity of a big file: sha256 of its first and last ``mb`` MiB plus its size.
+def file_fingerprint(path: str | os.PathLike) -> dict:
+    """Content identity of a weights file: the sha256 of all its bytes (first 16 bytes, hex) plus its size.
 
-    Computed once per (path, size, modification time): a spec is resolved several times per load (identity,
-    weights check, the load itself) and once per stored embedding set when a session opens.
+    A checkpoint that differs from another of the same size only in its middle (fine-tuned middle blocks) is
+    another model, so the whole file is hashed — once per machine and file version: the digest is recorded in
+    ``<cache>/.integrity/checkpoints.npz`` with the file's stat stamp and reused while the stamp is unchanged
+    (:func:`clipcal.integrity.file_digests`, the rule the benchmark fingerprint follows). A spec is resolved
+    several times per load, so the answer is also memoised per (path, stamp) in this process.
 
     Returns:
-        ``{"file": name, "bytes": size, "sha256_head_tail": hex}`` (a new dict each call).
+        ``{"file": name, "bytes": size, "sha256": 32 hex chars}`` (a new dict each call).
+
+    Raises:
+        OSError: the file cannot be stat-ed.
     """
+    from clipcal.integrity import is_racy, stat_stamp
+
     p = Path(path)
     st = p.stat()
-    return dict(_fingerprint(str(p), st.st_size, st.st_mtime_ns, mb))
+    if is_racy(st):  # changed within the clock's granularity: its stamp may not move on a further write
+        return dict(_fingerprint.__wrapped__(str(p), ()))
+    return dict(_fingerprint(str(p), tuple(stat_stamp(st))))
 
 
 @functools.lru_cache(maxsize=256)
-def _fingerprint(path: str, size: int, mtime_ns: int, mb: int) -> tuple:
-    h = hashlib.sha256(str(size).encode())
-    n = mb << 20
-    with open(path, "rb") as f:
-        h.update(f.read(n))
-        if size > n:
-            f.seek(max(size - n, n))
-            h.update(f.read(n))
-    return (("file", Path(path).name), ("bytes", size), ("sha256_head_tail", h.hexdigest()))
+def _fingerprint(path: str, stamp: tuple) -> tuple:
+    from clipcal.integrity import file_digests
+    from clipcal.paths import cache_dir
+
+    try:
+        cache = cache_dir() / ".integrity" / "checkpoints.npz"
+    except ClipcalError:  # an unusable store only costs a re-hash next time
+        cache = None
+    digests, sizes, _ = file_digests([path], cache, threads=1)
+    if sizes[0] < 0:
+        raise OSError(f"cannot read {path}")
+    return (("file", Path(path).name), ("bytes", int(sizes[0])), ("sha256", digests[0].tobytes().hex()))
 
 
 def _hf_cached(repo: str, filename: str) -> str | None:
@@ -847,7 +860,8 @@ def check_weights(spec: str | BackboneSpec) -> None:
     if r.local_file or r.spec.checkpoint:  # an LFS / annex pointer, HTML page or empty file is named (filekind)
         from clipcal.filekind import check_file
 
-        check_file(r.local_file or r.where, "a PyTorch / safetensors checkpoint", error=BackboneError)
+        check_file(r.local_file or r.where, "a PyTorch / safetensors checkpoint", error=BackboneError,
+                   hint="it could not be read as a checkpoint: download or save it again")
     if r.status == "missing":
         raise _unavailable(r, _missing_why(r))
     if r.status == "unavailable offline":

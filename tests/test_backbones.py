@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -130,7 +131,7 @@ def test_local_checkpoint_reloads_with_weights_only(emb_tiny, tmp_path):
     torch.testing.assert_close(z1, z2, atol=0, rtol=0)
     ident = bb.identity()
     assert ident["spec"] == "open_clip:clipcal-tiny:<file>" and ident["weights"]["file"] == "tiny-ck.pt"
-    assert len(ident["weights"]["sha256_head_tail"]) == 64 and ident["quick_gelu"] is False
+    assert len(ident["weights"]["sha256"]) == 32 and ident["quick_gelu"] is False
     assert backbone_identity(f"open_clip:clipcal-tiny:{ck}", device="cpu") == ident
     np.testing.assert_allclose(bb.encode_text(["a red square"]), emb_tiny.encode_text(["a red square"]), atol=1e-6)
     bb.close()
@@ -386,20 +387,39 @@ def test_cached_weights_load_offline_without_the_hub(emb_tiny, tmp_path, monkeyp
     assert hb.encode_text(["a bird"]).shape == (1, 64)
 
 
-def test_file_fingerprint_is_read_once_per_file_version(tmp_path):
-    """A spec is resolved several times per load; the checkpoint's head and tail are hashed once, and again
-    only when the file changes."""
+def test_file_fingerprint_is_read_once_per_file_version(tmp_path, monkeypatch):
+    """A spec is resolved several times per load; the checkpoint is hashed once per file version (memoised in
+    the process and recorded on disk with its stat stamp), and again only when the file changes."""
     import os
 
     from clipcal.backbones import _fingerprint
 
+    monkeypatch.setenv("CLIPCAL_CACHE", str(tmp_path / "store"))
+    monkeypatch.setattr("clipcal.integrity.RACY_NS", 0)  # trust stamps at once (the file was just written)
     f = tmp_path / "w.pt"
     f.write_bytes(b"a" * 5000)
+    old = time.time_ns() - 10**10
+    os.utime(f, ns=(old, old))
     before = _fingerprint.cache_info().misses
     first = file_fingerprint(f)
     assert file_fingerprint(f) == first and _fingerprint.cache_info().misses == before + 1
     f.write_bytes(b"b" * 5000)  # same size, new content
-    os.utime(f, ns=(os.stat(f).st_atime_ns, os.stat(f).st_mtime_ns + 1_000_000))
+    os.utime(f, ns=(old, old))  # even with the old mtime restored
     second = file_fingerprint(f)
-    assert second["sha256_head_tail"] != first["sha256_head_tail"] and second["bytes"] == 5000
+    assert second["sha256"] != first["sha256"] and second["bytes"] == 5000
 
+
+def test_checkpoints_differing_only_in_the_middle_are_different_weights(tmp_path, monkeypatch):
+    """Everything served from the store is verified by content (issue 10.5 sibling): two same-size weights
+    files that differ only in their middle (fine-tuned middle blocks) get different identities — the old
+    head-and-tail hash gave them one store key, serving one model's embeddings for the other."""
+    monkeypatch.setenv("CLIPCAL_CACHE", str(tmp_path / "store"))
+    body = bytearray(b"w" * (5 << 20))
+    a = tmp_path / "a.pt"
+    a.write_bytes(bytes(body))
+    body[len(body) // 2] ^= 1
+    b = tmp_path / "b.pt"
+    b.write_bytes(bytes(body))
+    fa, fb = file_fingerprint(a), file_fingerprint(b)
+    assert fa["bytes"] == fb["bytes"] and fa["sha256"] != fb["sha256"]
+    assert fa["sha256"] == hashlib.sha256(a.read_bytes()).hexdigest()[:32]

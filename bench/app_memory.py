@@ -105,7 +105,7 @@ def write_images(folder: Path, fd) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.clip(px, 0, 255).astype(np.uint8)).save(path, quality=85)
         # names, not integers + --class-names: the dashboard reopens a csv benchmark from its manifest without
-        # the class/attribute names (pages/_common._bench_spec_from_meta), which would change its fingerprint
+        # the class/attribute names (clipcal.catalog.bench_spec_from_meta), which would change its fingerprint
         rows.append({"id": sid, "filename": rel, "split": split, "y": CLASS_NAMES[y], "a": ATTR_NAMES[a]})
         if (i + 1) % 2000 == 0:
             print(f"  images: {i + 1} / {len(fd.y)}", file=sys.stderr)

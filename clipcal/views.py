@@ -254,6 +254,30 @@ def run_points(run, fd, table: pd.DataFrame, has_attributes: bool, method: str |
     return umap_points(t, xy[0], xy[1], fd.class_names, fd.attr_names, extra=extra)
 
 
+def hover_cards(run, shown: pd.DataFrame, class_names: Sequence[str], method: str | None
+                ) -> tuple[pd.DataFrame, list[str]]:
+    """What a map point's hover card names: class, attribute, split and the predictions of the baseline
+    (:func:`baseline_method`) and of ``method``, each named (``prediction (ERM)``) — the card is the same on the
+    before and the after panel, so one unnamed "prediction" would pass the after-method's answer off as the
+    baseline's.
+
+    Args:
+        run: the run; shown: rows of :func:`run_points` (index = FeatureData rows); class_names: the classes.
+        method: the "after" method (or None).
+
+    Returns:
+        ``(a copy of shown with the prediction columns, the hover column names in card order)``.
+    """
+    p = shown.copy()
+    hover = [c for c in ("class", "attribute", "split") if c in p]
+    for pm in dict.fromkeys(m for m in (baseline_method(run), method) if m is not None):
+        pred = np.asarray(method_result(run, pm).pred)[p.index.to_numpy()]
+        col = f"prediction ({method_short(pm)})"
+        p[col] = [class_names[int(i)] for i in pred]
+        hover.append(col)
+    return p, hover
+
+
 def color_options(run, has_attributes: bool) -> dict[str, str]:
     """``{label: points column}`` of what the map can be coloured by (columns of :func:`run_points`)."""
     opts = {"class": "class"}
@@ -279,14 +303,6 @@ def selection_rows(points: pd.DataFrame, ids: Sequence[str]) -> pd.DataFrame:
     from clipcal.plot_selection import selection_table
 
     return selection_table(points[[c for c in points.columns if c not in COORDINATES]], ids)
-
-
-def moved_most(points: pd.DataFrame, n: int = 20) -> pd.DataFrame:
-    """The ``n`` samples that moved most between before and after in the map (``move_2d``, descending), with
-    ``sample_id, class, attribute, split, move_2d, cos_change, crossed`` where present."""
-    cols = [c for c in ("sample_id", "class", "attribute", "split", "move_2d", "cos_change", "crossed")
-            if c in points]
-    return points.sort_values("move_2d", ascending=False).head(n)[cols]
 
 
 def hover_columns(points: pd.DataFrame, color: str) -> list[str]:

@@ -28,22 +28,14 @@ if run is not None and emb is not None:
                     "match the **misclassified** images than the correctly classified ones, with the same "
                     "CLIP model's text tower. A high score names a likely spurious attribute.")
         with widgets.guarded("scoring concepts"):
-            if not emb.has_text:
-                st.info(f"**{emb.backbone_spec}** has no text tower, so concepts cannot be scored with it. "
-                        "Embed with a CLIP backbone (open_clip) to use this view; the other views work.")
-            else:
-                ui.concepts_section(run, bench, method)
+            ui.concepts_section(run, bench, emb, method)
 
     with tabs[1]:
         st.markdown("A linear probe is trained to predict the **spurious attribute** from the embeddings. "
                     "If it still succeeds after calibration, the information is still there (a classifier "
                     "can ignore it, but it has not been removed).")
         with widgets.guarded("probing the attribute"):
-            if not bench.has_attributes:
-                st.info("This benchmark has no attribute labels, so decodability cannot be measured; "
-                        "cluster discovery (c) looks for hidden groups instead.")
-            else:
-                ui.decodability_section(run, bench)
+            ui.decodability_section(run, bench)
 
     with tabs[2]:
         st.markdown("k-means within each class on the embeddings finds sub-populations without labels; a "

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from clipcal import figures as F
+from clipcal import hover_chart as H
 from clipcal.errors import DataError
 
 
@@ -55,19 +55,19 @@ def _jpeg(tmp_path, name="a.jpg", size=(200, 120), colour=(200, 40, 40)):
 
 
 def test_hover_subsample_is_all_below_the_cap_and_a_seeded_subset_above():
-    np.testing.assert_array_equal(F.hover_subsample(5, cap=5), np.arange(5))
-    a = F.hover_subsample(6000, cap=3000, seed=0)
+    np.testing.assert_array_equal(H.hover_subsample(5, cap=5), np.arange(5))
+    a = H.hover_subsample(6000, cap=3000, seed=0)
     assert a.dtype == np.int64 and len(a) == 3000 and len(np.unique(a)) == 3000
     assert np.all(np.diff(a) > 0) and a.min() >= 0 and a.max() < 6000
-    np.testing.assert_array_equal(a, F.hover_subsample(6000, cap=3000, seed=0))  # same seed, same points
-    assert not np.array_equal(a, F.hover_subsample(6000, cap=3000, seed=1))
-    assert len(F.hover_subsample(10, cap=0)) == 0
+    np.testing.assert_array_equal(a, H.hover_subsample(6000, cap=3000, seed=0))  # same seed, same points
+    assert not np.array_equal(a, H.hover_subsample(6000, cap=3000, seed=1))
+    assert len(H.hover_subsample(10, cap=0)) == 0
     with pytest.raises(ValueError, match="cap"):
-        F.hover_subsample(10, cap=-1)
+        H.hover_subsample(10, cap=-1)
 
 
 def test_thumbnail_data_uri_is_a_small_jpeg(tmp_path):
-    uri = F.thumbnail_data_uri(_jpeg(tmp_path), size=64, quality=70)
+    uri = H.thumbnail_data_uri(_jpeg(tmp_path), size=64, quality=70)
     head, b64 = uri.split(",", 1)
     assert head == "data:image/jpeg;base64"
     im = Image.open(io.BytesIO(base64.b64decode(b64)))
@@ -75,7 +75,7 @@ def test_thumbnail_data_uri_is_a_small_jpeg(tmp_path):
     r, g, b = im.convert("RGB").getpixel((32, 19))
     assert r > 150 and g < 90 and b < 90
     with pytest.raises(DataError):
-        F.thumbnail_data_uri(tmp_path / "missing.jpg")
+        H.thumbnail_data_uri(tmp_path / "missing.jpg")
 
 
 def test_hover_thumbnails_encodes_only_the_capped_subsample_and_survives_bad_files(tmp_path):
@@ -86,15 +86,15 @@ def test_hover_thumbnails_encodes_only_the_capped_subsample_and_survives_bad_fil
 
     def encode(p):
         calls.append(p)
-        return F.thumbnail_data_uri(p, 32)
+        return H.thumbnail_data_uri(p, 32)
 
-    col = F.hover_thumbnails(paths, cap=4, seed=3, encode=encode)
+    col = H.hover_thumbnails(paths, cap=4, seed=3, encode=encode)
     assert col.name == "image" and len(col) == 10 and col.dtype == object
-    want = set(F.hover_subsample(10, cap=4, seed=3).tolist())
+    want = set(H.hover_subsample(10, cap=4, seed=3).tolist())
     assert len(calls) == 4  # nothing beyond the cap is read
     assert {i for i, v in enumerate(col) if v} == want - ({9} if 9 in want else set())
     assert all(v == "" for i, v in enumerate(col) if i not in want)
-    full = F.hover_thumbnails(paths, cap=100, size=32)
+    full = H.hover_thumbnails(paths, cap=100, size=32)
     assert full.iloc[9] == "" and all(v.startswith("data:image/jpeg;base64,") for v in full.iloc[:9])
 
 
@@ -105,7 +105,7 @@ def test_hover_thumbnails_encodes_only_the_capped_subsample_and_survives_bad_fil
 def test_side_by_side_chart_has_two_panels_one_dataset_and_the_image_tooltip_first():
     p = _points()
     p["image"] = [f"data:image/jpeg;base64,{i}" for i in range(len(p))]
-    spec, data = _spec(F.umap_hover_chart(p, "correct: CFR (ours)", hover=["class", "split", "nope"]))
+    spec, data = _spec(H.umap_hover_chart(p, "correct: CFR (ours)", hover=["class", "split", "nope"]))
     assert [v["title"] for v in spec["hconcat"]] == ["Before calibration", "After calibration"]
     assert len(spec["datasets"]) == 1 and len(data) == 40  # one row per sample, shared by both panels
     assert list(data["sample_id"]) == list(p["sample_id"]) and list(data["image"]) == list(p["image"])
@@ -127,46 +127,46 @@ def test_side_by_side_chart_has_two_panels_one_dataset_and_the_image_tooltip_fir
 def test_chart_caps_the_images_with_a_seeded_subset():
     p = _points(n=50)
     p["image"] = ["data:image/jpeg;base64,AAAA"] * 45 + [""] * 5
-    _, a = _spec(F.umap_hover_chart(p, "class", max_images=10, seed=0))
-    _, b = _spec(F.umap_hover_chart(p, "class", max_images=10, seed=0))
+    _, a = _spec(H.umap_hover_chart(p, "class", max_images=10, seed=0))
+    _, b = _spec(H.umap_hover_chart(p, "class", max_images=10, seed=0))
     kept = np.flatnonzero(a["image"] != "")
     assert len(kept) == 10 and kept.max() < 45  # only rows that had an image keep one
     np.testing.assert_array_equal(kept, np.flatnonzero(b["image"] != ""))
-    np.testing.assert_array_equal(kept, np.arange(45)[F.hover_subsample(45, 10, seed=0)])
-    _, none = _spec(F.umap_hover_chart(p.drop(columns=["image"]), "class"))
+    np.testing.assert_array_equal(kept, np.arange(45)[H.hover_subsample(45, 10, seed=0)])
+    _, none = _spec(H.umap_hover_chart(p.drop(columns=["image"]), "class"))
     assert (none["image"] == "").all()
 
 
 def test_overlay_draws_segments_for_the_points_that_moved_most():
     p = _points(n=30)
-    spec, data = _spec(F.umap_hover_chart(p, "class", mode="overlay", lines=5, line_order="move_2d"))
+    spec, data = _spec(H.umap_hover_chart(p, "class", mode="overlay", lines=5, line_order="move_2d"))
     rule, before, after = spec["layer"]
     assert rule["mark"]["type"] == "rule" and rule["transform"] == [{"filter": "datum.line"}]
     assert sorted(data.index[data["line"]]) == [25, 26, 27, 28, 29]  # the five largest move_2d
     assert before["mark"]["filled"] is False and after["mark"]["filled"] is True
     assert spec["width"] == 2 * 400 and spec["autosize"] == {"type": "fit-x", "contains": "padding"}
-    no_lines = _spec(F.umap_hover_chart(p, "class", mode="overlay", lines=0))[0]
+    no_lines = _spec(H.umap_hover_chart(p, "class", mode="overlay", lines=0))[0]
     assert [v["mark"]["type"] for v in no_lines["layer"]] == ["point", "point"]
 
 
 def test_before_only_and_continuous_colour():
     p = _points(n=30, after=False)
-    spec, data = _spec(F.umap_hover_chart(p, "conf"))
+    spec, data = _spec(H.umap_hover_chart(p, "conf"))
     assert len(spec["layer"]) == 1 and "xa" not in data
     view = spec["layer"][0]
     assert view["encoding"]["color"]["type"] == "quantitative"
     assert view["encoding"]["color"]["scale"] == {"scheme": "cividis"}
     assert [t for t, _ in _tooltips(view)] == ["image", "sample_id", "color"]  # no "map" without an after
     with pytest.raises(ValueError, match="mode"):
-        F.umap_hover_chart(p, "class", mode="stacked")
+        H.umap_hover_chart(p, "class", mode="stacked")
     with pytest.raises(ValueError, match="colour column"):
-        F.umap_hover_chart(p, "missing")
+        H.umap_hover_chart(p, "missing")
 
 
 def test_spec_keeps_the_frame_as_one_named_dataset_for_streamlit():
     p = _points(n=1200)
     p["image"] = ["data:image/jpeg;base64,AAAA"] * 1200
-    spec = F.umap_hover_spec(p, "class", max_images=500, hover=["split"])
+    spec = H.umap_hover_spec(p, "class", max_images=500, hover=["split"])
     assert spec["data"] == {"name": "points"} and list(spec["datasets"]) == ["points"]
     frame = spec["datasets"]["points"]
     assert isinstance(frame, pd.DataFrame) and len(frame) == 1200 and frame["image"].dtype == object
@@ -178,12 +178,12 @@ def test_spec_keeps_the_frame_as_one_named_dataset_for_streamlit():
 
 def test_chart_json_is_dominated_by_the_thumbnails(tmp_path):
     """The payload grows with the images kept, not with the points: the cap bounds it."""
-    uri = F.thumbnail_data_uri(_jpeg(tmp_path), size=80)
+    uri = H.thumbnail_data_uri(_jpeg(tmp_path), size=80)
     p = _points(n=2000)
     p["image"] = uri
     with alt.data_transformers.disable_max_rows():
-        small = len(json.dumps(F.umap_hover_chart(p, "class", max_images=100).to_dict()))
-        big = len(json.dumps(F.umap_hover_chart(p, "class", max_images=1000).to_dict()))
+        small = len(json.dumps(H.umap_hover_chart(p, "class", max_images=100).to_dict()))
+        big = len(json.dumps(H.umap_hover_chart(p, "class", max_images=1000).to_dict()))
     assert big - small == pytest.approx(900 * len(uri), rel=0.05)
 
 

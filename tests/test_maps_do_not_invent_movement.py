@@ -179,6 +179,7 @@ def test_overlay_segments_follow_the_embedding_change_and_skip_unchanged_points(
     largest embedding changes, and a point whose embedding did not change gets no segment (the legend used
     to say "before → after (150 points)" for points that had not moved)."""
     from clipcal import figures as F
+    from clipcal import hover_chart as H
 
     n = 30
     rng = np.random.default_rng(7)
@@ -192,7 +193,7 @@ def test_overlay_segments_follow_the_embedding_change_and_skip_unchanged_points(
     seg = [t for t in fig.data if t.mode == "lines"][0]
     assert seg.name == "before → after (3 points)"
     np.testing.assert_allclose(np.asarray(seg.x, float)[0::3], p.loc[[3, 20, 11], "x_before"])
-    chart = F.umap_hover_chart(p.assign(image=""), "class", mode="overlay", lines=10, line_order="cos_change")
+    chart = H.umap_hover_chart(p.assign(image=""), "class", mode="overlay", lines=10, line_order="cos_change")
     spec = chart.to_dict()
     data = pd.DataFrame(spec["datasets"][spec["data"]["name"]])
     assert sorted(data.index[data["line"]]) == [3, 11, 20]

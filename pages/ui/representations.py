@@ -12,7 +12,6 @@ import pandas as pd
 import streamlit as st
 
 from clipcal import pipeline, views
-from clipcal.catalog import method_short
 from pages.ui import jobs, resources, state, widgets
 
 MAP_VIEWS = ("Selection (lasso/box)", "Hover thumbnails")
@@ -76,8 +75,8 @@ def selectable_map(run, method: str | None, shown: pd.DataFrame, color: str, lay
 
 def _hover_images(bench, shown: pd.DataFrame) -> np.ndarray:
     """The ``image`` column (thumbnail data URIs, ``""`` beyond the cap or unreadable) for the shown points
-    (:func:`clipcal.figures.hover_thumbnails`); each thumbnail is encoded once per process."""
-    from clipcal.figures import HOVER_THUMB_QUALITY, HOVER_THUMB_SIZE, hover_thumbnails, thumbnail_data_uri
+    (:func:`clipcal.hover_chart.hover_thumbnails`); each thumbnail is encoded once per process."""
+    from clipcal.hover_chart import HOVER_THUMB_QUALITY, HOVER_THUMB_SIZE, hover_thumbnails, thumbnail_data_uri
 
     def encode(path: str) -> str:
         return resources.memo(("thumb_uri", path, HOVER_THUMB_SIZE, HOVER_THUMB_QUALITY),
@@ -88,25 +87,17 @@ def _hover_images(bench, shown: pd.DataFrame) -> np.ndarray:
 
 
 def _hover_spec(run, bench, shown: pd.DataFrame, color: str, layout: str, method: str | None):
-    """The map with image hover cards, as a Vega-Lite dict (:func:`clipcal.figures.umap_hover_spec`): card =
+    """The map with image hover cards, as a Vega-Lite dict (:func:`clipcal.hover_chart.umap_hover_spec`): card =
     thumbnail, sample id, colour, class, attribute, split and the predictions of the baseline and of ``method``,
     each named. Returns ``(spec, points with a thumbnail, points that should have one)``; memoised per run,
     method, colour, layout and shown splits (the thumbnails are shared between the kept specs)."""
-    from clipcal.figures import HOVER_THUMB_CAP, umap_hover_spec
+    from clipcal.hover_chart import HOVER_THUMB_CAP, umap_hover_spec
 
     run_id = pipeline.run_key(run)
 
     def build():
-        p = shown.copy()
-        hover = [c for c in ("class", "attribute", "split") if c in p]
-        # both classifiers, each named: the card is the same on the before and the after panel, so one
-        # unnamed "prediction" would pass the after-method's answer off as the baseline's
         fd = resources.run_feature_data(run, bench)
-        for pm in dict.fromkeys(m for m in (views.baseline_method(run), method) if m is not None):
-            pred = np.asarray(views.method_result(run, pm).pred)[p.index.to_numpy()]  # points rows = fd rows
-            col = f"prediction ({method_short(pm)})"
-            p[col] = [fd.class_names[int(i)] for i in pred]
-            hover.append(col)
+        p, hover = views.hover_cards(run, shown, fd.class_names, method)
         imgs = resources.memo(("hover_imgs", run_id, tuple(sorted(p["split"].unique()))),
                               lambda: _hover_images(bench, p))
         p["image"] = pd.Series(imgs, index=p.index, dtype=object)
@@ -153,14 +144,17 @@ def selection_section(bench, run, points: pd.DataFrame, ids: list[str], hover_vi
 def movement_section(run, bench, method: str, xy, points: pd.DataFrame) -> None:
     """Points that moved most between before and after, boundary crossings, and group centroid shifts."""
     from clipcal.figures import centroid_shift_figure, crossing_figure
-    from clipcal.projection import group_centroid_shifts
+    from clipcal.projection import group_centroid_shifts, moved_most
 
     left, right = st.columns(2)
     with left:
-        st.markdown("**Moved most** — distance in the map; `cos_change` = 1 − cosine between the embeddings")
-        st.dataframe(views.moved_most(points, 20), hide_index=True, key="repr.moved", height=300,
+        st.markdown("**Moved most** — by the change of the embedding (`cos_change` = 1 − cosine between before "
+                    "and after); `move_2d` = distance in the map, a cue only")
+        ranking = moved_most(points, 20)
+        st.dataframe(ranking.table, hide_index=True, key="repr.moved", height=300,
                      column_config={"move_2d": st.column_config.NumberColumn(format="%.3f"),
                                     "cos_change": st.column_config.NumberColumn(format="%.2e")})
+        st.caption(ranking.note)
     with right:
         bm = views.baseline_method(run)
         if bm and bm != method:

@@ -12,11 +12,16 @@ from clipcal.pipeline import run_key
 from pages.ui import resources, state, widgets
 
 
-def concepts_section(run, bench, method: str) -> None:
-    """(a) Typed and shipped concepts scored per class (:func:`clipcal.concepts.concept_scores`)."""
+def concepts_section(run, bench, emb, method: str) -> None:
+    """(a) Typed and shipped concepts scored per class (:func:`clipcal.concepts.concept_scores`) with the
+    backbone's text tower; says so when it has none."""
     from clipcal.concepts import concept_prompts, concept_scores, load_concept_vocabulary
     from clipcal.figures import concept_scores_figure
 
+    if not emb.has_text:
+        st.info(f"**{emb.backbone_spec}** has no text tower, so concepts cannot be scored with it. "
+                "Embed with a CLIP backbone (open_clip) to use this view; the other views work.")
+        return
     vocab = load_concept_vocabulary()
     typed = st.text_input("Your candidate concepts (comma-separated)", key="spur.concepts",
                           placeholder="e.g. water, forest, bamboo, ocean, sky")
@@ -56,10 +61,15 @@ def concepts_section(run, bench, method: str) -> None:
 
 
 def decodability_section(run, bench) -> None:
-    """(b) Attribute decodability before vs after (:func:`clipcal.concepts.attribute_decodability`)."""
+    """(b) Attribute decodability before vs after (:func:`clipcal.concepts.attribute_decodability`); says why
+    without attribute labels."""
     from clipcal.concepts import attribute_decodability
     from clipcal.figures import decodability_figure
 
+    if not bench.has_attributes:
+        st.info("This benchmark has no attribute labels, so decodability cannot be measured; "
+                "cluster discovery (c) looks for hidden groups instead.")
+        return
     fd = resources.run_feature_data(run, bench)
     after_methods = views.methods_with_after(run)
     results = []

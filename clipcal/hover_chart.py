@@ -192,9 +192,9 @@ def umap_hover_chart(points: pd.DataFrame, color: str, mode: str = "side_by_side
         return dict(x=alt.X(f"{xc}:Q", scale=sx, title="UMAP 1 (arbitrary units)", axis=alt.Axis(grid=False)),
                     y=alt.Y(f"{yc}:Q", scale=sy, title="UMAP 2 (arbitrary units)", axis=alt.Axis(grid=False)))
 
-    def layer(xc: str, yc: str, which: str | None, open_: bool = False):
+    def layer(xc: str, yc: str, which: str | None, ring: bool = False):
         tip = tips + ([alt.Tooltip("map:N", title="map")] if which else [])
-        ch = alt.Chart().mark_point(filled=not open_, size=size, opacity=opacity * (0.6 if open_ else 1.0))
+        ch = alt.Chart().mark_point(filled=not ring, size=size, opacity=opacity * (0.6 if ring else 1.0))
         if which:
             ch = ch.transform_calculate(map=f"'{which} calibration'")
         return ch.encode(**axes(xc, yc), color=cenc, tooltip=tip)
@@ -223,7 +223,7 @@ def umap_hover_chart(points: pd.DataFrame, color: str, mode: str = "side_by_side
             parts.append(alt.Chart().mark_rule(color="#5A5A5A", opacity=0.35, strokeWidth=1)
                          .encode(**axes("xb", "yb"), x2="xa:Q", y2="ya:Q")
                          .transform_filter("datum.line"))
-        parts += [layer("xb", "yb", "before", open_=True), layer("xa", "ya", "after")]
+        parts += [layer("xb", "yb", "before", ring=True), layer("xa", "ya", "after")]
     else:
         parts = [layer("xb", "yb", None)]
     # fit-x: the width follows Streamlit's column, the height stays the plot's (Streamlit's default "fit" would

@@ -46,6 +46,7 @@ Measured behaviour worth knowing (bench/cfr_sweep.py, validation-only selection)
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from typing import ClassVar
@@ -78,7 +79,14 @@ NEGATIVE_MODES = ("hard", "random-other-class")
 LOSS_TERMS = ("ce", "contrastive", "supcon")
 INIT_MODES = ("pretrained", "erm")
 LOSS_SCHEDULES = ("fixed", "cosine")
-CALIBRATION_ERRORS = ("train", "cross-fit")
+CALIBRATION_ERRORS = ("auto", "train", "cross-fit")
+#: what each calibration-set rule takes (record ``calibration_rule`` / ``calibration_set.source``)
+CALIBRATION_RULES = {
+    "train": "the paper's rule: training samples the stage-1 ERM model misclassifies",
+    "cross-fit": "cross-fit: training samples misclassified by ERM models that did not train on them",
+}
+#: default of ``calibration_min_per_class`` — see :func:`calibration_usable`
+MIN_PER_CLASS = 5
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -99,6 +107,88 @@ def calibration_set(y: np.ndarray, pred: np.ndarray, train_idx: np.ndarray) -> n
     """
     tr = np.sort(np.asarray(train_idx, dtype=np.int64))
     return tr[np.asarray(pred)[tr] != np.asarray(y)[tr]]
+
+
+def usable_definition(min_per_class: int) -> str:
+    """The definition of a usable calibration set, in words (recorded with every CFR run)."""
+    return (f"usable = at least {min_per_class} calibration sample(s) in every class: cross-entropy on anchors "
+            "that miss a class is minimised by moving every representation toward the classes the anchors hold "
+            "(the collapse seen on the demo), while anchors of every class pull against each other")
+
+
+def calibration_usable(y: np.ndarray, cal: np.ndarray, class_names: list[str],
+                       min_per_class: int = MIN_PER_CLASS) -> tuple[bool, str]:
+    """Whether a calibration set can drive CFR's stage 2, and why — no group labels read.
+
+    Usable ⇔ every class has at least ``min_per_class`` samples in the set (:func:`usable_definition`). Why
+    every class: stage 2's cross-entropy on the calibration anchors (logit scale 1/0.07, the same few anchors
+    in every step, SGD momentum 0.9) is lowered fastest by moving *all* representations toward the classes the
+    anchors hold. Measured on the demo (Lite0, birds 25–40 %, seed 0; validation only): the paper's set was 8
+    images, all landbirds on water; validation worst-class accuracy went 0.68 (stage-2 start) → 0.36 after one
+    epoch → 0.06 after two, with nearly every image predicted "landbird". With the cross-entropy term off it
+    stayed at 0.65–0.68; with only that term on it collapsed the same way; training only W (head frozen) or
+    starting from ERM collapsed too (0.795 → 0.615 → 0.44 …). A set covering both classes (cross-fit, 47
+    images) climbed instead (0.68 → 0.815 in 10 epochs).
+
+    Args:
+        y: [N] int labels of all rows.
+        cal: [n_cal] int row indices of the calibration set.
+        class_names: K names (index = class).
+        min_per_class: the least count every class needs (≥ 1).
+
+    Returns:
+        (usable, reason) — the reason names the size and the per-class counts, e.g. ``"8 samples: landbird 8,
+        waterbird 0 (waterbird < 5)"``.
+    """
+    counts = np.bincount(np.asarray(y)[np.asarray(cal, dtype=np.int64)], minlength=len(class_names))
+    made_of = ", ".join(f"{n} {int(c)}" for n, c in zip(class_names, counts))
+    short = [n for n, c in zip(class_names, counts) if c < min_per_class]
+    if len(cal) == 0:
+        return False, "empty (0 samples)"
+    if short:
+        return False, f"{len(cal)} samples: {made_of} ({', '.join(short)} < {min_per_class})"
+    return True, f"{len(cal)} samples: {made_of}"
+
+
+def outcome_lines(record: dict) -> list[str]:
+    """What a CFR run did, in two or three sentences for every page: which calibration-set rule ran and why,
+    and which model the selection returned and why. Pure on the run record (works on stored runs; records
+    written before these fields existed give ``[]``).
+
+    Args:
+        record: ``MethodResult.record`` of a CFR run (keys ``calibration_rule``, ``calibration_set``,
+            ``selection``, ``fallback_reason``).
+
+    Returns:
+        list of str, e.g. ``["Calibration set: cross-fit rule, chosen by calibration_errors='auto' — the
+        paper's rule gave a set that is not usable (8 samples: landbird 8, waterbird 0 (waterbird < 5)) …",
+        "Returned model: CFR epoch 12 (best of 1–100) — highest validation worst-class accuracy …"]``.
+    """
+    rule, sel = record.get("calibration_rule"), record.get("selection")
+    if not isinstance(rule, dict) or not isinstance(sel, dict):
+        return []
+    cs = record.get("calibration_set") or {}
+    used = rule.get("used")
+    by_class = ", ".join(f"{k} {v}" for k, v in (cs.get("by_class") or {}).items())
+    if used is None:
+        first = f"Calibration set: none usable — {rule.get('why', '')}."
+    else:
+        how = {"train": "the paper's rule (training images the stage-1 ERM model gets wrong)",
+               "cross-fit": "the cross-fit rule (training images misclassified by ERM models that did not train "
+                            "on them; no group labels)"}[used]
+        first = (f"Calibration set: {how}, {cs.get('size', 0)} images ({by_class}) — "
+                 f"{rule.get('why', '')}.")
+    out = [first]
+    chosen = next((c for c in sel.get("candidates", []) if c.get("model") == sel.get("chosen")), None)
+    reason = record.get("fallback_reason")
+    if reason == "empty calibration set":
+        out.append(f"Returned model: the stage-1 ERM model — stage 2 did not run ({reason}), so CFR's numbers "
+                   "and its 'after' representation are ERM's.")
+    elif chosen is not None:
+        out.append(f"Returned model: {chosen['label']} — {sel.get('why', '')}."
+                   + (" CFR's numbers and its 'after' representation are therefore ERM's." if reason == "selection"
+                      else ""))
+    return out
 
 
 def stratified_folds(y: np.ndarray, rows: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -487,9 +577,13 @@ class CFR(Method):
         "dropout": (0.1, "feature dropout on z (training only)"),
         "learn_scale": (False, "learn the logit scale (start 1/0.07); fixed by default"),
         "selection": ("worst-class", "model selection: 'worst-class' (annotation-free) or 'worst-group'"),
-        "calibration_errors": ("train", "'train': ERM's errors on its own training samples (the paper); "
-                                        "'cross-fit': errors on held-out folds of train (no group labels; use "
-                                        "when ERM fits every training sample)"),
+        "calibration_errors": ("auto", "'auto': the paper's rule when its set is usable (every class ≥ "
+                                       "calibration_min_per_class), else cross-fit; 'train': ERM's errors on its "
+                                       "own training samples (the paper); 'cross-fit': errors on held-out folds "
+                                       "of train (no group labels)"),
+        "calibration_min_per_class": (MIN_PER_CLASS, "a calibration set is usable when every class has at least "
+                                                     "this many samples (calibration_errors='auto' switches to "
+                                                     "cross-fit otherwise)"),
         "cross_fit_folds": (2, "folds for calibration_errors='cross-fit' (costs folds − 1 extra ERM stages)"),
         "erm_epochs": (T.ERM_DEFAULTS["epochs"], "stage-1 ERM epochs"),
         "erm_lr": (T.ERM_DEFAULTS["lr"], "stage-1 ERM learning rate"),
@@ -513,6 +607,7 @@ class CFR(Method):
         "init": [StrOptions(INIT_MODES)],
         "train_head": [Boolean()],
         "calibration_errors": [StrOptions(CALIBRATION_ERRORS)],
+        "calibration_min_per_class": [Interval(Integral, 1, None, closed="left")],
         "cross_fit_folds": [Interval(Integral, 2, None, closed="left")],
     }
 
@@ -522,7 +617,8 @@ class CFR(Method):
                  supcon_temperature: float = 0.07, w_ce: float = 1.5,
                  w_contrastive: float = 1.5, w_supcon: float = 1.0, loss_schedule: str = "fixed",
                  init: str = "pretrained", train_head: bool = True, dropout: float = 0.1, learn_scale: bool = False,
-                 selection: str = "worst-class", calibration_errors: str = "train", cross_fit_folds: int = 2,
+                 selection: str = "worst-class", calibration_errors: str = "auto",
+                 calibration_min_per_class: int = MIN_PER_CLASS, cross_fit_folds: int = 2,
                  erm_epochs: int = T.ERM_DEFAULTS["epochs"], erm_lr: float = T.ERM_DEFAULTS["lr"], seed: int = 0,
                  device: str = "auto"):
         self.epochs = epochs
@@ -548,6 +644,7 @@ class CFR(Method):
         self.learn_scale = learn_scale
         self.selection = selection
         self.calibration_errors = calibration_errors
+        self.calibration_min_per_class = calibration_min_per_class
         self.cross_fit_folds = cross_fit_folds
         self.erm_epochs = erm_epochs
         self.erm_lr = erm_lr
@@ -595,21 +692,28 @@ class CFR(Method):
 
     # -- fit ------------------------------------------------------------------------------------------------
     def _fit(self, data: FeatureData, progress: ProgressFn | None, cancel) -> MethodResult:
-        """Stage 1 (ERM) → calibration set → stage 2 (CFR); see the module docstring.
+        """Stage 1 (ERM) → calibration set (rule) → stage 2 (CFR) → selection; see the module docstring.
 
         ``record`` keys beyond the base ones: ``device``, ``fit_seconds``, ``erm`` (chosen epoch, converged,
-        seconds, init), ``calibration_set`` (size, fraction, by_class, by_group with names / None),
-        ``replacement_sampling`` (list of notes), ``last_layer`` ("exact last layer (visual.proj)" or the
-        approximation note), ``init`` (stage-2 start), ``steps_per_epoch``, ``mean_unique_rows_per_step``,
-        ``fallback`` (None or "erm").
+        seconds, init), ``calibration_set`` (size, fraction, by_class, by_group with names / None, source,
+        folds), ``calibration_rule`` (requested, used, why, usable, min_per_class, usable_definition, the
+        paper's set and the cross-fit set with their sizes / counts / usability), ``selection`` (rule,
+        candidates with validation scores, chosen, why), ``chosen_stage`` ("erm" or "cfr"), ``chosen_epoch``
+        (within that stage; 0 = the stage-2 start), ``outcome`` (sentences for the pages),
+        ``replacement_sampling`` (list of notes), ``last_layer``, ``init`` (stage-2 start), ``steps_per_epoch``,
+        ``mean_unique_rows_per_step``, ``fallback`` (None, or "erm" when the result is the stage-1 ERM model)
+        and ``fallback_reason`` (None, "empty calibration set" — stage 2 did not run — or "selection" — it ran and
+        no CFR candidate scored above the stage-1 model).
         """
         self._check_options(data)
         t0 = time.perf_counter()
         dev = T.resolve_device(self.device)
         seed = int(self.seed)
         erm_epochs, epochs = int(self.erm_epochs), int(self.epochs)
-        cross_fit = self.calibration_errors == "cross-fit"
-        n_folds = int(self.cross_fit_folds) if cross_fit else 0
+        mode = self.calibration_errors
+        min_pc = int(self.calibration_min_per_class)
+        k_folds = int(self.cross_fit_folds)
+        n_folds = k_folds if mode == "cross-fit" else 0  # "auto" adds them only if it needs cross-fit
         grand = erm_epochs * (1 + n_folds) + epochs
         notes: list[str] = []
         uses_groups = self.selection == "worst-group"
@@ -629,13 +733,60 @@ class CFR(Method):
                                     record={"chosen_epoch": erm.chosen_epoch, "selection_rule": self.selection,
                                             "converged": erm.converged}, curves=erm.curves)
         tr = data.indices("train")
+
+        # ---- calibration set: the paper's rule, cross-fit, or "auto" (paper's when usable) -----------
+        paper_cal = calibration_set(data.y, erm_pred, tr)
+        paper_ok, paper_why = calibration_usable(data.y, paper_cal, data.class_names, min_pc)
+        rule = {"requested": mode, "used": None, "why": "", "usable": None, "min_per_class": min_pc,
+                "usable_definition": usable_definition(min_pc),
+                "paper_rule": {"size": int(len(paper_cal)), "usable": paper_ok, "made_of": paper_why},
+                "cross_fit": None}
         fold_records = None
-        if cross_fit:
-            cal, fold_records = cross_fit_errors(
-                data, folds=n_folds, seed=seed, train_kwargs=erm_kwargs, progress=progress, cancel=cancel,
-                epochs_per_fold=erm_epochs, offset=erm_epochs, grand_total=grand)
+        if mode == "train" or (mode == "auto" and paper_ok):
+            used, cal, usable = "train", paper_cal, paper_ok
+            rule["why"] = ("requested (calibration_errors='train')" if mode == "train" else
+                           f"auto: the paper's rule gave a usable set ({paper_why})")
         else:
-            cal = calibration_set(data.y, erm_pred, tr)
+            if mode == "auto":
+                n_folds = k_folds
+                grand = erm_epochs * (1 + n_folds) + epochs
+            try:
+                cf_cal, fold_records = cross_fit_errors(
+                    data, folds=n_folds, seed=seed, train_kwargs=erm_kwargs, progress=progress, cancel=cancel,
+                    epochs_per_fold=erm_epochs, offset=erm_epochs, grand_total=grand)
+                cf_ok, cf_why = calibration_usable(data.y, cf_cal, data.class_names, min_pc)
+            except MethodError as err:
+                if mode == "cross-fit":
+                    raise
+                cf_cal, cf_ok, cf_why = None, False, f"could not be built: {err.message}"
+            rule["cross_fit"] = {"size": None if cf_cal is None else int(len(cf_cal)), "usable": cf_ok,
+                                 "made_of": cf_why, "folds": n_folds}
+            if mode == "cross-fit":
+                used, cal, usable = "cross-fit", cf_cal, cf_ok
+                rule["why"] = "requested (calibration_errors='cross-fit')"
+            elif cf_ok:
+                used, cal, usable = "cross-fit", cf_cal, True
+                rule["why"] = (f"auto: the paper's rule gave a set that is not usable ({paper_why}); the cross-fit "
+                               f"rule gave a usable one ({cf_why})")
+            elif len(paper_cal) or (cf_cal is not None and len(cf_cal)):
+                # neither is usable: run on the paper's set if it has samples (else cross-fit's) — the selection
+                # below keeps the stage-1 ERM model or the stage-2 start whenever stage 2 does worse on validation
+                used = "train" if len(paper_cal) else "cross-fit"
+                cal, usable = (paper_cal if used == "train" else cf_cal), False
+                rule["why"] = (f"auto: neither rule gave a usable set (paper's rule: {paper_why}; cross-fit: "
+                               f"{cf_why}); stage 2 ran on the {'paper' if used == 'train' else 'cross-fit'} "
+                               "rule's set, guarded by the selection (stage-1 ERM and the start are candidates)")
+            else:  # both empty: nothing to calibrate on
+                used, cal, usable = None, paper_cal, False
+                rule["why"] = (f"auto: both rules gave an empty set (paper's rule: {paper_why}; cross-fit: "
+                               f"{cf_why}); CFR returns the stage-1 ERM model")
+        rule.update(used=used, usable=usable)
+        if used is not None and not usable and len(cal):
+            notes.append(f"calibration set not usable by clipcal's definition ({rule['usable_definition']}): "
+                         f"{paper_why if used == 'train' else rule['cross_fit']['made_of']}; stage 2 ran anyway "
+                         f"({rule['why']}) — the selection keeps the stage-1 ERM model or the stage-2 start if "
+                         "every CFR epoch scores below them on validation"
+                         + (" (calibration_errors='auto' would try the cross-fit rule)" if mode == "train" else ""))
         pre_cfr = erm_epochs * (1 + n_folds)
         W0, wsrc = T.initial_weight(data)
         if wsrc == "exact" and data.backbone_spec.startswith("bundled:efficientnet-lite0"):
@@ -643,6 +794,7 @@ class CFR(Method):
         last_layer = ("image-only backbone: W starts from the backbone's fixed random orthonormal projection "
                       "(EfficientNet-Lite0 has no projection of its own)" if wsrc == "lite0-random-projection" else
                       T.WEIGHT_SOURCES.get(wsrc, wsrc))
+        erm_label = f"stage-1 ERM (epoch {erm.chosen_epoch})"
         record = {
             "uses_group_labels": uses_groups,
             "selection_rule": f"{self.selection}: {T.SELECTION_RULES[self.selection]}",
@@ -653,24 +805,36 @@ class CFR(Method):
             "erm": {"chosen_epoch": erm.chosen_epoch, "best_score": erm.best_score, "converged": erm.converged,
                     "final_train_loss": erm.train_losses[-1] if erm.train_losses else None,
                     "seconds": round(erm.seconds, 3), "init": erm.init},
+            "calibration_rule": rule,
             "calibration_set": {**self._calibration_summary(data, cal, tr),
-                                "source": ("cross-fit: training samples misclassified by ERM models trained on "
-                                           f"the other {n_folds - 1} of {n_folds} folds" if cross_fit else
-                                           "train: training samples the stage-1 ERM model misclassifies"),
+                                "source": CALIBRATION_RULES[used or "train"] + (
+                                    f" ({n_folds - 1} of {n_folds} folds each)" if used == "cross-fit" else ""),
                                 "folds": fold_records},
             "replacement_sampling": [],
             "fallback": None,
+            "fallback_reason": None,
         }
-        if len(cal) == 0:
-            notes.append("calibration set is empty: " + (
-                "ERM models trained on the other folds classify every held-out training sample correctly"
-                if cross_fit else "the ERM model classifies every training sample correctly")
-                + "; CFR fell back to the ERM result" + (
-                             "" if cross_fit else " (calibration_errors='cross-fit' finds the samples ERM gets "
-                                                  "wrong when it has not trained on them, still without group "
-                                                  "labels)"))
-            record.update(fallback="erm", chosen_epoch=erm.chosen_epoch, init=None, fit_seconds=round(
-                time.perf_counter() - t0, 3), notes=notes + T.init_notes(erm.init, data))
+        if used is None or len(cal) == 0:
+            reason = "empty calibration set"
+            if used is not None:
+                notes.append("calibration set is empty: " + (
+                    "ERM models trained on the other folds classify every held-out training sample correctly"
+                    if used == "cross-fit" else "the ERM model classifies every training sample correctly")
+                    + "; CFR fell back to the ERM result" + (
+                        " (calibration_errors='cross-fit' or 'auto' finds the samples ERM gets wrong when it has "
+                        "not trained on them, still without group labels)" if mode == "train" else ""))
+            else:
+                notes.append(f"calibration set is empty under both rules ({rule['why']}); CFR fell back to the "
+                             "ERM result")
+            record.update(
+                fallback="erm", fallback_reason=reason, chosen_stage="erm", chosen_epoch=erm.chosen_epoch,
+                best_score=erm.best_score, init=None,
+                selection={"rule": self.selection, "chosen": "erm",
+                           "candidates": [{"model": "erm", "label": erm_label, "epoch": erm.chosen_epoch,
+                                           "val_score": erm.best_score}],
+                           "why": f"stage 2 did not run ({reason})"},
+                fit_seconds=round(time.perf_counter() - t0, 3), notes=notes + T.init_notes(erm.init, data))
+            record["outcome"] = outcome_lines(record)
             return MethodResult(method=self.name, probs=erm_probs, pred=erm_pred, embeddings_after=erm_z,
                                 calibration_set=cal, record=record, curves=erm.curves)
 
@@ -694,6 +858,9 @@ class CFR(Method):
         opt = T.make_optimizer(model, lr=float(self.lr), momentum=float(self.momentum),
                                weight_decay=float(self.weight_decay))
         evaluator = T.Evaluator(data, dev, rule=self.selection)
+        # the stage-2 start is a selection candidate (epoch 0), like every CFR epoch and the stage-1 model
+        start_score, _ = evaluator.evaluate(model, 0, "cfr")
+        start_state = copy.deepcopy(model.state_dict())
         h = evaluator.h
         y_all = torch.as_tensor(data.y, device=dev)
         y_cpu = torch.as_tensor(data.y)
@@ -703,7 +870,7 @@ class CFR(Method):
 
         # positives: training rows of the anchor's class that ERM classified correctly (cross-fit: correct
         # out of fold, i.e. every training row outside the calibration set)
-        correct = np.setdiff1d(tr, cal) if cross_fit else tr[erm_pred[tr] == data.y[tr]]
+        correct = np.setdiff1d(tr, cal) if used == "cross-fit" else tr[erm_pred[tr] == data.y[tr]]
         pos_pools = {}
         for c in range(data.n_classes):
             pool = correct[data.y[correct] == c]
@@ -790,16 +957,44 @@ class CFR(Method):
 
         loop = T.run_epochs(model, epochs=epochs, train_epoch=one_epoch, evaluator=evaluator, stage="cfr",
                             progress=T.stage_progress(progress, pre_cfr, grand), cancel=cancel, lr=float(self.lr))
-        probs, z_after = evaluator.predict(model)
         if not T.check_converged(loop.train_losses):
             notes.append(f"cfr: training loss had not levelled off after {epochs} epochs "
                          f"(last {loop.train_losses[-1]:.4f}); lr {self.lr} may be too small for this start")
+
+        # ---- selection: stage-1 ERM, the stage-2 start (epoch 0) and the best CFR epoch, one rule -------
+        # Ties keep the earlier candidate (ERM, then the start): CFR is returned only when it scores higher.
+        candidates = [
+            {"model": "erm", "label": erm_label, "epoch": erm.chosen_epoch, "val_score": float(erm.best_score)},
+            {"model": "start", "label": f"CFR start (epoch 0: {init_desc})", "epoch": 0,
+             "val_score": float(start_score)},
+            {"model": "cfr", "label": f"CFR epoch {loop.best_epoch} (best of 1–{epochs})",
+             "epoch": loop.best_epoch, "val_score": float(loop.best_score)},
+        ]
+        best = max(candidates, key=lambda c: c["val_score"])  # max() keeps the first of equal scores
+        rule_name = f"validation {self.selection} accuracy"
+        others = "; ".join(f"{c['label']} {c['val_score']:.3f}" for c in candidates if c is not best)
+        why = f"highest {rule_name}: {best['label']} {best['val_score']:.3f} (vs {others})"
+        if best["model"] == "erm":
+            probs, z_after = erm_probs, erm_z
+            chosen_stage, chosen_epoch = "erm", erm.chosen_epoch
+            record.update(fallback="erm", fallback_reason="selection")
+            notes.append(f"no CFR epoch scored above the stage-1 ERM model on {rule_name} ({why}); CFR returns "
+                         "the ERM model")
+        else:
+            if best["model"] == "start":
+                model.load_state_dict(start_state)
+                model.eval()
+            probs, z_after = evaluator.predict(model)
+            chosen_stage, chosen_epoch = "cfr", best["epoch"]
         record.update(
-            chosen_epoch=loop.best_epoch, best_score=loop.best_score, steps_per_epoch=steps,
+            chosen_stage=chosen_stage, chosen_epoch=chosen_epoch, best_score=best["val_score"],
+            selection={"rule": self.selection, "chosen": best["model"], "candidates": candidates, "why": why},
+            steps_per_epoch=steps,
             mean_unique_rows_per_step=float(np.mean(uniq_counts)) if uniq_counts else None,
             rows_per_step=int(B + B * (1 + P + N)), cfr_seconds=round(loop.seconds, 3),
             fit_seconds=round(time.perf_counter() - t0, 3), notes=notes,
             scale=model.scale)
+        record["outcome"] = outcome_lines(record)
         curves = pd.concat([erm.curves, loop.curves], ignore_index=True)
         return MethodResult(method=self.name, probs=probs, pred=probs.argmax(1), embeddings_after=z_after,
                             calibration_set=cal, record=record, curves=curves)

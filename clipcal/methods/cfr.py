@@ -36,12 +36,32 @@ Measured behaviour worth knowing (bench/cfr_sweep.py, validation-only selection)
   in every step); after the first epochs it moves the head toward the error set and validation worst-class
   accuracy falls, so the selected epoch is early. On the synthetic generator (95 % correlation, no text
   tower) lr 1e-4 gave no reliable gain over ERM and lr 1e-3 did (selected epoch 1).
-* Where ERM fits every training sample (high-dimensional features, few images — the Lite0 demo) the
-  calibration set is empty and CFR returns ERM, as the recipe says, with a note. ``calibration_errors =
-  "cross-fit"`` is the annotation-free answer offered here (not in the paper): the calibration set is the
-  training samples misclassified by ERM models that did not train on them (k class-stratified folds, each
-  model selected on validation like stage 1). On the demo it finds 25 images (20 of them from the two
-  minority groups) where the paper's rule finds none.
+* Where ERM fits every training sample (high-dimensional features, few images) the paper's calibration set is
+  empty; where it almost does, the set is tiny and often one class. ``calibration_errors="cross-fit"`` is the
+  annotation-free answer offered here (not in the paper): the training samples misclassified by ERM models
+  that did not train on them (k class-stratified folds, each model selected on validation like stage 1).
+
+Calibration-set rule and model selection (clipcal's choices where the paper is silent; issue 12.1):
+
+* **Why a one-class set collapses the model.** Measured on the demo (Lite0, birds 25–40 %, seed 0, validation
+  only): the paper's set was 8 images, all landbirds on water; validation worst-class accuracy went 0.68
+  (stage-2 start) → 0.36 → 0.06 in two epochs, almost every image predicted "landbird". The cross-entropy term
+  alone does it (CE only: same collapse; CE off: 0.65–0.68, no collapse; head frozen or start from ERM: still
+  collapses). Cross-entropy on anchors of one class is lowered fastest by moving *every* representation toward
+  that class — the non-negative Lite0 features share a large common direction that makes this easy — and the
+  same 8 anchors repeated 16× per step under momentum 0.9 push the same way every step.
+* **Usable set** (:func:`calibration_usable`): every class has ≥ ``calibration_min_per_class`` (default 5)
+  samples, so the anchors' pulls oppose each other. ``calibration_errors="auto"`` (default) takes the paper's
+  set when usable, else the cross-fit set when usable; when neither is, stage 2 runs on the paper's set if it
+  has samples (else cross-fit's) under the selection guard below; when both are empty CFR returns ERM.
+  ``"train"`` / ``"cross-fit"`` force a rule. The record's ``calibration_rule`` says which ran and why.
+* **Selection candidates** (issue 10.10, decided here): the stage-1 ERM model, the stage-2 start (epoch 0) and
+  every CFR epoch, compared by the same validation rule; ties keep the CFR epoch, then the start. The
+  paper keeps "the best validation epoch" of stage 2; adding its two starting points means CFR never returns a
+  model that scores below where it started on validation. When ERM wins, ``fallback="erm"`` with
+  ``fallback_reason="selection"``. (ERM and JTT keep selecting among epochs 1…E: their epoch 0 is the
+  untrained class-mean head, or the zero-shot head that is its own method in every table; AFR selects over its
+  γ / λ grid.)
 """
 
 from __future__ import annotations
@@ -962,7 +982,8 @@ class CFR(Method):
                          f"(last {loop.train_losses[-1]:.4f}); lr {self.lr} may be too small for this start")
 
         # ---- selection: stage-1 ERM, the stage-2 start (epoch 0) and the best CFR epoch, one rule -------
-        # Ties keep the earlier candidate (ERM, then the start): CFR is returned only when it scores higher.
+        # Ties keep the CFR epoch (the paper's choice), then the start: a starting point replaces it only when it
+        # scores strictly higher.
         candidates = [
             {"model": "erm", "label": erm_label, "epoch": erm.chosen_epoch, "val_score": float(erm.best_score)},
             {"model": "start", "label": f"CFR start (epoch 0: {init_desc})", "epoch": 0,
@@ -970,7 +991,7 @@ class CFR(Method):
             {"model": "cfr", "label": f"CFR epoch {loop.best_epoch} (best of 1–{epochs})",
              "epoch": loop.best_epoch, "val_score": float(loop.best_score)},
         ]
-        best = max(candidates, key=lambda c: c["val_score"])  # max() keeps the first of equal scores
+        best = max(reversed(candidates), key=lambda c: c["val_score"])  # max() keeps the first of equal scores
         rule_name = f"validation {self.selection} accuracy"
         others = "; ".join(f"{c['label']} {c['val_score']:.3f}" for c in candidates if c is not best)
         why = f"highest {rule_name}: {best['label']} {best['val_score']:.3f} (vs {others})"

@@ -370,3 +370,69 @@ def load_demo(root: str | Path | None = None, progress: Callable | None = None, 
         class_names=list(CLASS_NAMES), attr_names=list(ATTR_NAMES), params=p,
         target_name="bird type", attr_name="background",
     )
+
+
+#: Version of :func:`build_background_crops`' output (bump when the crops change).
+BACKGROUNDS_VERSION = 1
+
+
+def build_background_crops(kind: str, n: int = 50, image_size: int = 224, seed: int = 0) -> Path:
+    """Bird-free crops of the demo's background photos of one kind — a concept set for concept activation
+    vectors (:mod:`clipcal.cav`): the demo's own backgrounds, without the birds.
+
+    Each crop is drawn like a demo image's background (:func:`_render`: a random square of 45–90 % of the
+    photo's short side, resized to ``image_size``), from ``numpy.random.SeedSequence([seed, kind, index])``;
+    written once as JPEG (quality 90) into ``cache_dir()/datasets/demo-backgrounds-<hash>/`` (``COMPLETE`` last,
+    moved into place atomically), so the same arguments give the same files.
+
+    Args:
+        kind: ``"land"`` or ``"water"`` (:data:`ATTR_NAMES`).
+        n: number of crops (≥ 1).
+        image_size: side in pixels (32–1024).
+        seed: random seed.
+
+    Returns:
+        The folder (``<kind>_<index>.jpg`` files and ``COMPLETE``).
+
+    Raises:
+        DataError: unknown kind, bad size, or the demo's Debian packages are missing (install command given).
+    """
+    from filelock import FileLock
+
+    if kind not in ATTR_NAMES:
+        raise DataError(f"unknown background kind {kind!r}", hint=f"use one of {ATTR_NAMES}")
+    if int(n) < 1 or not 32 <= int(image_size) <= 1024:
+        raise DataError(f"need n ≥ 1 crops of 32–1024 px, got n={n}, image_size={image_size}")
+    p = {"kind": kind, "n": int(n), "image_size": int(image_size), "seed": int(seed),
+         "version": BACKGROUNDS_VERSION, "photos": [w.path for w in WALLPAPERS if w.background == ATTR_NAMES.index(kind)]}
+    h = hashlib.sha256(json.dumps(p, sort_keys=True).encode()).hexdigest()
+    dest = cache_dir() / "datasets" / f"demo-backgrounds-{h[:12]}"
+    if (dest / "COMPLETE").is_file():
+        return dest
+    _require_assets()
+    writable_dir(dest.parent, "datasets folder")
+    with FileLock(str(dest) + ".lock"):
+        if (dest / "COMPLETE").is_file():
+            return dest
+        tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            tmp.mkdir()
+            photos = _assets(p["image_size"]).backgrounds[ATTR_NAMES.index(kind)]
+            size = p["image_size"]
+            for j in range(p["n"]):
+                rng = np.random.default_rng(np.random.SeedSequence([p["seed"], ATTR_NAMES.index(kind), 7, j]))
+                _, bg = photos[rng.integers(len(photos))]
+                side = int(min(bg.size) * rng.uniform(0.45, 0.9))  # the crop of _render, without a bird
+                x0 = int(rng.integers(0, bg.width - side + 1))
+                y0 = int(rng.integers(0, bg.height - side + 1))
+                img = bg.crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.Resampling.BILINEAR)
+                img.save(tmp / f"{kind}_{j:04d}.jpg", "JPEG", quality=90)
+            (tmp / "params.json").write_text(json.dumps(p, indent=1, sort_keys=True))
+            (tmp / "COMPLETE").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            if dest.exists():
+                shutil.rmtree(dest, ignore_errors=True)
+            os.replace(tmp, dest)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return dest

@@ -63,6 +63,11 @@ def add_benchmark_args(parser: argparse.ArgumentParser, required: bool = False) 
     g.add_argument("--n-train", type=int, metavar="N", help="demo: training images (default 1200)")
     g.add_argument("--n-val", type=int, metavar="N", help="demo: validation images (default 400)")
     g.add_argument("--n-test", type=int, metavar="N", help="demo: test images (default 800)")
+    from clipcal.data.demo import DEFAULT_DIFFICULTY, DIFFICULTY_PRESETS
+
+    g.add_argument("--difficulty", metavar="PRESET",
+                   help="demo: how strongly the bird shows — " + ", ".join(DIFFICULTY_PRESETS)
+                   + f" (default {DEFAULT_DIFFICULTY}); smaller or fainter birds let the background take over")
     g.add_argument("--data-seed", type=int, metavar="S",
                    help="seed of the demo images / MetaShift re-split (default 42) / carved csv val split")
     g.add_argument("--encoding", metavar="NAME",
@@ -100,7 +105,7 @@ OPTION_BENCHMARKS: dict[str, tuple[str, tuple[str, ...]]] = {
                                   "class_names", "attr_names")},
     "target": ("target", ("celeba",)),
     "attribute": ("attribute", ("celeba",)),
-    **{k: (k, ("demo",)) for k in ("n_train", "n_val", "n_test")},
+    **{k: (k, ("demo",)) for k in ("n_train", "n_val", "n_test", "difficulty")},
     "data_seed": ("seed", ("demo", "metashift", "csv")),
     "encoding": ("encoding", _FILE_BENCHMARKS),
     "allow_outside_root": ("allow_outside_root", _FILE_BENCHMARKS),

@@ -11,6 +11,15 @@ Like Waterbirds (Sagawa et al., ICLR 2020), the training split is spuriously cor
 rest split evenly between the two minority groups; val and test are balanced over the four groups. Classes
 are balanced within each alignment type.
 
+**Difficulty** (:data:`DIFFICULTY_PRESETS`, :func:`difficulty_presets`): how strongly the bird itself shows.
+The bird's longest side is drawn from ``uniform(bird_scale_min, bird_scale_max)`` × the image side, and the
+bird is pasted with opacity ``bird_opacity``. Smaller or fainter birds weaken the class signal, so a model
+leans on the background instead — the spurious correlation takes over. The default preset
+``"waterbirds-like"`` (birds 25–40 % of the image) gives, with the bundled Lite0 backbone, an ERM test
+worst-group accuracy near Waterbirds' (≈ 0.6) and a clear gap to DFR; ``"easy"`` is the builder-1 demo
+(32–55 %, opaque), on which ERM is already robust. Explicit ``bird_scale_min`` / ``bird_scale_max`` /
+``bird_opacity`` override the preset (recorded as ``difficulty="custom"`` unless they equal a preset).
+
 The images (``image_size`` px JPEG, quality 90) are written once into
 ``cache_dir()/datasets/demo-<hash of params>/`` and reused: the folder is built under a temporary name,
 ``COMPLETE`` is written last, and the folder is moved into place atomically (a file lock stops two
@@ -48,8 +57,9 @@ from clipcal.data.base import Benchmark
 from clipcal.errors import DataError
 from clipcal.paths import cache_dir, writable_dir
 
-#: Bump when the generator changes its output, so old cached folders are not reused.
-BUILDER_VERSION = 1
+#: Bump when the generator changes its output, so old cached folders are not reused. 2: difficulty
+#: parameters (bird size range, opacity) and a harder default ("waterbirds-like"); version 1 = "easy".
+BUILDER_VERSION = 2
 
 CLASS_NAMES = ["landbird", "waterbird"]
 ATTR_NAMES = ["land", "water"]
@@ -124,7 +134,57 @@ LICENCES = {
 
 REQUIRED_PACKAGES = tuple(sorted({w.package for w in WALLPAPERS} | {EMOJI_FONT["package"]}))
 
-DEFAULTS = {"n_train": 1200, "n_val": 400, "n_test": 800, "seed": 0, "image_size": 224, "aligned": 0.95}
+#: Named difficulty presets: bird size range (fraction of the image side, longest side of the emoji) and
+#: opacity. ``teaching`` is the one-line explanation shown beside the control; the measured effect of each
+#: preset (bench/demo_story.py) is in :data:`DIFFICULTY_MEASURED`.
+DIFFICULTY_PRESETS: dict[str, dict] = {
+    "easy": {"bird_scale_min": 0.32, "bird_scale_max": 0.55, "bird_opacity": 1.0,
+             "teaching": "large, opaque birds: the class signal is strong, so even plain ERM barely needs the "
+                         "background (the demo of builder version 1)"},
+    "moderate": {"bird_scale_min": 0.28, "bird_scale_max": 0.45, "bird_opacity": 1.0,
+                 "teaching": "smaller birds: the class signal weakens and the background starts to take over"},
+    "waterbirds-like": {"bird_scale_min": 0.25, "bird_scale_max": 0.40, "bird_opacity": 1.0,
+                        "teaching": "smaller birds still: the background takes over for the minority groups — "
+                                    "a worst-group gap like Waterbirds' (the default)"},
+    "faint": {"bird_scale_min": 0.32, "bird_scale_max": 0.55, "bird_opacity": 0.6,
+              "teaching": "birds of the easy size but see-through: the background shows through the bird, so "
+                          "the model reads the background even where the bird is"},
+}
+DEFAULT_DIFFICULTY = "waterbirds-like"
+DIFFICULTY_KEYS = ("bird_scale_min", "bird_scale_max", "bird_opacity")
+
+#: Measured effect of each preset: test worst-group accuracy of ERM (last layer, no group labels) and DFR
+#: (uses validation group labels), bundled Lite0 at 160 px, default sizes (1,200 / 400 / 800), mean over the
+#: data seeds listed; ``bench/demo_story.py --difficulty <name> --seeds …`` reproduces them.
+DIFFICULTY_MEASURED: dict[str, dict] = {
+    "easy": {"erm_worst_group": 0.875, "dfr_worst_group": 0.895, "seeds": [0],
+             "backbone": "bundled:efficientnet-lite0", "source": "bench/demo_story.py, 2026-11-30 (under load)"},
+    "moderate": {"erm_worst_group": 0.725, "dfr_worst_group": 0.850, "seeds": [0],
+                 "backbone": "bundled:efficientnet-lite0", "source": "bench/demo_story.py, 2026-11-30 (under load)"},
+    "waterbirds-like": {"erm_worst_group": 0.572, "dfr_worst_group": 0.837, "seeds": [0, 1, 2],
+                        "backbone": "bundled:efficientnet-lite0",
+                        "source": "bench/demo_story.py --seeds 0 1 2, 2026-11-30 (under load); per seed ERM "
+                                  "0.640 / 0.455 / 0.620, DFR 0.800 / 0.840 / 0.870"},
+}
+
+
+def difficulty_presets() -> list[dict]:
+    """The demo's difficulty presets with their teaching text and measured effect (for the Data page).
+
+    Returns:
+        One dict per preset, in order from easiest: ``name``, ``default`` (bool), ``bird_scale_min`` /
+        ``bird_scale_max`` (fractions of the image side), ``bird_opacity`` (0–1), ``teaching`` (one sentence),
+        ``measured`` (``{"erm_worst_group", "dfr_worst_group", "seeds", "backbone", "source"}`` or ``None`` when
+        not measured).
+    """
+    return [{"name": name, "default": name == DEFAULT_DIFFICULTY,
+             **{k: float(p[k]) for k in DIFFICULTY_KEYS}, "teaching": p["teaching"],
+             "measured": dict(DIFFICULTY_MEASURED[name]) if name in DIFFICULTY_MEASURED else None}
+            for name, p in DIFFICULTY_PRESETS.items()]
+
+DEFAULTS = {"n_train": 1200, "n_val": 400, "n_test": 800, "seed": 0, "image_size": 224, "aligned": 0.95,
+            "difficulty": DEFAULT_DIFFICULTY,
+            **{k: DIFFICULTY_PRESETS[DEFAULT_DIFFICULTY][k] for k in DIFFICULTY_KEYS}}
 
 
 def demo_assets_status() -> dict:
@@ -160,16 +220,54 @@ def _require_assets() -> None:
         )
 
 
+def _resolve_difficulty(options: dict) -> dict:
+    """``difficulty`` (preset name or ``"custom"``) + explicit overrides → the three floats and the name.
+
+    The name recorded is the preset whose values the result equals, else ``"custom"`` — so the same images
+    always get the same parameters (and the same cache folder), however they were asked for.
+    """
+    name = options.get("difficulty")
+    name = DEFAULT_DIFFICULTY if name is None else str(name).strip().lower()
+    if name != "custom" and name not in DIFFICULTY_PRESETS:
+        raise DataError(f"unknown demo difficulty {options.get('difficulty')!r}",
+                        hint=f"use one of {list(DIFFICULTY_PRESETS)} (or give bird_scale_min, bird_scale_max, "
+                             "bird_opacity)")
+    base = DIFFICULTY_PRESETS[DEFAULT_DIFFICULTY if name == "custom" else name]
+    out = {}
+    for k in DIFFICULTY_KEYS:
+        v = options.get(k)
+        try:
+            out[k] = float(base[k] if v is None else v)
+        except (TypeError, ValueError):
+            raise DataError(f"demo option {k} must be a number, got {v!r}") from None
+    lo, hi, op = out["bird_scale_min"], out["bird_scale_max"], out["bird_opacity"]
+    if not (0.05 <= lo <= hi <= 1.0):
+        raise DataError(f"bird size range [{lo}, {hi}] must satisfy 0.05 ≤ bird_scale_min ≤ bird_scale_max ≤ 1",
+                        hint="fractions of the image side, e.g. bird_scale_min=0.25, bird_scale_max=0.4")
+    if not 0.1 <= op <= 1.0:
+        raise DataError(f"bird_opacity {op} out of range [0.1, 1]", hint="1 = opaque (easy), e.g. 0.6 = faint")
+    out["difficulty"] = next((n for n, pr in DIFFICULTY_PRESETS.items()
+                              if all(float(pr[k]) == out[k] for k in DIFFICULTY_KEYS)), "custom")
+    return out
+
+
 def demo_params(**options) -> dict:
     """Full, validated parameter dict of a demo build (defaults filled in).
 
+    ``difficulty`` names a preset of :data:`DIFFICULTY_PRESETS` (default ``"waterbirds-like"``); explicit
+    ``bird_scale_min`` / ``bird_scale_max`` / ``bird_opacity`` override it. The returned dict always holds the
+    three resolved floats and ``difficulty`` = the preset they equal, else ``"custom"``.
+
     Raises:
-        DataError: unknown option, or sizes/fractions out of range.
+        DataError: unknown option or difficulty, or sizes/fractions out of range.
     """
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
         raise DataError(f"unknown demo option(s) {unknown}", hint=f"valid options: {sorted(DEFAULTS)}")
-    p = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+    given = {k: v for k, v in options.items() if v is not None}
+    p = {**{k: v for k, v in DEFAULTS.items() if k not in DIFFICULTY_KEYS and k != "difficulty"},
+         **{k: v for k, v in given.items() if k not in DIFFICULTY_KEYS and k != "difficulty"}}
+    p.update(_resolve_difficulty(given))
     for k in ("n_train", "n_val", "n_test", "seed", "image_size"):
         p[k] = int(p[k])
     p["aligned"] = float(p["aligned"])
@@ -243,19 +341,27 @@ def _assets(image_size: int) -> _Assets:
     return _ASSETS_CACHE[key]
 
 
-def _render(assets: _Assets, y: int, a: int, rng: np.random.Generator, size: int) -> tuple[Image.Image, str, str]:
+def _render(assets: _Assets, y: int, a: int, rng: np.random.Generator, size: int, scale_range=(0.32, 0.55),
+            opacity: float = 1.0) -> tuple[Image.Image, str, str]:
+    """One image: a random crop of a class-``a`` photo with a class-``y`` bird of random size pasted on it.
+
+    ``scale_range``: the bird's longest side as a fraction of ``size`` (uniform); ``opacity`` multiplies the
+    emoji's alpha. The random draws are the same for every difficulty (same images up to the bird's look).
+    """
     wp, bg = assets.backgrounds[a][rng.integers(len(assets.backgrounds[a]))]
     side = int(min(bg.size) * rng.uniform(0.45, 0.9))
     x0 = int(rng.integers(0, bg.width - side + 1))
     y0 = int(rng.integers(0, bg.height - side + 1))
     img = bg.crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.Resampling.BILINEAR)
     ch, bird = assets.birds[y][rng.integers(len(assets.birds[y]))]
-    scale = rng.uniform(0.32, 0.55) * size / max(bird.size)
+    scale = rng.uniform(*scale_range) * size / max(bird.size)
     bird = bird.resize((max(1, round(bird.width * scale)), max(1, round(bird.height * scale))),
                        Image.Resampling.LANCZOS)
     if rng.random() < 0.5:
         bird = bird.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     bird = bird.rotate(float(rng.uniform(-15, 15)), resample=Image.Resampling.BICUBIC, expand=True)
+    if opacity < 1.0:
+        bird.putalpha(bird.getchannel("A").point(lambda v: round(v * opacity)))
     px = int(rng.integers(0, max(size - bird.width, 0) + 1))
     py = int(rng.integers(0, max(size - bird.height, 0) + 1))
     img.paste(bird, (px, py), bird)
@@ -276,7 +382,8 @@ def _build(dest: Path, p: dict, progress: Callable | None) -> None:
         for j, k in enumerate(order):
             y, a = plan[k]
             rng = np.random.default_rng(np.random.SeedSequence([p["seed"], s_idx, j]))
-            img, ch, wall = _render(assets, y, a, rng, p["image_size"])
+            img, ch, wall = _render(assets, y, a, rng, p["image_size"],
+                                    (p["bird_scale_min"], p["bird_scale_max"]), p["bird_opacity"])
             sid = f"{split}_{j:05d}"
             rel = f"images/{split}/{sid}.jpg"
             buf = io.BytesIO()
@@ -298,7 +405,8 @@ def build_demo(progress: Callable | None = None, **options) -> Path:
 
     Args:
         progress: optional ``progress(done, total, message)`` called while images are generated.
-        **options: ``n_train, n_val, n_test, seed, image_size, aligned`` (see :data:`DEFAULTS`).
+        **options: ``n_train, n_val, n_test, seed, image_size, aligned, difficulty, bird_scale_min,
+            bird_scale_max, bird_opacity`` (see :data:`DEFAULTS`, :func:`demo_params`).
 
     Returns:
         ``Path`` of the complete folder (``COMPLETE`` present).
@@ -340,7 +448,7 @@ def load_demo(root: str | Path | None = None, progress: Callable | None = None, 
             e.g. a copy moved elsewhere.
         progress: as :func:`build_demo`.
         **options: as :func:`build_demo`; defaults ``n_train=1200, n_val=400, n_test=800, seed=0,
-            image_size=224, aligned=0.95``.
+            image_size=224, aligned=0.95, difficulty="waterbirds-like"`` (birds 25–40 % of the side, opaque).
 
     Returns:
         ``Benchmark`` named ``demo``: classes ``landbird, waterbird`` (target "bird type"), attributes

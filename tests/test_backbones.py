@@ -392,7 +392,7 @@ def test_file_fingerprint_is_read_once_per_file_version(tmp_path, monkeypatch):
     the process and recorded on disk with its stat stamp), and again only when the file changes."""
     import os
 
-    from clipcal.backbones import _fingerprint
+    from clipcal.backbones.sources import _fingerprint
 
     monkeypatch.setenv("CLIPCAL_CACHE", str(tmp_path / "store"))
     monkeypatch.setattr("clipcal.integrity.RACY_NS", 0)  # trust stamps at once (the file was just written)

@@ -106,7 +106,8 @@ def test_siglip_tokenizer_not_cached_offline_fails_before_the_model_is_built(mon
 
     import clipcal.backbones as B
 
-    monkeypatch.setattr(B, "_hf_cached", lambda repo, filename: None)  # nothing in the Hugging Face cache
+    for where in (B.sources, B.weights):  # nothing in the Hugging Face cache (resolving and the tokenizer check)
+        monkeypatch.setattr(where, "_hf_cached", lambda repo, filename: None)
     monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: pytest.fail("model built"))
     with pytest.raises(WeightsUnavailableError) as e:
         B.load_backbone(SIGLIP, device="cpu")

@@ -1,5 +1,5 @@
 """Spurious attributes: name, measure and find the spurious attribute (text concepts, decodability, clusters,
-the calibration set against the true groups, and the worst group's images)."""
+the calibration set against the true groups, the worst group's images, and concepts from example images)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pages.ui import results, state, widgets
 from pages.ui import spurious as ui
 
 st.title("Spurious attributes")
-st.caption("Five ways to see what the model leans on besides the class.")
+st.caption("Six ways to see what the model leans on besides the class.")
 widgets.teach_topic("spurious")
 
 bench, run, emb = results.current_run_with_embeddings()
@@ -21,7 +21,7 @@ if run is not None and emb is not None:
                           index=views.preferred_index(methods, state.preferred_method()), key="spur.method",
                           format_func=views.method_label)
     tabs = st.tabs(["(a) Text concepts", "(b) Attribute decodability", "(c) Cluster discovery",
-                    "(d) Calibration set vs groups", "(e) Worst-group gallery"])
+                    "(d) Calibration set vs groups", "(e) Worst-group gallery", "(f) Concepts from images (CAV)"])
 
     with tabs[0]:
         st.markdown("Candidate concepts (typed or suggested) are scored per class by how much more they "
@@ -53,3 +53,11 @@ if run is not None and emb is not None:
         st.markdown("Test images of the group where the method is worst, misclassified ones first.")
         with widgets.guarded("building the gallery"):
             ui.gallery_section(run, bench, method)
+
+    with tabs[5]:
+        st.markdown("A concept given by **example images** instead of words — for every backbone, text tower or "
+                    "not: a linear probe finds the concept's direction (CAV); each group's embeddings are scored "
+                    "along it before and after calibration, and TCAV tests whether the method's class scores rise "
+                    "along it.")
+        with widgets.guarded("probing concepts from images"):
+            ui.cav_section(run, bench, method)

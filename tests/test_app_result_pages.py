@@ -181,7 +181,7 @@ def test_spurious_page_views(app, seeded_store):
 
     at = app("spurious", **{state.K_RUN: seeded_store["run_id"]})
     _no_exception(at)
-    assert len(at.tabs) == 5
+    assert len(at.tabs) == 6  # (f) concepts from images: tests/test_cav_page_section.py
     assert at.selectbox(key="spur.method").value == "cfr"
     # (a) concept scores exist for tiny:clip (it has a text tower)
     scores = frame_with(at, "concept", "score", "effect_size")

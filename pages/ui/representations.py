@@ -70,7 +70,9 @@ def selectable_map(run, method: str | None, shown: pd.DataFrame, color: str, lay
                          lambda: umap_figure(shown, color, layout))
     event = st.plotly_chart(fig, key="repr.umap", on_select="rerun", selection_mode=("lasso", "box"),
                             config={"scrollZoom": True, "displaylogo": False})
-    return ids_from_selection(event)
+    ids = ids_from_selection(event)
+    st.session_state[state.K_SELECTION] = {"run": pipeline.run_key(run), "ids": ids}  # a concept on Spurious attributes
+    return ids
 
 
 def _hover_images(bench, shown: pd.DataFrame) -> np.ndarray:

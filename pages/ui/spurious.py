@@ -1,6 +1,7 @@
 """Sections of the Spurious attributes page, one per tab: (a) text concepts, (b) attribute decodability,
-(c) cluster discovery, (d) the calibration set against the true groups, (e) the worst group's errors.
-The computations are :mod:`clipcal.concepts`; each result is memoised per run and method."""
+(c) cluster discovery, (d) the calibration set against the true groups, (e) the worst group's errors, (f) concepts
+from example images (CAV, TCAV). The computations are :mod:`clipcal.concepts` and :mod:`clipcal.cav`; each result is
+memoised per run and method, (f) is computed in a background job."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import streamlit as st
 
 from clipcal import views
 from clipcal.pipeline import run_key
-from pages.ui import resources, state, widgets
+from pages.ui import jobs, resources, state, widgets
 
 
 def concepts_section(run, bench, emb, method: str) -> None:
@@ -170,3 +171,99 @@ def gallery_section(run, bench, method: str) -> None:
         return
     caps = {r.sample_id: f"pred {fd.class_names[int(r.pred)]} ({r.confidence:.2f})" for r in g.items.itertuples()}
     widgets.grid_of_ids(bench, fd, list(g.items["sample_id"]), limit=24, columns=8, captions=caps)
+
+
+def _cav_worker(run_id: str, bench_spec: dict, backbone: str, method: str, source: dict, counter: dict | None,
+                n_random: int, progress=None, cancel=None):
+    from clipcal.cav import concept_report_job
+
+    bench = resources.load_bench(bench_spec)
+    run = resources.get_run(run_id)
+    fd = resources.run_feature_data(run, bench, backbone)
+    # the shared model if this process holds it; else embed_benchmark loads the spec for this call and frees it
+    model = resources.loaded_backbone(backbone) or backbone
+    return concept_report_job(fd, views.method_result(run, method), source, counter, backbone=model,
+                              store=resources.get_store(), n_random=n_random, progress=progress, cancel=cancel)
+
+
+def _cav_source(run, bench):
+    """The concept (and counter) source the user chose, or ``(None, None)`` with a prompt shown."""
+    from clipcal.cav import MIN_CONCEPT_IMAGES, ids_from_csv
+
+    options = (["demo backgrounds"] if bench.name == "demo" else []) + ["current selection", "folder of images"]
+    src = st.radio("Concept images", options, horizontal=True, key="spur.cav_source")
+    if src == "demo backgrounds":
+        c1, c2 = st.columns(2)
+        kind = c1.selectbox("Background photos (bird-free crops)", ["water", "land"], key="spur.cav_bg")
+        vs = c2.radio("Against", ["the other backgrounds (relative CAV)", "random benchmark images"],
+                      key="spur.cav_vs", help="Random benchmark images all show a bird and the bird-free concept "
+                      "images do not: the probe may learn 'no bird'. The other backgrounds, also bird-free, avoid it.")
+        source = {"kind": "demo", "background": kind, "n": 50, "image_size": int(bench.params.get("image_size", 224))}
+        other = {**source, "background": "land" if kind == "water" else "water"}
+        return source, other if vs.startswith("the other") else None
+    if src == "current selection":
+        sel = st.session_state.get(state.K_SELECTION) or {}
+        ids = sel.get("ids") if sel.get("run") == run_key(run) else None
+        up = st.file_uploader("…or a selection CSV (Representations → Download the selection as CSV)", type=["csv"],
+                              key="spur.cav_csv")
+        if up is not None:
+            ids = ids_from_csv(up.getvalue(), up.name)
+        if not ids:
+            st.info(f"Select at least {MIN_CONCEPT_IMAGES} points with the box or lasso on **Representations** "
+                    "(same run), or upload its selection CSV.")
+            return None, None
+        st.caption(f"{len(ids)} selected images of this benchmark; counterexamples: random other images of it.")
+        return {"kind": "selection", "ids": list(ids)}, None
+    path = st.text_input("Folder of concept images on the server", key="spur.cav_folder",
+                         placeholder="/data/concepts/water")
+    if not path.strip():
+        st.caption(f"A folder with at least {MIN_CONCEPT_IMAGES} example images of the concept; they are embedded "
+                   "with the run's backbone and kept in the store. Counterexamples: random images of the benchmark.")
+        return None, None
+    return {"kind": "folder", "path": path.strip()}, None
+
+
+def _show_cav(rep, method: str) -> None:
+    """The report of :func:`clipcal.cav.cav_report`: probe, per-group scores (table + chart), TCAV (table + chart)."""
+    from clipcal.cav import MIN_PROBE_ACCURACY, cav_groups_figure, tcav_figure
+
+    st.markdown(f"**{rep.concept}** — {rep.n_concept} concept images, {rep.n_random} random runs, "
+                f"{views.method_label(method)}, {rep.split} split.")
+    probe = rep.probe.assign(accuracy=rep.probe["accuracy"].round(3), accuracy_sd=rep.probe["accuracy_sd"].round(3))
+    st.dataframe(probe, hide_index=True, key="spur.cav_probe")
+    st.caption(f"Held-out accuracy of the concept probe (chance 0.5); below {MIN_PROBE_ACCURACY} the concept is not "
+               "linearly separable in that space and its scores are not shown.")
+    for note in rep.notes:
+        st.caption(note)
+    if rep.groups[["score_before", "score_after"]].notna().any().any():
+        st.plotly_chart(cav_groups_figure(rep.groups, rep.concept), key="spur.cav_groups_fig")
+    st.dataframe(rep.groups, hide_index=True, key="spur.cav_groups")
+    st.markdown("**TCAV per class** (does the method's score for the class rise along the concept?)")
+    shown = rep.tcav[rep.tcav["shown"]]
+    if len(shown):
+        st.plotly_chart(tcav_figure(rep.tcav, rep.concept), key="spur.cav_tcav_fig")
+    else:
+        st.info("No TCAV score is shown: " + "; ".join(sorted(set(rep.tcav["reason"]))))
+    st.dataframe(rep.tcav.drop(columns=["class_index"]), hide_index=True, key="spur.cav_tcav")
+
+
+def cav_section(run, bench, method: str) -> None:
+    """(f) Concepts from example images for every backbone (:mod:`clipcal.cav`): choose the images, compute in a
+    job (embedding them, probes, TCAV), then show :func:`_show_cav`."""
+    from clipcal.cav import DEFAULT_N_RANDOM, TEACHING, job_key
+    from clipcal.jobs import CANCELLED, FAILED
+
+    widgets.teach(*TEACHING)
+    with widgets.guarded("reading the concept images"):
+        source, counter = _cav_source(run, bench)
+    if source is None:
+        return
+    n_random = st.slider("Random runs (CAVs against different random sets; t-test over them)", DEFAULT_N_RANDOM, 40,
+                         DEFAULT_N_RANDOM, key="spur.cav_runs")
+    key = job_key(run_key(run), method, source, counter, n_random)
+    job = resources.get_jobs().get(key)  # a finished job shows its report; a failed or cancelled one can rerun
+    if (job is None or job.status in (FAILED, CANCELLED)) and st.button("Compute concept scores",
+                                                                           key="spur.cav_start"):
+        resources.get_jobs().submit(key, _cav_worker, run_key(run), state.bench_spec(), state.backbone_spec(),
+                                    method, source, counter, n_random, label="Concept activation vectors")
+    jobs.job_status(key, show_done=lambda job: _show_cav(job.result, method))

@@ -12,6 +12,9 @@
     The method whose calibrated embeddings are the "after" view (``None`` = CFR if present, else the first).
 ``K_DEMO_JOB`` = ``"cc.demo_job"``
     Key of the "run the demo" job started from Home (or ``None``).
+``K_SELECTION`` = ``"cc.selection"``
+    The last box / lasso selection on Representations: ``{"run": run key, "ids": [sample_id, …]}`` (or absent);
+    Spurious attributes offers it as a concept (images → concept activation vector).
 
 Widget keys start with the page name (``data.``, ``embed.`` …) and are never read by other pages.
 """
@@ -29,6 +32,7 @@ K_BACKBONE = "cc.backbone"
 K_RUN = "cc.run"
 K_METHOD = "cc.method"
 K_DEMO_JOB = "cc.demo_job"
+K_SELECTION = "cc.selection"
 
 PAGE = {  # page files, for st.page_link / st.switch_page
     "home": "pages/home.py", "data": "pages/data.py", "embed": "pages/embed.py",

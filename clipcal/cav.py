@@ -431,6 +431,74 @@ def selection_concept(fd, ids, name: str | None = None) -> ConceptImages:
     return ConceptImages(name or f"selection ({len(rows)} images)", fd.embeddings[rows], fd.features[rows], rows)
 
 
+def ids_from_csv(data: bytes | str, source: str = "the uploaded file") -> list[str]:
+    """Sample ids from a selection CSV (the Representations page's download): its ``sample_id`` column, in order.
+
+    Raises:
+        DataError: not a CSV with a ``sample_id`` column.
+    """
+    import io
+
+    text = data.decode("utf-8-sig", errors="replace") if isinstance(data, bytes) else data
+    try:
+        t = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except Exception as err:  # noqa: BLE001 - any parse failure is the same user error
+        raise DataError(f"{source} is not a readable CSV ({err})",
+                        hint="upload the selection CSV downloaded from the Representations page") from None
+    if "sample_id" not in t.columns:
+        raise DataError(f"{source} has no sample_id column (columns: {list(t.columns)[:8]})",
+                        hint="upload the selection CSV downloaded from the Representations page")
+    return [i for i in t["sample_id"].str.strip() if i]
+
+
+def concept_from_source(source: dict, fd=None, backbone=None, store=None, progress=None,
+                        cancel=None) -> ConceptImages:
+    """The concept images a source names: ``{"kind": "demo", "background": "water" | "land", "n": 50,
+    "image_size": 224}``, ``{"kind": "folder", "path": str}`` or ``{"kind": "selection", "ids": [...]}`` (rows of
+    ``fd``). ``backbone`` (spec or loaded model) embeds demo / folder images through ``store``.
+
+    Raises:
+        DataError: unknown kind, or as :func:`folder_benchmark` / :func:`selection_concept`.
+    """
+    kind = source.get("kind")
+    if kind == "selection":
+        return selection_concept(fd, source.get("ids") or [], name=source.get("name"))
+    if kind == "demo":
+        return demo_background_concept(source["background"], backbone, store=store, n=int(source.get("n", 50)),
+                                       image_size=int(source.get("image_size", 224)), progress=progress,
+                                       cancel=cancel)
+    if kind == "folder":
+        return embed_concept_folder(source["path"], backbone, store=store, progress=progress, cancel=cancel)
+    raise DataError(f"unknown concept source {kind!r}", hint="use demo, folder or selection")
+
+
+def job_key(run_id: str, method: str, source: dict, counter_source: dict | None, n_random: int) -> str:
+    """Key of the dashboard job computing one concept report (one running job per key, :mod:`clipcal.jobs`)."""
+    import hashlib
+    import json
+
+    blob = json.dumps([source, counter_source, int(n_random)], sort_keys=True, default=str)
+    return f"cav:{run_id}:{method}:{hashlib.sha1(blob.encode()).hexdigest()[:12]}"
+
+
+def concept_report_job(fd, result, source: dict, counter_source: dict | None = None, backbone=None, store=None,
+                       n_random: int = DEFAULT_N_RANDOM, seed: int = 0, progress=None, cancel=None) -> CAVReport:
+    """Everything the page's job does: the concept (and counter) images from their sources
+    (:func:`concept_from_source`), then :func:`cav_report`. ``progress(message)`` is told each stage."""
+    def say(msg):
+        if progress is not None:
+            progress(msg)
+
+    say("embedding the concept images")
+    concept = concept_from_source(source, fd, backbone, store, cancel=cancel)
+    counter = None
+    if counter_source is not None:
+        say("embedding the counterexample images")
+        counter = concept_from_source(counter_source, fd, backbone, store, cancel=cancel)
+    say(f"learning {2 * n_random} probes per space and testing TCAV")
+    return cav_report(fd, result, concept, n_random=n_random, seed=seed, counter=counter)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the report
 

@@ -84,6 +84,9 @@ class EmbeddingSet:
         key: store key; manifest: the entry's manifest.
         n_computed: images encoded by the call that returned this (0 when everything came from the store;
             skipped rows never count).
+        last_layer: where ``proj_weight`` comes from, ``{"kind", "source", "description"}``
+            (:attr:`clipcal.backbones.Backbone.last_layer`, recorded at embedding time; derived from the spec for
+            sets stored before it was recorded) — what methods read instead of the spec.
     """
 
     sample_ids: np.ndarray
@@ -97,6 +100,7 @@ class EmbeddingSet:
     key: str
     manifest: dict = field(default_factory=dict)
     n_computed: int = 0
+    last_layer: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -117,8 +121,11 @@ class EmbeddingSet:
     @classmethod
     def from_entry(cls, entry: Entry, n_computed: int = 0) -> "EmbeddingSet":
         """Build from a store entry (arrays memory-mapped, read-only)."""
+        from clipcal.backbones import stored_last_layer
+
         meta = entry.meta
         sk = meta.get("skipped", [])
+        spec = meta.get("backbone_spec", entry.key_fields.get("backbone", {}).get("spec", "?"))
         return cls(
             sample_ids=entry.array("sample_ids", mmap=False).astype(str),
             features=entry.array("features"),
@@ -126,12 +133,13 @@ class EmbeddingSet:
             proj_weight=entry.array("proj_weight", mmap=False) if "proj_weight" in entry.names else None,
             projection=meta.get("projection", "identity"),
             has_text=bool(meta.get("has_text", False)),
-            backbone_spec=meta.get("backbone_spec", entry.key_fields.get("backbone", {}).get("spec", "?")),
+            backbone_spec=spec,
             skipped=pd.DataFrame(sk, columns=["sample_id", "reason"]) if sk else
             pd.DataFrame({"sample_id": pd.Series(dtype=str), "reason": pd.Series(dtype=str)}),
             key=entry.key,
             manifest=entry.manifest,
             n_computed=n_computed,
+            last_layer=meta.get("last_layer") or stored_last_layer(spec, meta.get("projection", "identity")),
         )
 
 
@@ -517,6 +525,7 @@ def _embed_locked(benchmark, backbone, store, key_fields, batch_size, num_worker
         "benchmark": benchmark.describe(),
         "backbone_spec": backbone.spec,
         "projection": backbone.projection,
+        "last_layer": getattr(backbone, "last_layer", None),  # where proj_weight comes from (methods read this)
         "has_text": backbone.has_text,
         "feature_dim": d,
         "embed_dim": e,

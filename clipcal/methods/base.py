@@ -124,6 +124,8 @@ class FeatureData:
         has_text: whether the backbone has a text tower (zero-shot possible in principle).
         backbone_spec: backbone spec string (for zero-shot with custom prompts and for records).
         benchmark_name: benchmark name (records only).
+        last_layer: where ``proj_weight`` comes from, ``{"kind", "source", "description"}``
+            (:attr:`clipcal.embed.EmbeddingSet.last_layer`), or ``None`` (not known: synthetic data).
         notes: what was done to the data on the way in (e.g. skipped images dropped).
 
     Raises (on construction):
@@ -147,6 +149,7 @@ class FeatureData:
     backbone_spec: str = ""
     benchmark_name: str = ""
     notes: list[str] = field(default_factory=list)
+    last_layer: dict | None = None
 
     def __post_init__(self) -> None:
         # writable, contiguous float32 (store arrays are read-only memory maps; torch warns on those)
@@ -272,7 +275,8 @@ class FeatureData:
             group=self.group[idx], split=self.split[idx], sample_ids=self.sample_ids[idx],
             class_names=self.class_names, attr_names=self.attr_names, proj_weight=self.proj_weight,
             projection=self.projection, text_head=self.text_head, has_text=self.has_text,
-            backbone_spec=self.backbone_spec, benchmark_name=self.benchmark_name, notes=self.notes)
+            backbone_spec=self.backbone_spec, benchmark_name=self.benchmark_name, notes=self.notes,
+            last_layer=self.last_layer)
 
     def group_counts(self, split: str = "train") -> np.ndarray:
         """[n_groups] int64 counts of each group in ``split`` (zeros allowed); empty without attributes."""
@@ -318,7 +322,7 @@ class FeatureData:
         Args:
             benchmark: the Benchmark (``table``, ``class_names``, ``attr_names``).
             embedding_set: ``clipcal.embed.EmbeddingSet`` (``sample_ids``, ``features``, ``embeddings``,
-                ``proj_weight``, ``projection``, ``has_text``, ``backbone_spec``, ``skipped``).
+                ``proj_weight``, ``projection``, ``has_text``, ``backbone_spec``, ``skipped``, ``last_layer``).
             text_head: [K, e] zero-shot head (e.g. ``clipcal.embed.class_text_embeddings``) or ``None``.
 
         Raises:
@@ -356,7 +360,8 @@ class FeatureData:
             projection=getattr(embedding_set, "projection", "identity") or "identity",
             text_head=text_head, has_text=bool(getattr(embedding_set, "has_text", False)),
             backbone_spec=str(getattr(embedding_set, "backbone_spec", "")),
-            benchmark_name=str(getattr(benchmark, "name", "")), notes=notes)
+            benchmark_name=str(getattr(benchmark, "name", "")), notes=notes,
+            last_layer=getattr(embedding_set, "last_layer", None) or None)
 
 
 # ---------------------------------------------------------------------------------------------------------

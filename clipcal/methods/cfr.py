@@ -809,11 +809,10 @@ class CFR(Method):
                          + (" (calibration_errors='auto' would try the cross-fit rule)" if mode == "train" else ""))
         pre_cfr = erm_epochs * (1 + n_folds)
         W0, wsrc = T.initial_weight(data)
-        if wsrc == "exact" and data.backbone_spec.startswith("bundled:efficientnet-lite0"):
-            wsrc = "lite0-random-projection"
-        last_layer = ("image-only backbone: W starts from the backbone's fixed random orthonormal projection "
-                      "(EfficientNet-Lite0 has no projection of its own)" if wsrc == "lite0-random-projection" else
-                      T.WEIGHT_SOURCES.get(wsrc, wsrc))
+        carried = data.last_layer or {}  # where the backbone's layer comes from, recorded with the embeddings
+        if wsrc == "exact" and carried.get("source", "exact") != "exact":
+            wsrc = carried["source"]  # e.g. the bundled backbone's fixed random projection
+        last_layer = T.WEIGHT_SOURCES.get(wsrc, carried.get("description", wsrc))
         erm_label = f"stage-1 ERM (epoch {erm.chosen_epoch})"
         record = {
             "uses_group_labels": uses_groups,

@@ -165,6 +165,8 @@ DIFFICULTY_MEASURED: dict[str, dict] = {
                         "backbone": "bundled:efficientnet-lite0",
                         "source": "bench/demo_story.py --seeds 0 1 2, 2026-11-30 (under load); per seed ERM "
                                   "0.640 / 0.455 / 0.620, DFR 0.800 / 0.840 / 0.870"},
+    "faint": {"erm_worst_group": 0.560, "dfr_worst_group": 0.800, "seeds": [0],
+              "backbone": "bundled:efficientnet-lite0", "source": "bench/demo_story.py, 2026-11-30 (under load)"},
 }
 
 

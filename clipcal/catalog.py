@@ -17,12 +17,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from clipcal.backbones.spec import DEFAULT_SPEC
 from clipcal.errors import ClipcalError
 
 #: The benchmark a session opens when the store holds nothing it can reopen: the built-in demo.
 DEFAULT_BENCH = {"name": "demo", "root": None, "options": {}}
-#: The backbone a session opens when the store holds nothing it can reopen (works offline).
-DEFAULT_BACKBONE = "bundled:efficientnet-lite0"
+#: The backbone a session opens when the store holds nothing it can reopen (works offline): the canonical text of
+#: :data:`clipcal.backbones.DEFAULT_SPEC` (session state holds spec strings).
+DEFAULT_BACKBONE = str(DEFAULT_SPEC)
 
 EMBEDDINGS_COLUMNS = ["benchmark", "source", "backbone", "images", "skipped", "created", "fingerprint",
                       "bench_spec"]
@@ -95,6 +97,12 @@ def _csv_options(b: dict, params: dict) -> dict:
         opts["attr_names"] = list(b["attr_names"])
     if params.get("val_carved"):
         opts.update(val_fraction=float(params.get("val_fraction", 0.2)), seed=int(params.get("val_seed", 0)))
+    # how the files were read: without the encoding a UTF-16 / cp1252 CSV is guessed again (or refused), and
+    # without the permission a benchmark whose paths leave its folder cannot be reopened at all
+    if params.get("encoding"):
+        opts["encoding"] = str(params["encoding"])
+    if params.get("allow_outside_root"):
+        opts["allow_outside_root"] = True
     return opts
 
 
@@ -132,6 +140,22 @@ def source_label(meta: dict) -> str:
         csv = Path(str(params["csv"]))
         return f"{csv.name} in {params.get('image_dir') or csv.parent}"
     return str(b.get("root") or params.get("root") or "")
+
+
+def checkpoint_spec(arch: str, path: str, pretrained_cfg: str | None = None) -> str:
+    """The canonical backbone spec of a local checkpoint file (:class:`clipcal.backbones.BackboneSpec`):
+    ``open_clip:<arch>:<path>``, or ``open_clip:<arch>@<tag>:<path>`` when the pretrained configuration the file
+    was trained with is named (a tag of ``arch``, or ``"default"``); the path made absolute.
+
+    Raises:
+        BackboneError: unknown architecture or configuration, or a path that is not one (as
+            :func:`clipcal.backbones.parse_spec`).
+    """
+    from clipcal.backbones import BackboneSpec, parse_spec
+
+    named = BackboneSpec(source="open_clip", arch=str(arch).strip(), checkpoint=str(path).strip(),
+                         pretrained_cfg=(pretrained_cfg or None))
+    return str(parse_spec(str(named)))
 
 
 def weights_gone(spec: str) -> bool:

@@ -127,10 +127,17 @@ def calibrate(bench, embeddings, methods: list[str], hparams: dict, store=None, 
 
 
 def calibration_summary(run, methods: list[str]) -> str:
-    """``"2 of 3 methods ran; not applicable: dfr: …"`` — one line on a finished calibration."""
-    na = run.not_applicable
-    return f"{len(run.results)} of {len(methods)} methods ran" + (
-        f"; not applicable: {'; '.join(f'{m}: {why}' for m, why in na.items())}" if na else "")
+    """``"2 of 3 methods ran; failed: cfr: …; not applicable: dfr: …"`` — one line on a finished calibration (a
+    method that applied and failed, e.g. on a NaN loss, is named as failed, not as "not applicable")."""
+    failed = {m: str(why).removeprefix("failed:").strip() for m, why in run.not_applicable.items()
+              if str(why).startswith("failed:")}
+    na = {m: why for m, why in run.not_applicable.items() if m not in failed}
+    text = f"{len(run.results)} of {len(methods)} methods ran"
+    if failed:
+        text += f"; failed: {'; '.join(f'{m}: {why}' for m, why in failed.items())}"
+    if na:
+        text += f"; not applicable: {'; '.join(f'{m}: {why}' for m, why in na.items())}"
+    return text
 
 
 def demo_path(bench_spec: dict, backbone: str, methods: list[str] | None = None, store=None, progress=None,

@@ -100,11 +100,31 @@ def fallback_notes(run, only: str | None = None) -> list[str]:
     return out
 
 
+#: how :func:`clipcal.runs.run_calibration` marks a method that applied but failed (e.g. a NaN loss)
+FAILED_PREFIX = "failed:"
+
+
+def failed_methods(run) -> dict[str, str]:
+    """``{method: message}`` of the methods of the run that applied but failed while training (their status
+    starts with ``"failed:"``: a non-finite loss, a bug) — the message says what to change, e.g. a smaller lr."""
+    return {m: str(why)[len(FAILED_PREFIX):].strip() for m, why in (getattr(run, "not_applicable", {}) or {}).items()
+            if str(why).startswith(FAILED_PREFIX)}
+
+
+def failed_notes(run) -> list[str]:
+    """``["CFR failed: <message and what to change>", …]`` — one per method of :func:`failed_methods` (pages show
+    them as errors: such a method has no numbers, and none may be shown for it)."""
+    return [f"{method_label(m)} failed: {msg}" for m, msg in failed_methods(run).items()]
+
+
 def not_applicable_notes(run) -> list[str]:
-    """``["Zero-shot — not applicable: <reason>", …]`` for the methods of the run that could not run."""
+    """``["Zero-shot — not applicable: <reason>", …]`` for the methods of the run that could not run because they
+    do not apply here (the ones that applied and failed are :func:`failed_notes`)."""
     out = []
     for m, why in (getattr(run, "not_applicable", {}) or {}).items():
         why = str(why)
+        if why.startswith(FAILED_PREFIX):
+            continue
         out.append(f"{method_label(m)} — {why if why.startswith('not applicable') else 'not applicable: ' + why}")
     return out
 
@@ -139,19 +159,94 @@ def group_tables(run, split: str = "test") -> pd.DataFrame:
     return g.reset_index(drop=True)
 
 
+def loss_formula(record: Mapping | None) -> str:
+    """The loss a method trained with, as its record says (CFR: ``record["loss_terms"]["formula"]``, e.g.
+    ``"1.5·CE(calibration set) + 1·SupCon(train batch, t=0.07)"``); ``""`` when not recorded (other methods, runs
+    of older versions)."""
+    terms = (record or {}).get("loss_terms")
+    return str(terms.get("formula") or "") if isinstance(terms, Mapping) else ""
+
+
 def records_table(run) -> pd.DataFrame:
-    """How each method was trained and selected: ``method, uses group labels, selection rule, seed, chosen epoch,
-    hyperparameters`` (JSON), ``notes``."""
+    """How each method was trained and selected: ``method, status`` (``ran`` / ``failed: …``), ``uses group
+    labels, selection rule, seed, chosen epoch, loss terms`` (:func:`loss_formula`), ``last layer`` (how W
+    started: ``record["last_layer"]``, :data:`clipcal.methods._train.WEIGHT_SOURCES`), ``hyperparameters``
+    (JSON), ``notes``. Methods that failed get a row with their message and no numbers."""
     rows = []
     for name in run_methods(run):
         rec = method_result(run, name).record or {}
-        rows.append({"method": method_label(name),
+        rows.append({"method": method_label(name), "status": "ran",
                      "uses group labels": "yes" if rec.get("uses_group_labels") else "no",
                      "selection rule": rec.get("selection_rule", ""), "seed": rec.get("seed"),
-                     "chosen epoch": rec.get("chosen_epoch"),
+                     "chosen epoch": rec.get("chosen_epoch"), "loss terms": loss_formula(rec),
+                     "last layer": str(rec.get("last_layer") or ""),
                      "hyperparameters": json.dumps(rec.get("hparams", {}), default=str),
                      "notes": "; ".join(map(str, rec.get("notes") or []))})
-    return pd.DataFrame(rows)
+    for name, msg in failed_methods(run).items():
+        rows.append({"method": method_label(name), "status": f"failed: {msg}", "uses group labels": "",
+                     "selection rule": "", "seed": None, "chosen epoch": None, "loss terms": "", "last layer": "",
+                     "hyperparameters": "", "notes": ""})
+    return pd.DataFrame(rows, columns=RECORD_COLUMNS)
+
+
+#: the columns of :func:`records_table`
+RECORD_COLUMNS = ["method", "status", "uses group labels", "selection rule", "seed", "chosen epoch", "loss terms",
+                  "last layer", "hyperparameters", "notes"]
+
+
+def model_settings_line(settings: Mapping | None) -> str:
+    """One line on the settings (activation, preprocessing) an embedding set was made with, from its manifest's
+    ``meta["model_settings"]`` (:meth:`clipcal.backbones.ModelSettings.as_dict`) — the same words as
+    :meth:`~clipcal.backbones.ModelSettings.summary`, plus "a guess" when they were not confirmed; for sets
+    embedded before the settings were recorded (``None``) it says so."""
+    if not isinstance(settings, Mapping) or "preprocess" not in settings:
+        return "Model settings: not recorded (embedded by an older version of clipcal)"
+    from clipcal.backbones import ModelSettings
+
+    s = ModelSettings(quick_gelu=bool(settings.get("quick_gelu")), preprocess=dict(settings["preprocess"] or {}),
+                      tag=settings.get("tag"), source=str(settings.get("source", "")),
+                      reason=str(settings.get("reason", "")), confirmed=bool(settings.get("confirmed", True)),
+                      warning=settings.get("warning"))
+    return f"Model settings: {s.summary()}" + ("" if s.confirmed else " (a guess: the configuration was not named)")
+
+
+def advanced_hparams(method: str) -> list[str]:
+    """Hyperparameters of ``method`` the Calibrate page keeps under "Advanced": CFR's loss-term switches and their
+    weights, switch then weight per term in :data:`clipcal.methods.cfr.LOSS_TERMS` order; ``[]`` for others."""
+    if method != "cfr":
+        return []
+    from clipcal.methods.cfr import LOSS_TERMS
+
+    return [n for t in LOSS_TERMS for n in (t, f"w_{t}")]
+
+
+def number_bounds(constraints: Mapping, name: str, default) -> tuple:
+    """``(min_value, max_value)`` for a number input of hyperparameter ``name`` from its declared domain
+    (:func:`clipcal.methods.params.bounds_of`), typed like ``default`` (Streamlit wants one type): ints rounded
+    inwards; ``None`` for an open end, and for a bound the default itself lies outside of."""
+    import math
+
+    from clipcal.methods.params import bounds_of
+
+    lo, hi = bounds_of(dict(constraints or {}), name)
+    if isinstance(default, bool) or not isinstance(default, (int, float)):
+        return None, None
+    if isinstance(default, int):
+        lo = None if lo is None or not math.isfinite(lo) else int(math.ceil(lo))
+        hi = None if hi is None or not math.isfinite(hi) else int(math.floor(hi))
+    else:
+        lo = None if lo is None else float(lo)
+        hi = None if hi is None else float(hi)
+    return (lo if lo is not None and lo <= default else None), (hi if hi is not None and default <= hi else None)
+
+
+def param_help(help_: str, constraints: Mapping, name: str) -> str:
+    """A hyperparameter's one-line help plus its allowed values in words
+    (:func:`clipcal.methods.params.describe`), when declared."""
+    from clipcal.methods.params import describe
+
+    cs = (constraints or {}).get(name)
+    return f"{help_} — allowed: {describe(cs)}" if cs else help_
 
 
 def parse_value(raw: str):

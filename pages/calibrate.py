@@ -54,10 +54,15 @@ if emb is not None:
     for name in chosen:
         m = METHODS[name]
         marked = m.uses_group_labels and "group labels" not in m.label  # DFR's label already says so
+        advanced = views.advanced_hparams(name)  # CFR's loss-term switches and weights
         with st.expander(f"{m.label} — hyperparameters{' (uses group labels)' if marked else ''}"):
             if m.description:
                 st.caption(m.description)
-            hparams[name] = ui.hparam_widgets(name, m.HPARAMS, seed=seed, selection=rule, choices=m.CHOICES)
+            hparams[name] = ui.hparam_widgets(name, m.HPARAMS, seed=seed, selection=rule, choices=m.CHOICES,
+                                              constraints=m.PARAM_CONSTRAINTS, skip=advanced)
+        if advanced:  # expanders cannot nest: "Advanced" follows the method's own
+            with st.expander(f"{m.label} — Advanced: loss terms and their weights"):
+                hparams[name].update(ui.advanced_widgets(name, m, advanced, base=hparams[name]))
 
     key = pipeline.calib_job_key(bench_spec, spec)
     job = resources.get_jobs().get(key)
@@ -86,6 +91,8 @@ if emb is not None:
         else:
             run = results.shown_run(runs)
             results.results_table(run, key="calib.table")
+            for note in views.failed_notes(run):  # applied but failed (e.g. a NaN loss): what to change
+                st.error(note)
             for note in views.fallback_notes(run):  # e.g. CFR = ERM when the calibration set is empty
                 st.warning(note)
             results.curves_section(run)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 
 from clipcal import catalog, pipeline
 from pages.ui import jobs, resources, state, widgets
+from pages.ui.data import reading_options
 
 st.title("Data")
 st.caption("Pick a benchmark and check it before any GPU work: group counts per split, unreadable files, "
@@ -60,16 +60,19 @@ elif name == "csv":
                              value=str((cur["options"] or {}).get("csv", "metadata.csv"))
                              if cur["name"] == "csv" else "metadata.csv")
     spec = None
+    reading = reading_options("csv", dict(cur["options"] or {}) if cur["name"] == "csv" else {}, fk)
     if root:
         path = Path(csv_path or "metadata.csv")
         path = path if path.is_absolute() else Path(root) / path
-        try:
-            head = pd.read_csv(path, nrows=200)
-        except Exception as err:  # noqa: BLE001 - shown as a message with the file named
-            st.error(f"cannot read the metadata CSV {path}: {err}")
-            head = None
+        head = None
+        with widgets.guarded("reading the metadata CSV"):  # the reader the benchmark uses: encodings, `;` files
+            from clipcal.data.csvdata import read_metadata
+
+            head = read_metadata(path, "csv", encoding=reading.get("encoding")).head(200)
         if head is not None:
             cols = list(head.columns)
+            for note in head.attrs.get("notes") or []:  # e.g. the encoding it guessed
+                st.caption(note)
             st.dataframe(head.head(5), hide_index=True, key="data.csv_head")
             st.markdown("**Column mapping**")
             mapping = {}
@@ -90,15 +93,20 @@ elif name == "csv":
                     guess = prev[opt] if prev.get(opt) in cols else ("(none)" if optional else guess)
                 mapping[opt] = col.selectbox(label, choices, index=choices.index(guess),
                                              key=fk(f"data.map.{opt}"))
-            options = {k: v for k, v in prev.items() if k not in mapping and k != "csv"}  # names, seed, image dir
+            options = {k: v for k, v in prev.items()  # names, seed, image dir
+                       if k not in mapping and k not in ("csv", "encoding", "allow_outside_root")}
             options.update({k: v for k, v in mapping.items() if v != "(none)"})
+            options.update(reading)
             if csv_path and csv_path != "metadata.csv":
                 options["csv"] = csv_path
             spec = {"name": "csv", "root": root, "options": options}
 else:
     root = st.text_input(f"{name} folder", value=cur["root"] or "" if cur["name"] == name else "",
                          key=fk(f"data.root.{name}"))
-    spec = {"name": name, "root": root, "options": {}} if root else None
+    prev = dict(cur["options"] or {}) if cur["name"] == name else {}
+    options = {k: v for k, v in prev.items() if k not in ("encoding", "allow_outside_root")}
+    options.update(reading_options(name, prev, fk))
+    spec = {"name": name, "root": root, "options": options} if root else None
     if not root:
         st.info(f"Give the folder that holds {name}. `python -m clipcal data download --benchmark {name} "
                 "--root PATH` downloads it where a source exists and explains the layout otherwise.")
@@ -132,9 +140,11 @@ if bench is not None:
     m[1].metric("classes", bench.n_classes)
     m[2].metric("attribute values", bench.n_attrs or "—")
     m[3].metric("groups", bench.n_groups or "—")
+    with st.spinner("Checking image contents (first time only)…"):  # the fingerprint hashes every image once
+        fingerprint = resources.fingerprint(bench)
     st.caption(f"Classes ({bench.target_name}): {', '.join(bench.class_names)}"
                + (f" · attribute ({bench.attr_name}): {', '.join(bench.attr_names)}" if bench.n_attrs else "")
-               + f" · fingerprint `{resources.fingerprint(bench)}` · root `{bench.root}`")
+               + f" · fingerprint `{fingerprint}` · root `{bench.root}`")
     if not bench.has_attributes:
         st.warning("This benchmark has no spurious-attribute labels: groups are per class only. "
                    "Worst-group accuracy, the mean of groups and the train-weighted average are undefined "
@@ -167,10 +177,11 @@ if bench is not None:
         else:
             st.warning("Problems found:")
         st.code(rep.to_text(), language="text")
-        for label, df in (("missing", rep.missing), ("unreadable", rep.unreadable)):
+        for label, df in (("missing", rep.missing), ("unreadable", rep.unreadable),
+                          ("outside the root", rep.outside_root)):
             if df is not None and len(df):
                 st.markdown(f"**{label}** ({len(df)})")
-                st.dataframe(df, hide_index=True, key=f"data.{label}")
+                st.dataframe(df, hide_index=True, key=f"data.{label.replace(' ', '_')}")
     elif st.button("Check every image file", key="data.validate",
                    help="Reads each image's header (fast) and lists missing or unreadable files"):
         with widgets.guarded("validating"), st.spinner("Checking images…"):

@@ -27,9 +27,11 @@ with st.expander("📘 What is a backbone, and which one to pick?"):
 bench_spec, current = state.bench_spec(), state.backbone_spec()
 # the form opens on the current backbone, also after a switch in the sidebar (new keys → new widgets)
 fk = functools.partial(state.choice_key, current=current)
-try:
-    from clipcal.backbones import parse_spec
+from clipcal.backbones import model_settings, parse_spec  # noqa: E402
+from clipcal.embed import NothingEmbeddedError  # noqa: E402
 
+NOT_NAMED = "not named"
+try:
     cur_ps = parse_spec(current)
 except ClipcalError:
     cur_ps = None
@@ -60,8 +62,23 @@ elif source == "local checkpoint":
                          placeholder="/path/to/open_clip_model.safetensors")
     kind = st.radio("It is", ["a checkpoint file", "a local hf-hub folder (open_clip_config.json + weights)"],
                     index=1 if cur_ps is not None and cur_ps.local_dir else 0, key=fk("embed.ckpt_kind"))
-    if path:
-        spec = f"open_clip:local-dir:{path}" if kind.startswith("a local") else f"open_clip:{arch}:{path}"
+    if path and kind.startswith("a local"):
+        spec = f"open_clip:local-dir:{path}"
+    elif path:
+        # which published configuration (activation, preprocessing) the file's weights were trained with
+        tags = None
+        with widgets.guarded("reading the architecture's pretrained configurations"):
+            tags = list(model_settings(catalog.checkpoint_spec(arch, path)).choices_table()["tag"])
+        if tags is not None:
+            named = cur_ps.pretrained_cfg if cur_ps is not None and cur_ps.checkpoint else None
+            opts = [NOT_NAMED] + tags
+            cfg = st.selectbox("Pretrained configuration", opts, index=opts.index(named) if named in opts else 0,
+                               key=fk("embed.ckpt_cfg"),
+                               help="The published weights of this architecture whose settings (QuickGELU or "
+                                    "GELU, mean/std, resize) the file was trained with; 'default' = the "
+                                    "architecture's own settings. Not named: guessed from the file, with a warning "
+                                    "when the choices differ.")
+            spec = catalog.checkpoint_spec(arch, path, None if cfg == NOT_NAMED else cfg)
 elif source == "bundled (offline)":
     px = st.select_slider("Input resolution (px)", [128, 160, 192, 224], key=fk("embed.px"),
                           value=cur_ps.image_size if cur_ps is not None and cur_ps.image_size in (128, 160, 192, 224)
@@ -72,6 +89,16 @@ else:
     spec = st.text_input("Backbone spec", value=current, key=fk("embed.spec"),
                          help="open_clip:<arch>:<tag>, open_clip:hf-hub:<org>/<repo>, open_clip:<arch>:<path>, "
                               "open_clip:local-dir:<path>, bundled:efficientnet-lite0[@px], tiny:clip").strip()
+
+# the settings the weights will run with — known from the spec alone (no model load, no network)
+if spec:
+    with widgets.guarded("reading the model settings"):
+        settings = model_settings(spec)
+        st.caption(f"Model settings: {settings.summary()}")
+        if settings.warning:
+            st.warning(settings.warning)
+            with st.expander("The published configurations of this architecture"):
+                st.dataframe(settings.choices_table(), hide_index=True, key="embed.choices")
 
 if spec and spec != current:
     st.info(f"Selected **{spec}** — the current backbone is **{current}**.")
@@ -104,9 +131,12 @@ if bench is not None:
         emb = resources.load_embeddings(bench, current) if not running else None
     label = "Embed again (resume / refresh)" if emb is not None else "Start embedding"
     if st.button(label, type="primary" if emb is None else "secondary", disabled=running, key="embed.start"):
-        jobs.start_embedding(bench_spec, current, device=device, precision=precision, batch_size=int(batch))
-        st.rerun()
-    jobs.job_status(key)
+        with widgets.guarded("starting the embedding"):  # e.g. a read-only store: said now, before any image
+            jobs.start_embedding(bench_spec, current, device=device, precision=precision, batch_size=int(batch))
+            st.rerun()
+    job = jobs.job_status(key, show_done=lambda job: st.success(f"Embedding finished: {job.result.summary()}."))
+    if job is not None and isinstance(job.error, NothingEmbeddedError):  # every row's reason, not only three
+        st.dataframe(job.error.skipped, hide_index=True, key="embed.nothing")
 
     if emb is not None:
         embedding_summary(emb)

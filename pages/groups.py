@@ -21,6 +21,8 @@ if run is not None:
                      help="test is the honest figure; val is what model selection looked at")
     with widgets.guarded("computing metrics"):
         results.metrics_dataframe(views.metrics_table(run, split, numbers_only=True), key="groups.metrics")
+        for note in views.failed_notes(run):  # applied but failed (e.g. a NaN loss): no numbers, what to change
+            st.error(note)
         for note in views.not_applicable_notes(run):  # e.g. zero-shot without a text tower: no numbers at all
             st.caption(note)
         for note in views.fallback_notes(run):  # e.g. CFR = ERM when the calibration set is empty
@@ -37,4 +39,8 @@ if run is not None:
             st.dataframe(groups, hide_index=True, key="groups.table")
 
         st.markdown("#### How each method was trained and selected")
-        st.dataframe(views.records_table(run), hide_index=True, key="groups.records")
+        records = views.records_table(run)
+        for _, r in records[records["loss terms"] != ""].iterrows():  # CFR: the loss as it ran, W's start
+            st.caption(f"**{r['method']}** — loss: {r['loss terms']}"
+                       + (f" · last layer: {r['last layer']}" if r["last layer"] else ""))
+        st.dataframe(records, hide_index=True, key="groups.records")

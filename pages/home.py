@@ -58,10 +58,15 @@ for col, (page, label, icon) in zip(cols, [
 
 # --- the store ----------------------------------------------------------------------------------------------
 st.subheader("In the store")
-with widgets.guarded("reading the store"):
-    from clipcal.paths import cache_dir
+from clipcal.errors import StoreError  # noqa: E402
+from clipcal.paths import cache_dir, cache_root  # noqa: E402
 
+try:
     st.caption(f"Store folder: `{cache_dir()}` (set `CLIPCAL_CACHE` to move it).")
+except StoreError as err:  # e.g. CLIPCAL_CACHE names a file: say so, and what to do, instead of a traceback
+    st.error(f"Store folder `{cache_root()}` cannot be used: {err.message}")
+    st.info(f"What to do: {err.hint or 'set CLIPCAL_CACHE to a writable folder'}, then restart the dashboard.")
+with widgets.guarded("reading the store"):
     emb = resources.store_embeddings()
     runs = resources.store_runs()
     st.markdown(f"**Embeddings** ({len(emb)})")

@@ -17,6 +17,7 @@ widgets.teach_topic("umap")
 bench, run, emb = results.current_run_with_embeddings()
 
 if run is not None and emb is not None:
+    xy = None  # stays None when preparing fails (the error is shown) or the map is still being computed
     with widgets.guarded("preparing the map"):
         after_methods = views.methods_with_after(run)
         if not after_methods:

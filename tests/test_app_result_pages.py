@@ -375,10 +375,17 @@ def test_calibrate_rejects_a_bad_value_before_starting_a_job(app, seeded_store):
     before = len(resources.runs_for(seeded_store["bench"], spec))
     at = app("calibrate")
     at.multiselect(key="calib.methods").set_value(["erm"]).run()
-    at.number_input(key="calib.hp.erm.epochs").set_value(-5).run()
+    # the number input takes its bounds from the declared domain: -5 epochs cannot be entered at all
+    epochs = at.number_input(key="calib.hp.erm.epochs")
+    assert epochs.min == 1 and "whole number ≥ 1" in epochs.help
+    default = epochs.value
+    epochs.set_value(-5).run()
+    assert at.number_input(key="calib.hp.erm.epochs").value == default
+    # a value the widget lets through (lr's interval is open at 0) is refused by the domain, before any job
+    at.number_input(key="calib.hp.erm.lr").set_value(0.0).run()
     at.button(key="calib.start").click().run()
     _no_exception(at)
-    assert any("epochs must be a whole number ≥ 1" in e.value for e in at.error)
+    assert any("erm.lr must be" in e.value for e in at.error), [e.value for e in at.error]
     job = resources.get_jobs().get(pipeline.calib_job_key(bench_spec, spec))
     assert job is None or not job.is_running
     assert len(resources.runs_for(seeded_store["bench"], spec)) == before

@@ -14,7 +14,8 @@ Where to look (every widget key starts with its page's prefix: ``data.``, ``embe
 - ``widgets.py``    — small shared widgets: errors as messages, teaching expanders, image grids, notices.
 - ``results.py``    — what every result page opens with (the current run or why there is none) and the shared
                       result blocks (metric table, training curves).
-- ``calibrate.py``, ``representations.py``, ``spurious.py`` — the sections of those pages, one function each.
+- ``calibrate.py``, ``data.py``, ``embed.py``, ``representations.py``, ``spurious.py`` — the sections of those
+                      pages, one function each.
 
 The logic these draw lives in ``clipcal`` (no Streamlit there): :mod:`clipcal.catalog` (what is in the store),
 :mod:`clipcal.pipeline` (the steps the jobs run), :mod:`clipcal.views` (tables and notes).

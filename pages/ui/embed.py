@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from clipcal import views
+
 
 def embedding_summary(emb) -> None:
     """What is stored for an embedding set: counts, dimensions, text tower, skipped samples with reasons."""
@@ -17,6 +19,10 @@ def embedding_summary(emb) -> None:
     m[1].metric("feature dim d", emb.features.shape[1])
     m[2].metric("embedding dim e", emb.embeddings.shape[1])
     m[3].metric("text tower", "yes" if emb.has_text else "no")
+    settings = ((getattr(emb, "manifest", None) or {}).get("meta") or {}).get("model_settings")
+    st.caption(views.model_settings_line(settings))
+    if isinstance(settings, dict) and settings.get("warning"):  # embedded with guessed settings that matter
+        st.warning(settings["warning"])
     st.caption(f"Projection: {emb.projection}"
                + (" (the model's own last layer; CFR recalibrates it)" if emb.projection == "exact"
                   else " (approximation: the embedding is the feature; CFR learns a new projection)"))

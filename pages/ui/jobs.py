@@ -49,7 +49,12 @@ def _demo_worker(bench_spec: dict, backbone: str, progress=None, cancel=None) ->
 
 
 def start_demo_path(bench_spec: dict, backbone: str):
-    """Start (or return the running) job of :func:`clipcal.pipeline.demo_path` (Home's one click)."""
+    """Start (or return the running) job of :func:`clipcal.pipeline.demo_path` (Home's one click).
+
+    Raises:
+        StoreError: the store cannot be written (:meth:`clipcal.store.Store.check_writable`), before any work.
+    """
+    resources.get_store().check_writable()
     key = pipeline.demo_job_key(bench_spec, backbone)
     st.session_state[state.K_DEMO_JOB] = key
     return resources.get_jobs().submit(key, _demo_worker, dict(bench_spec), backbone,
@@ -69,7 +74,13 @@ def _embed_worker(bench_spec: dict, backbone: str, device: str = "auto", precisi
 
 def start_embedding(bench_spec: dict, backbone: str, **options):
     """Start (or return the running) embedding job of (benchmark, backbone); ``options``: device, precision,
-    batch_size."""
+    batch_size.
+
+    Raises:
+        StoreError: the store cannot be written (:meth:`clipcal.store.Store.check_writable`): said now, not after
+            every image was encoded.
+    """
+    resources.get_store().check_writable()
     return resources.get_jobs().submit(pipeline.embed_job_key(bench_spec, backbone), _embed_worker,
                                        dict(bench_spec), backbone, label=f"Embedding with {backbone}", **options)
 
@@ -89,12 +100,16 @@ def start_calibration(bench_spec: dict, backbone: str, methods: list[str], hpara
     ``(run key, summary)``.
 
     Raises:
-        MethodError: a hyperparameter value a method refuses (:func:`clipcal.runs.resolve_hparams`), before any
-            work.
+        MethodError: a hyperparameter value a method refuses (:func:`clipcal.runs.resolve_hparams`);
+        MissingDependencyError: a package a chosen method needs is not installed
+        (:func:`clipcal.runs.check_method_dependencies`); StoreError: the store cannot be written — all before any
+        work.
     """
-    from clipcal.runs import resolve_hparams
+    from clipcal.runs import check_method_dependencies, resolve_hparams
 
+    check_method_dependencies(list(methods))
     resolve_hparams(list(methods), hparams, int(seed), selection)
+    resources.get_store().check_writable()
     return resources.get_jobs().submit(
         pipeline.calib_job_key(bench_spec, backbone), _calib_worker, dict(bench_spec), backbone, list(methods),
         dict(hparams), seed=int(seed), selection=selection, label=f"Calibrating {', '.join(methods)}")
@@ -109,7 +124,12 @@ def _umap_worker(run_id: str, bench_spec: dict, backbone: str, method: str | Non
 
 
 def start_projection(run_id: str, method: str | None):
-    """Start the job that fits the current run's joint UMAP (:func:`clipcal.pipeline.project`)."""
+    """Start the job that fits the current run's joint UMAP (:func:`clipcal.pipeline.project`).
+
+    Raises:
+        StoreError: the store cannot be written (the map is stored), before any work.
+    """
+    resources.get_store().check_writable()
     return resources.get_jobs().submit(pipeline.umap_job_key(run_id, method), _umap_worker, run_id,
                                        state.bench_spec(), state.backbone_spec(), method,
                                        label="Computing the shared UMAP map")

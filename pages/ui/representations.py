@@ -57,8 +57,9 @@ def umap_figure(points: pd.DataFrame, color: str, layout: str):
     from clipcal.figures import umap_figure as _fig
 
     return _fig(points, color=color, mode="overlay" if layout == "overlaid" else "side_by_side",
-                hover=views.hover_columns(points, color), line_order="move_2d" if "move_2d" in points else None,
-                lines=150)
+                hover=views.hover_columns(points, color), lines=150,
+                # segments of the samples whose embedding changed most (1 − cos), not of the longest 2-D moves
+                line_order="cos_change" if "cos_change" in points else None)
 
 
 def selectable_map(run, method: str | None, shown: pd.DataFrame, color: str, layout: str, splits) -> list[str]:
@@ -104,7 +105,7 @@ def _hover_spec(run, bench, shown: pd.DataFrame, color: str, layout: str, method
                               lambda: _hover_images(bench, p))
         p["image"] = pd.Series(imgs, index=p.index, dtype=object)
         spec = umap_hover_spec(p, color, mode="overlay" if layout == "overlaid" else "side_by_side", hover=hover,
-                               line_order="move_2d" if "move_2d" in p else None, lines=150)
+                               line_order="cos_change" if "cos_change" in p else None, lines=150)
         return spec, int(sum(1 for u in imgs if u)), min(len(p), HOVER_THUMB_CAP)
 
     return resources.memo(("umap_hover", run_id, method, color, layout, tuple(sorted(shown["split"].unique()))),

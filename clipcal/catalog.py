@@ -151,11 +151,9 @@ def checkpoint_spec(arch: str, path: str, pretrained_cfg: str | None = None) -> 
         BackboneError: unknown architecture or configuration, or a path that is not one (as
             :func:`clipcal.backbones.parse_spec`).
     """
-    from clipcal.backbones import BackboneSpec, parse_spec
+    from clipcal.backbones import BackboneSpec
 
-    named = BackboneSpec(source="open_clip", arch=str(arch).strip(), checkpoint=str(path).strip(),
-                         pretrained_cfg=(pretrained_cfg or None))
-    return str(parse_spec(str(named)))
+    return str(BackboneSpec.from_checkpoint(arch, path, config=pretrained_cfg))
 
 
 def weights_gone(spec: str) -> bool:

@@ -130,8 +130,8 @@ class BackboneSpec:
         """
         if not str(path).strip():
             raise BackboneError("no checkpoint file given", hint="give the path of a .pt / .safetensors file")
-        return parse_spec(str(cls(source="open_clip", arch=arch, checkpoint=str(Path(path).expanduser().resolve()),
-                                  pretrained_cfg=config)))
+        return parse_spec(str(cls(source="open_clip", arch=str(arch).strip(), pretrained_cfg=config or None,
+                                  checkpoint=str(Path(str(path).strip()).expanduser().resolve()))))
 
     @classmethod
     def from_local_dir(cls, folder: str | os.PathLike) -> "BackboneSpec":

@@ -10,6 +10,7 @@ import shlex
 import sys
 import time
 
+from clipcal.backbones.spec import DEFAULT_SPEC
 from clipcal.commands._progress import CliProgress
 from clipcal.commands.data import add_benchmark_args, benchmark_cli_args
 from clipcal.commands.embed import _count
@@ -49,8 +50,8 @@ def register(subparsers) -> None:
                               description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_benchmark_args(p)
-    p.add_argument("--backbone", "-m", metavar="SPEC", default="bundled:efficientnet-lite0",
-                   help="backbone spec (default bundled:efficientnet-lite0; see `python -m clipcal embed -h`)")
+    p.add_argument("--backbone", "-m", metavar="SPEC", default=str(DEFAULT_SPEC),
+                   help=f"backbone spec (default {DEFAULT_SPEC}; see `python -m clipcal embed -h`)")
     p.add_argument("--methods", default=None, metavar="A,B,…",
                    help=f"comma-separated methods (default {DEFAULT_METHODS}; those that do not apply to the "
                    "backbone or benchmark are listed as not applicable)")

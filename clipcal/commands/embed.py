@@ -7,6 +7,7 @@ import sys
 import time
 import warnings
 
+from clipcal.backbones.spec import DEFAULT_SPEC
 from clipcal.commands._progress import CliProgress
 
 DESCRIPTION = """\
@@ -46,8 +47,8 @@ def register(subparsers) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_benchmark_args(p)
     g = p.add_argument_group("backbone and hardware")
-    g.add_argument("--backbone", "-m", metavar="SPEC", default="bundled:efficientnet-lite0",
-                   help="which model embeds the images (default: bundled:efficientnet-lite0; see below)")
+    g.add_argument("--backbone", "-m", metavar="SPEC", default=str(DEFAULT_SPEC),
+                   help=f"which model embeds the images (default: {DEFAULT_SPEC}; see below)")
     g.add_argument("--device", default="auto", metavar="DEV",
                    help="auto (GPU if available), cpu, cuda, cuda:1 … (default: auto)")
     g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],

@@ -7,6 +7,8 @@ import math
 import sys
 from pathlib import Path
 
+from clipcal.backbones.spec import DEFAULT_SPEC
+
 DESCRIPTION = """\
 Show the latest calibration run of a benchmark and backbone (or a run given by --key): the method
 table (worst-group accuracy, the three averages, worst-class accuracy, whether group labels were used
@@ -27,8 +29,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("report", help="print / write the tables of the latest calibration run",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_benchmark_args(p)
-    p.add_argument("--backbone", "-m", metavar="SPEC", default="bundled:efficientnet-lite0",
-                   help="backbone spec of the run (default bundled:efficientnet-lite0)")
+    p.add_argument("--backbone", "-m", metavar="SPEC", default=str(DEFAULT_SPEC),
+                   help=f"backbone spec of the run (default {DEFAULT_SPEC})")
     p.add_argument("--key", metavar="KEY", help="a specific run (see --list) instead of the latest")
     p.add_argument("--list", action="store_true", help="list the stored runs of this benchmark and backbone")
     p.add_argument("--split", default="test", choices=["val", "test", "all"], help="split shown (default test)")

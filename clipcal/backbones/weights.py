@@ -140,7 +140,7 @@ def check_weights(spec: str | BackboneSpec) -> None:
                   f"on a machine with internet, run the same command once (huggingface.co/{repo} is cached in "
                   "~/.cache/huggingface and works offline afterwards), or unset HF_HUB_OFFLINE if this machine "
                   "is online"))
-    if r.local_file or r.source.chooses_settings:  # a checkpoint file, given or found: an LFS / annex pointer, HTML page or empty file is named (filekind)
+    if r.local_file or r.spec.kind == "checkpoint":  # an LFS / annex pointer, HTML page or empty file is named
         from clipcal.filekind import check_file
 
         check_file(r.local_file or r.where, "a PyTorch / safetensors checkpoint", error=BackboneError,

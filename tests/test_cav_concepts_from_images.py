@@ -177,3 +177,25 @@ def test_too_few_concept_images_is_a_clear_error(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"x")
     with pytest.raises(DataError, match="holds 1 image file"):
         cav.folder_benchmark(tmp_path)
+
+
+def test_last_layer_with_more_dimensions_than_rows_is_recovered_around_its_starting_layer():
+    """d > N (e.g. Lite0's 1280-d features, a small demo): SGD moves W only within the span of the training features,
+    so W = start + Δ (Δ of least norm) is exact; without the start, new features outside the span are refused."""
+    rng = np.random.default_rng(0)
+    n, d, e = 60, 90, 16
+    h = rng.normal(size=(n, d))
+    P = rng.normal(size=(d, e)) / np.sqrt(d)
+    fit_rows = np.ones(n, bool)
+    fit_rows[::10] = False  # the rows recover_last_layer holds out
+    # SGD's updates are outer products with training features, small next to the start at the reference lr (on the
+    # demo with Lite0, 1,080 rows × 1,280 dims, the recovered ERM layer reproduced held-out rows to cosine 0.999999)
+    W = P + 0.05 * h[fit_rows].T @ rng.normal(size=(fit_rows.sum(), e)) / n
+    z = _unit(h @ W)
+    new = rng.normal(size=(20, d))
+    with_start = cav.recover_last_layer(h, z, prior=P)
+    got, why = with_start.apply(new)
+    assert with_start.ok and why == "" and np.einsum("ij,ij->i", got, _unit(new @ W)).min() > 0.999
+    without = cav.recover_last_layer(h, z)
+    if without.ok:
+        assert without.apply(new)[0] is None and "span" in without.apply(new)[1]

@@ -46,6 +46,7 @@ from torch import nn
 from clipcal.errors import MethodError
 from clipcal.methods.base import (FeatureData, NonFiniteError, Progress, ProgressFn, check_cancel, empty_curves,
                                   report)
+from clipcal.methods.fitted import FittedLastLayer
 from clipcal.methods.params import Boolean, InstanceOf, Integral, Interval, Real, StrOptions
 
 SELECTION_RULES = {
@@ -581,6 +582,19 @@ class TrainedLastLayer:
     def head(self) -> np.ndarray:
         """The trained head, rows normalised, [K, e] float32."""
         return normalize_rows(self.model.head.detach().float().cpu().numpy())
+
+    def fitted(self) -> FittedLastLayer:
+        """W, the normalised head and the logit scale of the chosen epoch as a
+        :class:`~clipcal.methods.fitted.FittedLastLayer` (no bias)."""
+        return last_layer_of(self.model, self.evaluator.data)
+
+
+def last_layer_of(model: LastLayer, data: FeatureData) -> FittedLastLayer:
+    """The :class:`~clipcal.methods.fitted.FittedLastLayer` of a :class:`LastLayer` in its current state:
+    ``W``, ``normalize(T)`` and ``s`` (``logits = s · normalize(h W) · normalize(T)ᵀ``, no bias)."""
+    return FittedLastLayer(W=model.weight.detach().float().cpu().numpy(),
+                           head=normalize_rows(model.head.detach().float().cpu().numpy()), scale=model.scale,
+                           bias=None, classes=tuple(data.class_names))
 
 
 def init_notes(init: dict, data: FeatureData) -> list[str]:

@@ -22,10 +22,11 @@ import numpy as np
 import pandas as pd
 
 from clipcal.errors import MethodError
-from clipcal.methods._train import (DEFAULT_SCALE, ERM_DEFAULTS, LAST_LAYER_CONSTRAINTS, SELECTION_RULES,
-                                    init_notes, selection_score, stage_progress)
-from clipcal.methods.base import Method, MethodResult, NonFiniteError, check_cancel, report, softmax
-from clipcal.methods.erm import LAST_LAYER_HPARAMS, fit_erm_stage, uses_groups
+from clipcal.methods._train import (DEFAULT_SCALE, LAST_LAYER_CONSTRAINTS, SELECTION_RULES, init_notes,
+                                    selection_score, stage_progress)
+from clipcal.methods.base import MethodResult, NonFiniteError, check_cancel, report, softmax
+from clipcal.methods.fitted import FittedLastLayer
+from clipcal.methods.last_layer import LAST_LAYER_HPARAMS, LastLayerMethod, uses_groups
 from clipcal.methods.params import Interval, ListOf, Real
 
 
@@ -96,7 +97,7 @@ def fit_linear_head(z: np.ndarray, y: np.ndarray, w: np.ndarray, V0: np.ndarray,
     return res.x[: k * e].reshape(k, e).copy(), res.x[k * e:].copy()
 
 
-class AFR(Method):
+class AFR(LastLayerMethod):
     """Automatic Feature Reweighting: ERM on part of train, then a reweighted final layer on the held-out part."""
 
     name = "afr"
@@ -117,23 +118,11 @@ class AFR(Method):
     }
 
     def __init__(self, gammas=(0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0), regs=(0.0, 0.01, 0.1), heldout_frac=0.2,
-                 epochs=ERM_DEFAULTS["epochs"], lr=ERM_DEFAULTS["lr"], weight_decay=ERM_DEFAULTS["weight_decay"],
-                 momentum=ERM_DEFAULTS["momentum"], batch_size=ERM_DEFAULTS["batch_size"],
-                 dropout=ERM_DEFAULTS["dropout"], learn_scale=ERM_DEFAULTS["learn_scale"],
-                 selection=ERM_DEFAULTS["selection"], seed=0, device="auto"):
+                 **last_layer):
+        super().__init__(**last_layer)
         self.gammas = gammas
         self.regs = regs
         self.heldout_frac = heldout_frac
-        self.epochs = epochs
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.momentum = momentum
-        self.batch_size = batch_size
-        self.dropout = dropout
-        self.learn_scale = learn_scale
-        self.selection = selection
-        self.seed = seed
-        self.device = device
 
     def _fit(self, data, progress, cancel) -> MethodResult:
         gammas = [float(g) for g in np.atleast_1d(self.gammas)]
@@ -147,7 +136,7 @@ class AFR(Method):
                               hint="use ERM or JTT on this benchmark")
         grid = list(itertools.product(gammas, regs))
         total = int(self.epochs) + len(grid)
-        erm = fit_erm_stage(self, data, stage_progress(progress, 0, total), cancel, stage="erm",
+        erm = self.fit_erm_stage(data, stage_progress(progress, 0, total), cancel, stage="erm",
                             train_idx=part1)
         probs0, z = erm.predict_all()
         notes += init_notes(erm.init, data) + erm.notes
@@ -183,4 +172,5 @@ class AFR(Method):
                     "chosen_epoch": erm.chosen_epoch, "chosen_gamma": gamma, "chosen_reg": reg,
                     "val_score": float(best[0]), "n_erm_part": int(len(part1)), "n_heldout": int(len(held)),
                     "device": str(erm.evaluator.device), "fit_seconds": round(erm.seconds, 3), "notes": notes},
-            curves=curves)
+            curves=curves,
+            fitted=FittedLastLayer(W=erm.weight(), head=V, scale=1.0, bias=b, classes=tuple(data.class_names)))

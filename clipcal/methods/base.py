@@ -12,8 +12,10 @@ same shape :class:`clipcal.jobs.JobManager` reads (``done``/``total``/``message`
 Usage::
 
     data = FeatureData.from_store(benchmark, embedding_set, text_head=head)
-    res = ERM(epochs=50, seed=0).fit(data).result_
-    res.probs        # [N, K] float32, every split
+    erm = ERM(epochs=50, seed=0).fit(data)
+    erm.result_.probs          # [N, K] float32, every row it was fitted on (a view of the fitted model)
+    erm.predict_proba(h_new)   # [n, K] float32 for NEW pre-projection features h [n, d] (inductive)
+    erm.transform(h_new)       # [n, e] float32 calibrated embeddings normalize(h W_)
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import pandas as pd
 
 from clipcal._json import jsonable
 from clipcal.errors import Cancelled, MethodError
+from clipcal.methods.fitted import FittedLastLayer, NotFittedError
 from clipcal.methods.params import choices_of, validate_params
 
 SPLITS = ("train", "val", "test")
@@ -391,6 +394,9 @@ class MethodResult:
             ``seed`` (int | None), ``chosen_epoch`` (int | None), ``notes`` (list of str: fall-backs,
             replacement sampling …), plus method-specific keys (``device``, ``fit_seconds``, ``train_loss``…).
         curves: DataFrame with columns ``epoch, stage, split, metric, value`` (long format; may be empty).
+        fitted: the fitted last layer and head (:class:`~clipcal.methods.fitted.FittedLastLayer`) that gives
+            ``probs`` and ``embeddings_after`` from the features, or ``None`` (a method, or a stored run from
+            before fitted layers were kept, that cannot be applied to new features).
     """
 
     method: str
@@ -400,6 +406,7 @@ class MethodResult:
     calibration_set: np.ndarray | None = None
     record: dict = field(default_factory=dict)
     curves: pd.DataFrame = field(default_factory=empty_curves)
+    fitted: FittedLastLayer | None = None
 
     def __post_init__(self) -> None:
         self.probs = np.asarray(self.probs, dtype=np.float32)
@@ -459,6 +466,13 @@ class Method:
     CHOICES: ClassVar[dict[str, tuple]] = {}
 
     result_: MethodResult
+    #: fitted state, set by :meth:`fit` (absent before): the last layer [d, e], class head [K, e], logit scale,
+    #: bias [K] and class names — see :class:`~clipcal.methods.fitted.FittedLastLayer`
+    W_: np.ndarray
+    head_: np.ndarray
+    scale_: float
+    bias_: np.ndarray
+    classes_: list[str]
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -536,8 +550,51 @@ class Method:
         result.record["notes"] = list(data.notes) + list(result.record.get("notes", []))
         if result.probs.shape != (data.n, data.n_classes):
             raise AssertionError(f"{self.name} returned probs of shape {result.probs.shape}")
+        for attr in ("W_", "head_", "scale_", "bias_"):  # a refit never keeps a previous fit's layer
+            self.__dict__.pop(attr, None)
+        if result.fitted is not None:
+            f = result.fitted
+            self.W_, self.head_, self.scale_, self.bias_ = f.W, f.head, f.scale, f.bias
+        self.classes_ = list(data.class_names)
         self.result_ = result
         return self
+
+    # -- inductive use of the fitted model ---------------------------------------------------------------
+    def fitted_last_layer(self, what: str = "fitted_last_layer") -> FittedLastLayer:
+        """The fitted last layer and head as a :class:`~clipcal.methods.fitted.FittedLastLayer`.
+
+        Raises:
+            NotFittedError: :meth:`fit` has not been called (sklearn's wording: "not fitted yet").
+            MethodError: the method has no last layer to apply to new features (zero-shot / DFR on an embedding
+                set that stores no projection and whose features are not the embeddings).
+        """
+        if "result_" not in self.__dict__:
+            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet: call fit(data) before "
+                                 f"using {what}",
+                                 hint=f"e.g. {type(self).__name__}().fit(FeatureData.from_store(benchmark, "
+                                      "embedding_set)) — or rebuild a stored run's model with Run.fitted(method)")
+        if "W_" not in self.__dict__:
+            raise MethodError(f"{self.name} has no last layer to apply to new features: the embedding set stores "
+                              "no projection and its features are not the embeddings",
+                              hint="use the fitted result (result_) for the rows it was fitted on")
+        return FittedLastLayer(W=self.W_, head=self.head_, scale=self.scale_, bias=self.bias_,
+                               classes=tuple(self.classes_))
+
+    def predict_proba(self, h) -> np.ndarray:
+        """Class probabilities [n, K] float32 for new pre-projection features ``h`` [n, d] (float32).
+
+        ``softmax(scale_ · normalize(h W_) head_ᵀ + bias_)`` — for the rows the method was fitted on, equal to
+        ``result_.probs`` (≈ 1e-6). Raises NotFittedError before :meth:`fit`; MethodError for features of the
+        wrong width or with NaN / inf (the rows are named)."""
+        return self.fitted_last_layer("predict_proba").predict_proba(h)
+
+    def predict(self, h) -> np.ndarray:
+        """Class indices [n] int64 for new pre-projection features ``h`` [n, d] (argmax of the logits)."""
+        return self.fitted_last_layer("predict").predict(h)
+
+    def transform(self, h) -> np.ndarray:
+        """Calibrated L2-normalised embeddings ``normalize(h W_)`` [n, e] float32 for features ``h`` [n, d]."""
+        return self.fitted_last_layer("transform").transform(h)
 
     def _fit(self, data: FeatureData, progress: ProgressFn | None, cancel) -> MethodResult:
         raise NotImplementedError

@@ -74,11 +74,19 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from clipcal.errors import MethodError
 from clipcal.methods import _train as T
 from clipcal.methods.base import FeatureData, Method, MethodResult, ProgressFn, check_cancel
+# the building blocks live next door (one concern each) and are re-exported here, where they were first defined
+from clipcal.methods.cfr_calibration import (CALIBRATION_ERRORS, CALIBRATION_RULES, MIN_PER_CLASS,  # noqa: F401
+                                             CalibrationChoice, calibration_set, calibration_summary,
+                                             calibration_usable, choose_calibration_set, cross_fit_errors,
+                                             stratified_folds, usable_definition)
+from clipcal.methods.cfr_losses import (cfr_step_loss, contrastive_loss, project_unique,  # noqa: F401
+                                        supcon_loss)
+from clipcal.methods.cfr_sampling import PoolSampler, mine_hard_negatives  # noqa: F401
+from clipcal.methods.fitted import FittedLastLayer
 from clipcal.methods.params import Boolean, Integral, Interval, Real, StrOptions
 
 #: (title, markdown) shown on the dashboard's Calibrate page: the method as this module implements it.
@@ -99,75 +107,6 @@ NEGATIVE_MODES = ("hard", "random-other-class")
 LOSS_TERMS = ("ce", "contrastive", "supcon")
 INIT_MODES = ("pretrained", "erm")
 LOSS_SCHEDULES = ("fixed", "cosine")
-CALIBRATION_ERRORS = ("auto", "train", "cross-fit")
-#: what each calibration-set rule takes (record ``calibration_rule`` / ``calibration_set.source``)
-CALIBRATION_RULES = {
-    "train": "the paper's rule: training samples the stage-1 ERM model misclassifies",
-    "cross-fit": "cross-fit: training samples misclassified by ERM models that did not train on them",
-}
-#: default of ``calibration_min_per_class`` — see :func:`calibration_usable`
-MIN_PER_CLASS = 5
-
-
-# ---------------------------------------------------------------------------------------------------------
-# calibration set and sampling
-# ---------------------------------------------------------------------------------------------------------
-
-
-def calibration_set(y: np.ndarray, pred: np.ndarray, train_idx: np.ndarray) -> np.ndarray:
-    """Rows of the training split that the ERM model misclassifies (argmax ≠ y) — the calibration set.
-
-    Args:
-        y: [N] int64 labels of all rows.
-        pred: [N] int64 ERM predictions of all rows (argmax of its probabilities).
-        train_idx: [n_train] int64 row indices of the training split.
-
-    Returns:
-        [n_cal] int64 row indices, ascending; no threshold, no cap (cfr-method.md, "Calibration set").
-    """
-    tr = np.sort(np.asarray(train_idx, dtype=np.int64))
-    return tr[np.asarray(pred)[tr] != np.asarray(y)[tr]]
-
-
-def usable_definition(min_per_class: int) -> str:
-    """The definition of a usable calibration set, in words (recorded with every CFR run)."""
-    return (f"usable = at least {min_per_class} calibration sample(s) in every class: cross-entropy on anchors "
-            "that miss a class is minimised by moving every representation toward the classes the anchors hold "
-            "(the collapse seen on the demo), while anchors of every class pull against each other")
-
-
-def calibration_usable(y: np.ndarray, cal: np.ndarray, class_names: list[str],
-                       min_per_class: int = MIN_PER_CLASS) -> tuple[bool, str]:
-    """Whether a calibration set can drive CFR's stage 2, and why — no group labels read.
-
-    Usable ⇔ every class has at least ``min_per_class`` samples in the set (:func:`usable_definition`). Why
-    every class: stage 2's cross-entropy on the calibration anchors (logit scale 1/0.07, the same few anchors
-    in every step, SGD momentum 0.9) is lowered fastest by moving *all* representations toward the classes the
-    anchors hold. Measured on the demo (Lite0, birds 25–40 %, seed 0; validation only): the paper's set was 8
-    images, all landbirds on water; validation worst-class accuracy went 0.68 (stage-2 start) → 0.36 after one
-    epoch → 0.06 after two, with nearly every image predicted "landbird". With the cross-entropy term off it
-    stayed at 0.65–0.68; with only that term on it collapsed the same way; training only W (head frozen) or
-    starting from ERM collapsed too (0.795 → 0.615 → 0.44 …). A set covering both classes (cross-fit, 47
-    images) climbed instead (0.68 → 0.815 in 10 epochs).
-
-    Args:
-        y: [N] int labels of all rows.
-        cal: [n_cal] int row indices of the calibration set.
-        class_names: K names (index = class).
-        min_per_class: the least count every class needs (≥ 1).
-
-    Returns:
-        (usable, reason) — the reason names the size and the per-class counts, e.g. ``"8 samples: landbird 8,
-        waterbird 0 (waterbird < 5)"``.
-    """
-    counts = np.bincount(np.asarray(y)[np.asarray(cal, dtype=np.int64)], minlength=len(class_names))
-    made_of = ", ".join(f"{n} {int(c)}" for n, c in zip(class_names, counts))
-    short = [n for n, c in zip(class_names, counts) if c < min_per_class]
-    if len(cal) == 0:
-        return False, "empty (0 samples)"
-    if short:
-        return False, f"{len(cal)} samples: {made_of} ({', '.join(short)} < {min_per_class})"
-    return True, f"{len(cal)} samples: {made_of}"
 
 
 def outcome_lines(record: dict) -> list[str]:
@@ -209,340 +148,6 @@ def outcome_lines(record: dict) -> list[str]:
                    + (" CFR's numbers and its 'after' representation are therefore ERM's." if reason == "selection"
                       else ""))
     return out
-
-
-def stratified_folds(y: np.ndarray, rows: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Assign ``rows`` to ``k`` folds, each class spread evenly over the folds (seeded).
-
-    Args:
-        y: [N] int labels of all rows.
-        rows: [n] int row indices to split (the training split).
-        k: number of folds, ≥ 2.
-        seed: numpy seed of the per-class permutation.
-
-    Returns:
-        [n] int64 fold number in ``[0, k)`` of each entry of ``rows`` (same order as ``rows``).
-    """
-    rows = np.asarray(rows, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    fold = np.empty(len(rows), dtype=np.int64)
-    offset = 0
-    for c in np.unique(np.asarray(y)[rows]):
-        pos = rng.permutation(np.flatnonzero(np.asarray(y)[rows] == c))
-        fold[pos] = (np.arange(len(pos)) + offset) % k   # offset: small classes don't all start in fold 0
-        offset += len(pos)
-    return fold
-
-
-def cross_fit_errors(data: FeatureData, *, folds: int, seed: int, train_kwargs: dict,
-                     progress: ProgressFn | None = None, cancel=None, epochs_per_fold: int = 1,
-                     offset: float = 0.0, grand_total: float = 1.0) -> tuple[np.ndarray, list[dict]]:
-    """Training rows misclassified by an ERM model that did not train on them (out-of-fold errors).
-
-    The annotation-free alternative to "errors of ERM on its own training samples" for when ERM fits the whole
-    training split (high-dimensional features, few images — the calibration set would be empty). The training
-    split is cut into ``folds`` class-stratified folds; for each fold an ERM last layer is trained on the other
-    folds with the stage-1 recipe (``train_kwargs``, validation selection as configured) and predicts the
-    held-out fold. No group labels are read. Cost ≈ ``folds − 1`` times one ERM stage of the same length.
-
-    Args:
-        data: the feature data (train and val splits used).
-        folds: number of folds k ≥ 2.
-        seed: seeds the fold assignment and each fold's training (``seed * 100 + fold``).
-        train_kwargs: keyword arguments of :func:`clipcal.methods._train.train_last_layer` (stage-1 recipe).
-        progress, cancel: as in :meth:`Method.fit`; each fold reports ``epochs_per_fold`` units from
-            ``offset`` out of ``grand_total``.
-
-    Returns:
-        (calibration set [n_cal] int64 row indices ascending, per-fold records ``{fold, n_fit, n_heldout,
-        n_errors, chosen_epoch}``).
-
-    Raises:
-        MethodError: a class has fewer training samples than ``folds`` (a fold would lack it).
-    """
-    tr = data.indices("train")
-    counts = np.bincount(data.y[tr], minlength=data.n_classes)
-    if folds < 2 or counts.min() < folds:
-        small = [data.class_names[c] for c in np.flatnonzero(counts < folds)]
-        raise MethodError(f"cross-fit calibration set needs ≥ {folds} training samples per class and ≥ 2 folds "
-                          f"(folds = {folds}; too small: {small})",
-                          hint="use calibration_errors='train' or fewer folds")
-    fold_of = stratified_folds(data.y, tr, folds, seed)
-    errors, records = [], []
-    for f in range(folds):
-        fit_rows, held = tr[fold_of != f], tr[fold_of == f]
-        m = T.train_last_layer(data, train_idx=fit_rows,
-                               **{**train_kwargs, "seed": seed * 100 + f, "stage": f"cross-fit {f + 1}/{folds}"},
-                               progress=T.stage_progress(progress, offset + f * epochs_per_fold, grand_total),
-                               cancel=cancel)
-        probs, _ = m.predict_all()
-        err = held[probs[held].argmax(1) != data.y[held]]
-        errors.append(err)
-        records.append({"fold": f, "n_fit": int(len(fit_rows)), "n_heldout": int(len(held)),
-                        "n_errors": int(len(err)), "chosen_epoch": m.chosen_epoch})
-    return np.sort(np.concatenate(errors)).astype(np.int64), records
-
-
-def _pad_with_replacement(chosen: torch.Tensor, pool: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
-    """Fill ``chosen`` [m] up to ``k`` entries with uniform draws (with replacement) from ``pool``."""
-    extra = pool[torch.randint(len(pool), (k - len(chosen),), generator=gen)]
-    return torch.cat([chosen, extra])
-
-
-@torch.no_grad()
-def mine_hard_negatives(features: np.ndarray | torch.Tensor, y: np.ndarray, anchors: np.ndarray,
-                        candidates: np.ndarray, n_neg: int = 16, chunk: int = 2048, seed: int = 0,
-                        device: str | torch.device = "cpu") -> tuple[np.ndarray, int]:
-    """For each anchor, the ``n_neg`` candidates of *other* classes nearest by cosine similarity.
-
-    Similarity is computed in the frozen feature space ``h`` (cfr-method.md: hard negatives, precomputed once)
-    in blocks of ``chunk`` anchors × ``chunk`` candidates with a running top-k, so memory stays bounded
-    (O(chunk² + chunk·n_neg)) whatever the number of samples.
-
-    Args:
-        features: [N, d] float features ``h`` of all rows.
-        y: [N] int labels of all rows.
-        anchors: [A] row indices of the anchors (calibration samples).
-        candidates: [C] row indices the negatives are drawn from (the training split).
-        n_neg: N, negatives per anchor.
-        chunk: block size of the chunked matrix product.
-        seed: seeds the with-replacement padding (only used when an anchor has fewer than ``n_neg``
-            other-class candidates).
-        device: where to compute.
-
-    Returns:
-        (neg [A, n_neg] int64 row indices, most similar first; number of anchors that had fewer than
-        ``n_neg`` other-class candidates and were padded with replacement).
-
-    Raises:
-        MethodError: an anchor has no other-class candidate at all.
-    """
-    dev = torch.device(device)
-    feats = torch.as_tensor(features)
-    y_t = torch.as_tensor(np.asarray(y), dtype=torch.int64)
-    anc = torch.as_tensor(np.asarray(anchors, dtype=np.int64))
-    cand = torch.as_tensor(np.asarray(candidates, dtype=np.int64))
-    A = len(anc)
-    out = torch.empty((A, n_neg), dtype=torch.int64)
-    if A == 0:
-        return out.numpy(), 0
-    y_c = y_t[cand].to(dev)
-    class_counts = torch.bincount(y_t[cand], minlength=int(y_t.max()) + 1)
-    n_other = len(cand) - class_counts[y_t[anc]]
-    if (n_other == 0).any():
-        a = int(anc[int(torch.nonzero(n_other == 0)[0])])
-        raise MethodError(f"anchor row {a} (class {int(y_t[a])}) has no training sample of another class to use "
-                          "as a negative", hint="CFR needs at least two classes in the training split")
-    k_eff = min(n_neg, len(cand))
-    for s in range(0, A, chunk):
-        a_idx = anc[s:s + chunk]
-        ha = F.normalize(feats[a_idx.to(feats.device)].to(dev, torch.float32), dim=-1)
-        ya = y_t[a_idx].to(dev)
-        best_v = torch.full((len(a_idx), k_eff), -math.inf, device=dev)
-        best_i = torch.zeros((len(a_idx), k_eff), dtype=torch.int64, device=dev)
-        for c in range(0, len(cand), chunk):
-            c_idx = cand[c:c + chunk].to(dev)
-            hc = F.normalize(feats[c_idx.to(feats.device)].to(dev, torch.float32), dim=-1)
-            sim = ha @ hc.T
-            sim.masked_fill_(ya[:, None] == y_c[c:c + chunk][None, :], -math.inf)
-            v = torch.cat([best_v, sim], dim=1)
-            i = torch.cat([best_i, c_idx[None, :].expand(len(a_idx), -1)], dim=1)
-            top_v, top_j = v.topk(k_eff, dim=1)
-            best_v, best_i = top_v, torch.gather(i, 1, top_j)
-        out[s:s + chunk, :k_eff] = best_i.cpu()
-        # rows whose k_eff-th value is -inf had too few other-class candidates; fixed below
-    gen = torch.Generator().manual_seed(int(seed))
-    n_short = 0
-    for r in torch.nonzero(n_other < n_neg).flatten().tolist():
-        m = int(n_other[r])
-        n_short += 1
-        pool = cand[y_t[cand] != y_t[anc[r]]]
-        out[r] = _pad_with_replacement(out[r, :m], pool, n_neg, gen)
-    return out.numpy(), n_short
-
-
-class PoolSampler:
-    """Draws ``k`` rows per anchor from a per-class pool, without replacement where the pool is large enough.
-
-    Args:
-        pools: ``{class: 1-D int64 tensor of row indices}`` — the rows an anchor of that class may draw.
-        k: draws per anchor.
-        generator: CPU ``torch.Generator`` (determinism).
-
-    Attributes:
-        short_classes: classes whose pool held fewer than ``k`` rows (drawn with replacement).
-    """
-
-    def __init__(self, pools: dict[int, torch.Tensor], k: int, generator: torch.Generator):
-        self.pools = pools
-        self.k = int(k)
-        self.gen = generator
-        self.short_classes = sorted(c for c, p in pools.items() if 0 < len(p) < self.k)
-
-    def sample(self, anchor_y: torch.Tensor) -> torch.Tensor:
-        """[A] anchor labels (CPU int64) → [A, k] int64 row indices."""
-        out = torch.empty((len(anchor_y), self.k), dtype=torch.int64)
-        for c in torch.unique(anchor_y).tolist():
-            rows = torch.nonzero(anchor_y == c).flatten()
-            pool = self.pools[c]
-            m = len(pool)
-            if m >= self.k:
-                pick = self._without_replacement(len(rows), m)
-            else:
-                pick = torch.randint(m, (len(rows), self.k), generator=self.gen)
-            out[rows] = pool[pick]
-        return out
-
-    def _without_replacement(self, n: int, m: int) -> torch.Tensor:
-        """[n, k] positions in ``range(m)``, distinct within each row, uniform (m ≥ k).
-
-        Small pools: top-k of uniform keys (O(n·m), far faster than ``torch.multinomial`` on the CPU). Large
-        pools: uniform draws with the rows that hold a repeat drawn again (rare when m ≫ k).
-        """
-        k = self.k
-        if m <= 64 * k:
-            return torch.rand(n, m, generator=self.gen).topk(k, dim=1).indices
-        pick = torch.randint(m, (n, k), generator=self.gen)
-        while True:
-            srt = pick.sort(dim=1).values
-            bad = torch.nonzero((srt[:, 1:] == srt[:, :-1]).any(dim=1)).flatten()
-            if len(bad) == 0:
-                return pick
-            pick[bad] = torch.randint(m, (len(bad), k), generator=self.gen)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# loss terms
-# ---------------------------------------------------------------------------------------------------------
-
-
-def contrastive_loss(anchor: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
-                     tau: float = 1.0) -> torch.Tensor:
-    """CFR's anchor-level contrastive term (cfr-method.md, "Stage 2").
-
-    For anchor a with positives p_1..p_P and negatives n_1..n_N (all unit vectors):
-    ``mean_{a,k} −log( e^{a·p_k/τ} / (e^{a·p_k/τ} + Σ_m e^{a·n_m/τ}) )``.
-
-    Args:
-        anchor: [A, e] float (unit rows).
-        positives: [A, P, e] float (unit rows).
-        negatives: [A, N, e] float (unit rows).
-        tau: temperature τ (the reference uses 1).
-
-    Returns:
-        scalar tensor (differentiable w.r.t. all three inputs).
-    """
-    a = anchor.unsqueeze(-1)                                   # [A, e, 1]; batched mat-vec, no transposed copies
-    sp = torch.matmul(positives, a).squeeze(-1) / tau          # [A, P]
-    sn = torch.matmul(negatives, a).squeeze(-1) / tau          # [A, N]
-    neg_lse = torch.logsumexp(sn, dim=1, keepdim=True)  # [A, 1]
-    # −log(e^{sp} / (e^{sp} + Σ e^{sn})) = log(e^{sp} + e^{lse_n}) − sp
-    return (torch.logaddexp(sp, neg_lse.expand_as(sp)) - sp).mean()
-
-
-def supcon_loss(z: torch.Tensor, y: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
-    """Supervised contrastive loss over one batch (Khosla et al., NeurIPS 2020, Eq. 2, "L_out").
-
-    ``L = mean_{i ∈ I'} −1/|P(i)| Σ_{p ∈ P(i)} log( e^{z_i·z_p/t} / Σ_{a ≠ i} e^{z_i·z_a/t} )`` where P(i) are
-    the other batch samples of i's class and I' the anchors with |P(i)| ≥ 1. Without the
-    ``temperature / base_temperature`` factor of the authors' code (it equals 1 at t = 0.07).
-
-    Args:
-        z: [B, e] float (unit rows).
-        y: [B] int64 labels.
-        temperature: t.
-
-    Returns:
-        scalar tensor; 0 (still attached to ``z``) when no sample has a same-class partner in the batch.
-    """
-    B = z.shape[0]
-    sim = (z @ z.T) / temperature
-    self_mask = torch.eye(B, dtype=torch.bool, device=z.device)
-    sim = sim.masked_fill(self_mask, -math.inf)
-    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
-    pos = (y[:, None] == y[None, :]) & ~self_mask
-    n_pos = pos.sum(1)
-    has = n_pos > 0
-    if not bool(has.any()):
-        return z.sum() * 0.0
-    per_anchor = -(log_prob.masked_fill(~pos, 0.0)).sum(1)[has] / n_pos[has]
-    return per_anchor.mean()
-
-
-def project_unique(model: T.LastLayer, h: torch.Tensor, *index_sets: torch.Tensor) -> list[torch.Tensor]:
-    """Project each *distinct* row once: ``normalize(h[u] W)`` for the union u of all index sets, then gather.
-
-    Mathematically identical (values and gradients) to projecting each index set separately; costs one matrix
-    product of ``|u|`` rows instead of ``Σ |index set|``.
-
-    Args:
-        model: the :class:`~clipcal.methods._train.LastLayer`.
-        h: [N, d] features (on the model's device).
-        index_sets: int64 tensors of any shape (on the same device).
-
-    Returns:
-        one tensor per index set, shape ``index.shape + (e,)``, unit rows, no dropout.
-    """
-    flat = torch.cat([i.reshape(-1) for i in index_sets])
-    uniq, inv = torch.unique(flat, return_inverse=True)
-    # index_select's backward is one index_add (advanced indexing's index_put is slower on the CPU), and
-    # torch.split's backward is one cat (slicing would zero-fill a full-size gradient per part)
-    z = model.project(h.index_select(0, uniq)).index_select(0, inv)
-    parts = torch.split(z, [i.numel() for i in index_sets])
-    return [p.view(*i.shape, z.shape[-1]) for p, i in zip(parts, index_sets)]
-
-
-def cfr_step_loss(model: T.LastLayer, h: torch.Tensor, y: torch.Tensor, batch: torch.Tensor,
-                  anchors: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, *, tau: float = 1.0,
-                  supcon_temperature: float = 0.07, w_ce: float = 1.5, w_contrastive: float = 1.5,
-                  w_supcon: float = 1.0, ce: bool = True, contrastive: bool = True, supcon: bool = True,
-                  dedup: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The CFR loss of one step (cfr-method.md, "Stage 2").
-
-    ``w_ce·CE(anchors) + w_contrastive·contrastive(anchors, pos, neg; τ) + w_supcon·SupCon(batch; t)``, each
-    term only where its switch (``ce``, ``contrastive``, ``supcon``) is on — switched-off terms are not computed.
-    Feature dropout (model's, training mode) acts on the anchors' and batch's z; those are re-normalised
-    for the contrastive terms. Positives / negatives get no dropout.
-
-    Args:
-        model: LastLayer (train mode for dropout).
-        h: [N, d] features; y: [N] labels (same device).
-        batch: [B] training rows; anchors: [A] calibration rows; pos: [A, P] rows; neg: [A, N] rows.
-        dedup: project each distinct row once (default); False projects every set separately (reference
-            behaviour, used by the tests to show both give the same loss and gradients).
-
-    Returns:
-        (total loss, detached scalars of the terms that are on: ``{"ce", "contrastive", "supcon"}``).
-
-    Raises:
-        MethodError: every term switched off (nothing to train).
-    """
-    if not (ce or contrastive or supcon):
-        raise MethodError("every CFR loss term is switched off; nothing to train",
-                          hint="switch on at least one of ce, contrastive, supcon")
-    if dedup:
-        zb, za, zp, zn = project_unique(model, h, batch, anchors, pos, neg)
-    else:
-        zb, za = model.project(h[batch]), model.project(h[anchors])
-        zp = model.project(h[pos.reshape(-1)]).reshape(*pos.shape, -1)
-        zn = model.project(h[neg.reshape(-1)]).reshape(*neg.shape, -1)
-    parts, terms = [], {}
-    if ce or contrastive:
-        za_d = model.feature_dropout(za)
-        if ce:
-            ce_v = F.cross_entropy(model.logits_from_z(za_d), y[anchors])
-            parts.append(w_ce * ce_v)
-            terms["ce"] = ce_v.detach()
-        if contrastive:
-            con = contrastive_loss(F.normalize(za_d, dim=-1), zp, zn, tau=tau)
-            parts.append(w_contrastive * con)
-            terms["contrastive"] = con.detach()
-    if supcon:
-        zb_d = model.feature_dropout(zb)
-        sc = supcon_loss(F.normalize(zb_d, dim=-1), y[batch], temperature=supcon_temperature)
-        parts.append(w_supcon * sc)
-        terms["supcon"] = sc.detach()
-    return sum(parts[1:], parts[0]), terms
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -714,6 +319,11 @@ class CFR(Method):
     def _fit(self, data: FeatureData, progress: ProgressFn | None, cancel) -> MethodResult:
         """Stage 1 (ERM) → calibration set (rule) → stage 2 (CFR) → selection; see the module docstring.
 
+        Each stage is its own method: :meth:`_stage1_erm`, :meth:`_calibration_stage` (→
+        :func:`~clipcal.methods.cfr_calibration.choose_calibration_set`), :meth:`_stage2_start`,
+        :meth:`_stage2_samplers`, :meth:`_stage2_epochs`, :meth:`_select`; :meth:`_erm_fallback` when there is
+        nothing to calibrate on.
+
         ``record`` keys beyond the base ones: ``device``, ``fit_seconds``, ``erm`` (chosen epoch, converged,
         seconds, init), ``calibration_set`` (size, fraction, by_class, by_group with names / None, source,
         folds), ``calibration_rule`` (requested, used, why, usable, min_per_class, usable_definition, the
@@ -728,168 +338,173 @@ class CFR(Method):
         self._check_options(data)
         t0 = time.perf_counter()
         dev = T.resolve_device(self.device)
-        seed = int(self.seed)
         erm_epochs, epochs = int(self.erm_epochs), int(self.epochs)
-        mode = self.calibration_errors
-        min_pc = int(self.calibration_min_per_class)
-        k_folds = int(self.cross_fit_folds)
-        n_folds = k_folds if mode == "cross-fit" else 0  # "auto" adds them only if it needs cross-fit
-        grand = erm_epochs * (1 + n_folds) + epochs
-        notes: list[str] = []
-        uses_groups = self.selection == "worst-group"
-
-        # ---- stage 1: ERM --------------------------------------------------------------------------
-        erm_kwargs = dict(stage="erm", epochs=erm_epochs, lr=float(self.erm_lr),
-                          weight_decay=float(self.weight_decay), momentum=float(self.momentum),
-                          batch_size=int(self.batch_size), learn_scale=bool(self.learn_scale),
-                          dropout=float(self.dropout), selection=self.selection, device=str(dev))
-        erm = T.train_last_layer(data, **erm_kwargs, seed=seed, progress=T.stage_progress(progress, 0, grand),
-                                 cancel=cancel)
-        notes += erm.notes
+        n_folds = int(self.cross_fit_folds) if self.calibration_errors == "cross-fit" else 0
+        erm, erm_kwargs = self._stage1_erm(data, dev, erm_epochs * (1 + n_folds) + epochs, progress, cancel)
         erm_probs, erm_z = erm.predict_all()
         erm_pred = erm_probs.argmax(1)
         # stage-1 outcome kept for analysis (ERM vs CFR on the same run; the dashboard's error-set view)
         self.stage1_ = MethodResult(method="erm", probs=erm_probs, pred=erm_pred, embeddings_after=erm_z,
                                     record={"chosen_epoch": erm.chosen_epoch, "selection_rule": self.selection,
-                                            "converged": erm.converged}, curves=erm.curves)
-        tr = data.indices("train")
-
-        # ---- calibration set: the paper's rule, cross-fit, or "auto" (paper's when usable) -----------
-        paper_cal = calibration_set(data.y, erm_pred, tr)
-        paper_ok, paper_why = calibration_usable(data.y, paper_cal, data.class_names, min_pc)
-        rule = {"requested": mode, "used": None, "why": "", "usable": None, "min_per_class": min_pc,
-                "usable_definition": usable_definition(min_pc),
-                "paper_rule": {"size": int(len(paper_cal)), "usable": paper_ok, "made_of": paper_why},
-                "cross_fit": None}
-        fold_records = None
-        if mode == "train" or (mode == "auto" and paper_ok):
-            used, cal, usable = "train", paper_cal, paper_ok
-            rule["why"] = ("requested (calibration_errors='train')" if mode == "train" else
-                           f"auto: the paper's rule gave a usable set ({paper_why})")
-        else:
-            if mode == "auto":
-                n_folds = k_folds
-                grand = erm_epochs * (1 + n_folds) + epochs
-            try:
-                cf_cal, fold_records = cross_fit_errors(
-                    data, folds=n_folds, seed=seed, train_kwargs=erm_kwargs, progress=progress, cancel=cancel,
-                    epochs_per_fold=erm_epochs, offset=erm_epochs, grand_total=grand)
-                cf_ok, cf_why = calibration_usable(data.y, cf_cal, data.class_names, min_pc)
-            except MethodError as err:
-                if mode == "cross-fit":
-                    raise
-                cf_cal, cf_ok, cf_why = None, False, f"could not be built: {err.message}"
-            rule["cross_fit"] = {"size": None if cf_cal is None else int(len(cf_cal)), "usable": cf_ok,
-                                 "made_of": cf_why, "folds": n_folds}
-            if mode == "cross-fit":
-                used, cal, usable = "cross-fit", cf_cal, cf_ok
-                rule["why"] = "requested (calibration_errors='cross-fit')"
-            elif cf_ok:
-                used, cal, usable = "cross-fit", cf_cal, True
-                rule["why"] = (f"auto: the paper's rule gave a set that is not usable ({paper_why}); the cross-fit "
-                               f"rule gave a usable one ({cf_why})")
-            elif len(paper_cal) or (cf_cal is not None and len(cf_cal)):
-                # neither is usable: run on the paper's set if it has samples (else cross-fit's) — the selection
-                # below keeps the stage-1 ERM model or the stage-2 start whenever stage 2 does worse on validation
-                used = "train" if len(paper_cal) else "cross-fit"
-                cal, usable = (paper_cal if used == "train" else cf_cal), False
-                rule["why"] = (f"auto: neither rule gave a usable set (paper's rule: {paper_why}; cross-fit: "
-                               f"{cf_why}); stage 2 ran on the {'paper' if used == 'train' else 'cross-fit'} "
-                               "rule's set, guarded by the selection (stage-1 ERM and the start are candidates)")
-            else:  # both empty: nothing to calibrate on
-                used, cal, usable = None, paper_cal, False
-                rule["why"] = (f"auto: both rules gave an empty set (paper's rule: {paper_why}; cross-fit: "
-                               f"{cf_why}); CFR returns the stage-1 ERM model")
-        rule.update(used=used, usable=usable)
-        if used is not None and not usable and len(cal):
-            notes.append(f"calibration set not usable by clipcal's definition ({rule['usable_definition']}): "
-                         f"{paper_why if used == 'train' else rule['cross_fit']['made_of']}; stage 2 ran anyway "
-                         f"({rule['why']}) — the selection keeps the stage-1 ERM model or the stage-2 start if "
-                         "every CFR epoch scores below them on validation"
-                         + (" (calibration_errors='auto' would try the cross-fit rule)" if mode == "train" else ""))
-        pre_cfr = erm_epochs * (1 + n_folds)
+                                            "converged": erm.converged}, curves=erm.curves, fitted=erm.fitted())
+        choice = self._calibration_stage(data, erm_pred, erm_kwargs, progress, cancel)
+        notes = erm.notes + choice.notes
         W0, wsrc = T.initial_weight(data)
         carried = data.last_layer or {}  # where the backbone's layer comes from, recorded with the embeddings
         if wsrc == "exact" and carried.get("source", "exact") != "exact":
             wsrc = carried["source"]  # e.g. the bundled backbone's fixed random projection
-        last_layer = T.WEIGHT_SOURCES.get(wsrc, carried.get("description", wsrc))
-        erm_label = f"stage-1 ERM (epoch {erm.chosen_epoch})"
-        record = {
-            "uses_group_labels": uses_groups,
+        record = self._base_record(data, dev, erm, choice, wsrc)
+        if choice.used is None or len(choice.cal) == 0:
+            return self._erm_fallback(data, erm, choice, record, notes, t0)
+
+        model, init_desc, start_notes = self._stage2_start(data, erm, W0, wsrc, dev)
+        record["init"] = init_desc
+        notes += start_notes
+        seed = int(self.seed)
+        model.generator = torch.Generator(device=dev).manual_seed(seed * 1000 + 2)
+        gen = torch.Generator().manual_seed(seed * 1000 + 3)
+        evaluator = T.Evaluator(data, dev, rule=self.selection)
+        # the stage-2 start is a selection candidate (epoch 0), like every CFR epoch and the stage-1 model
+        opt = T.make_optimizer(model, lr=float(self.lr), momentum=float(self.momentum),
+                               weight_decay=float(self.weight_decay))
+        start_score, _ = evaluator.evaluate(model, 0, "cfr")
+        start_state = copy.deepcopy(model.state_dict())
+        samplers = self._stage2_samplers(data, choice, erm_pred, evaluator.h, gen, dev, record)
+        notes += ["replacement sampling — " + note for note in record["replacement_sampling"]]
+        pre_cfr = erm_epochs * (1 + choice.n_folds)
+        loop, steps, uniq_counts = self._stage2_epochs(
+            data, model, opt, evaluator, choice.cal, samplers, gen, dev,
+            T.stage_progress(progress, pre_cfr, pre_cfr + epochs), cancel)
+        if not T.check_converged(loop.train_losses):
+            notes.append(f"cfr: training loss had not levelled off after {epochs} epochs "
+                         f"(last {loop.train_losses[-1]:.4f}); lr {self.lr} may be too small for this start")
+        probs, z_after, fitted = self._select(data, erm, erm_probs, erm_z, model, start_state, start_score,
+                                              init_desc, loop, evaluator, record, notes)
+        record.update(
+            steps_per_epoch=steps,
+            mean_unique_rows_per_step=float(np.mean(uniq_counts)) if uniq_counts else None,
+            rows_per_step=int(self.batch_size) * (2 + int(self.n_pos) + int(self.n_neg)),
+            cfr_seconds=round(loop.seconds, 3), fit_seconds=round(time.perf_counter() - t0, 3), notes=notes,
+            scale=model.scale)
+        record["outcome"] = outcome_lines(record)
+        curves = pd.concat([erm.curves, loop.curves], ignore_index=True)
+        return MethodResult(method=self.name, probs=probs, pred=probs.argmax(1), embeddings_after=z_after,
+                            calibration_set=choice.cal, record=record, curves=curves, fitted=fitted)
+
+    # -- the stages -------------------------------------------------------------------------------------------
+    def _stage1_erm(self, data: FeatureData, dev: torch.device, grand: float, progress: ProgressFn | None,
+                    cancel) -> tuple[T.TrainedLastLayer, dict]:
+        """Stage 1: the ERM last layer and head (cross-entropy on train, best validation epoch kept).
+
+        Trained with ``erm_epochs`` / ``erm_lr`` and the shared SGD settings; progress counts its epochs from 0
+        out of ``grand``. Returns the trained model and the recipe (reused by the cross-fit folds).
+        """
+        erm_kwargs = dict(stage="erm", epochs=int(self.erm_epochs), lr=float(self.erm_lr),
+                          weight_decay=float(self.weight_decay), momentum=float(self.momentum),
+                          batch_size=int(self.batch_size), learn_scale=bool(self.learn_scale),
+                          dropout=float(self.dropout), selection=self.selection, device=str(dev))
+        erm = T.train_last_layer(data, **erm_kwargs, seed=int(self.seed),
+                                 progress=T.stage_progress(progress, 0, grand), cancel=cancel)
+        return erm, erm_kwargs
+
+    def _calibration_stage(self, data: FeatureData, erm_pred: np.ndarray, erm_kwargs: dict,
+                           progress: ProgressFn | None, cancel) -> CalibrationChoice:
+        """The calibration set: the paper's rule, cross-fit, or ``"auto"`` (the paper's when usable) —
+        :func:`~clipcal.methods.cfr_calibration.choose_calibration_set` with this estimator's settings."""
+        return choose_calibration_set(
+            data, erm_pred, mode=self.calibration_errors, min_per_class=int(self.calibration_min_per_class),
+            folds=int(self.cross_fit_folds), seed=int(self.seed), erm_kwargs=erm_kwargs,
+            erm_epochs=int(self.erm_epochs), epochs=int(self.epochs), progress=progress, cancel=cancel)
+
+    def _base_record(self, data: FeatureData, dev: torch.device, erm: T.TrainedLastLayer,
+                     choice: CalibrationChoice, wsrc: str) -> dict:
+        """The record's fields known once the calibration set is chosen (stage 2 adds the rest); ``wsrc`` is
+        where the starting last layer comes from (a key of ``WEIGHT_SOURCES`` or the embedding set's source)."""
+        carried = data.last_layer or {}
+        n_folds = choice.n_folds
+        return {
+            "uses_group_labels": self.selection == "worst-group",
             "selection_rule": f"{self.selection}: {T.SELECTION_RULES[self.selection]}",
-            "seed": seed,
+            "seed": int(self.seed),
             "loss_terms": self.loss_terms(),
             "device": str(dev),
-            "last_layer": last_layer,
+            "last_layer": T.WEIGHT_SOURCES.get(wsrc, carried.get("description", wsrc)),
             "erm": {"chosen_epoch": erm.chosen_epoch, "best_score": erm.best_score, "converged": erm.converged,
                     "final_train_loss": erm.train_losses[-1] if erm.train_losses else None,
                     "seconds": round(erm.seconds, 3), "init": erm.init},
-            "calibration_rule": rule,
-            "calibration_set": {**self._calibration_summary(data, cal, tr),
-                                "source": CALIBRATION_RULES[used or "train"] + (
-                                    f" ({n_folds - 1} of {n_folds} folds each)" if used == "cross-fit" else ""),
-                                "folds": fold_records},
+            "calibration_rule": choice.rule,
+            "calibration_set": {**calibration_summary(data, choice.cal, data.indices("train")),
+                                "source": CALIBRATION_RULES[choice.used or "train"] + (
+                                    f" ({n_folds - 1} of {n_folds} folds each)" if choice.used == "cross-fit"
+                                    else ""),
+                                "folds": choice.fold_records},
             "replacement_sampling": [],
             "fallback": None,
             "fallback_reason": None,
         }
-        if used is None or len(cal) == 0:
-            reason = "empty calibration set"
-            if used is not None:
-                notes.append("calibration set is empty: " + (
-                    "ERM models trained on the other folds classify every held-out training sample correctly"
-                    if used == "cross-fit" else "the ERM model classifies every training sample correctly")
-                    + "; CFR fell back to the ERM result" + (
-                        " (calibration_errors='cross-fit' or 'auto' finds the samples ERM gets wrong when it has "
-                        "not trained on them, still without group labels)" if mode == "train" else ""))
-            else:
-                notes.append(f"calibration set is empty under both rules ({rule['why']}); CFR fell back to the "
-                             "ERM result")
-            record.update(
-                fallback="erm", fallback_reason=reason, chosen_stage="erm", chosen_epoch=erm.chosen_epoch,
-                best_score=erm.best_score, init=None,
-                selection={"rule": self.selection, "chosen": "erm",
-                           "candidates": [{"model": "erm", "label": erm_label, "epoch": erm.chosen_epoch,
-                                           "val_score": erm.best_score}],
-                           "why": f"stage 2 did not run ({reason})"},
-                fit_seconds=round(time.perf_counter() - t0, 3), notes=notes + T.init_notes(erm.init, data))
-            record["outcome"] = outcome_lines(record)
-            return MethodResult(method=self.name, probs=erm_probs, pred=erm_pred, embeddings_after=erm_z,
-                                calibration_set=cal, record=record, curves=erm.curves)
 
-        # ---- stage 2 start ----------------------------------------------------------------------------
+    def _erm_fallback(self, data: FeatureData, erm: T.TrainedLastLayer, choice: CalibrationChoice, record: dict,
+                      notes: list[str], t0: float) -> MethodResult:
+        """The result when there is nothing to calibrate on (empty set): the stage-1 ERM model, said so."""
+        mode, used = self.calibration_errors, choice.used
+        reason = "empty calibration set"
+        if used is not None:
+            notes.append("calibration set is empty: " + (
+                "ERM models trained on the other folds classify every held-out training sample correctly"
+                if used == "cross-fit" else "the ERM model classifies every training sample correctly")
+                + "; CFR fell back to the ERM result" + (
+                    " (calibration_errors='cross-fit' or 'auto' finds the samples ERM gets wrong when it has "
+                    "not trained on them, still without group labels)" if mode == "train" else ""))
+        else:
+            notes.append(f"calibration set is empty under both rules ({choice.rule['why']}); CFR fell back to the "
+                         "ERM result")
+        record.update(
+            fallback="erm", fallback_reason=reason, chosen_stage="erm", chosen_epoch=erm.chosen_epoch,
+            best_score=erm.best_score, init=None,
+            selection={"rule": self.selection, "chosen": "erm",
+                       "candidates": [{"model": "erm", "label": f"stage-1 ERM (epoch {erm.chosen_epoch})",
+                                       "epoch": erm.chosen_epoch, "val_score": erm.best_score}],
+                       "why": f"stage 2 did not run ({reason})"},
+            fit_seconds=round(time.perf_counter() - t0, 3), notes=notes + T.init_notes(erm.init, data))
+        record["outcome"] = outcome_lines(record)
+        s1 = self.stage1_
+        return MethodResult(method=self.name, probs=s1.probs, pred=s1.pred, embeddings_after=s1.embeddings_after,
+                            calibration_set=choice.cal, record=record, curves=erm.curves, fitted=s1.fitted)
+
+    def _stage2_start(self, data: FeatureData, erm: T.TrainedLastLayer, W0: np.ndarray, wsrc: str,
+                      dev: torch.device) -> tuple[T.LastLayer, str, list[str]]:
+        """Stage 2's starting model: the pretrained W₀ with the text head (ERM's head without a text tower) —
+        the reference — or, with ``init="erm"``, the stage-1 W and head. Returns (model, description, notes)."""
         if self.init == "erm":
             W_start, T_start, init_desc = erm.weight(), erm.head(), "erm (stage-1 W and head)"
+            notes = []
         else:
             if data.text_head is not None:
                 T_start, hsrc = T.normalize_rows(data.text_head), "text head (zero-shot)"
             else:
                 T_start, hsrc = erm.head(), "ERM head (no text tower)"
             W_start, init_desc = W0, f"pretrained W ({wsrc}) + {hsrc}"
-        record["init"] = init_desc
-        notes += T.init_notes({"weight": wsrc, "head": "text" if data.text_head is not None else "erm"}, data) \
-            if self.init == "pretrained" else []
-
+            notes = T.init_notes({"weight": wsrc, "head": "text" if data.text_head is not None else "erm"}, data)
         model = T.LastLayer(W_start, T_start, learn_scale=bool(self.learn_scale), dropout=float(self.dropout),
                             train_head=bool(self.train_head)).to(dev)
-        model.generator = torch.Generator(device=dev).manual_seed(seed * 1000 + 2)
-        gen = torch.Generator().manual_seed(seed * 1000 + 3)
-        opt = T.make_optimizer(model, lr=float(self.lr), momentum=float(self.momentum),
-                               weight_decay=float(self.weight_decay))
-        evaluator = T.Evaluator(data, dev, rule=self.selection)
-        # the stage-2 start is a selection candidate (epoch 0), like every CFR epoch and the stage-1 model
-        start_score, _ = evaluator.evaluate(model, 0, "cfr")
-        start_state = copy.deepcopy(model.state_dict())
-        h = evaluator.h
-        y_all = torch.as_tensor(data.y, device=dev)
-        y_cpu = torch.as_tensor(data.y)
-        tr_t = torch.as_tensor(tr)
-        cal_t = torch.as_tensor(cal)
-        P, N, B = int(self.n_pos), int(self.n_neg), int(self.batch_size)
+        return model, init_desc, notes
 
-        # positives: training rows of the anchor's class that ERM classified correctly (cross-fit: correct
-        # out of fold, i.e. every training row outside the calibration set)
-        correct = np.setdiff1d(tr, cal) if used == "cross-fit" else tr[erm_pred[tr] == data.y[tr]]
+    def _stage2_samplers(self, data: FeatureData, choice: CalibrationChoice, erm_pred: np.ndarray,
+                         h: torch.Tensor, gen: torch.Generator, dev: torch.device, record: dict) -> dict:
+        """Positives and negatives of every anchor (cfr-method.md, "Stage 2").
+
+        Positives: training rows of the anchor's class that ERM classified correctly (cross-fit: correct out of
+        fold, i.e. every training row outside the calibration set), drawn per step by a :class:`PoolSampler`.
+        Negatives: the ``n_neg`` nearest other-class training rows in ``h``, mined once
+        (:func:`mine_hard_negatives`), or drawn per step from the other classes (``random-other-class``).
+        Every fall-back to sampling with replacement is appended to ``record["replacement_sampling"]``.
+
+        Returns:
+            ``{"pos": PoolSampler, "neg_table": [A, N] int64 tensor or None, "neg": PoolSampler or None}``.
+        """
+        tr, cal = data.indices("train"), choice.cal
+        P, N = int(self.n_pos), int(self.n_neg)
+        correct = np.setdiff1d(tr, cal) if choice.used == "cross-fit" else tr[erm_pred[tr] == data.y[tr]]
         pos_pools = {}
         for c in range(data.n_classes):
             pool = correct[data.y[correct] == c]
@@ -904,28 +519,40 @@ class CFR(Method):
             record["replacement_sampling"].append(
                 f"positives: class {data.class_names[c]!r} has only {len(pos_pools[c])} correctly classified "
                 f"training samples (< P = {P}); drawn with replacement")
-
-        # negatives
         if self.negatives == "hard":
             tn = time.perf_counter()
-            neg_table, n_short = mine_hard_negatives(evaluator.h, data.y, cal, tr, N, seed=seed, device=dev)
-            neg_table = torch.as_tensor(neg_table)
+            neg_table, n_short = mine_hard_negatives(h, data.y, cal, tr, N, seed=int(self.seed), device=dev)
             record["hard_negative_seconds"] = round(time.perf_counter() - tn, 3)
             if n_short:
                 record["replacement_sampling"].append(
                     f"negatives: {n_short} anchor(s) have fewer than N = {N} other-class training samples; "
                     f"padded with replacement")
-            neg_sampler = None
-        else:
-            neg_pools = {c: torch.as_tensor(tr[data.y[tr] != c]) for c in range(data.n_classes)}
-            neg_sampler = PoolSampler(neg_pools, N, gen)
-            for c in neg_sampler.short_classes:
-                record["replacement_sampling"].append(
-                    f"negatives: only {len(neg_pools[c])} training samples outside class "
-                    f"{data.class_names[c]!r} (< N = {N}); drawn with replacement")
-        for note in record["replacement_sampling"]:
-            notes.append("replacement sampling — " + note)
+            return {"pos": pos_sampler, "neg_table": torch.as_tensor(neg_table), "neg": None}
+        neg_pools = {c: torch.as_tensor(tr[data.y[tr] != c]) for c in range(data.n_classes)}
+        neg_sampler = PoolSampler(neg_pools, N, gen)
+        for c in neg_sampler.short_classes:
+            record["replacement_sampling"].append(
+                f"negatives: only {len(neg_pools[c])} training samples outside class "
+                f"{data.class_names[c]!r} (< N = {N}); drawn with replacement")
+        return {"pos": pos_sampler, "neg_table": None, "neg": neg_sampler}
 
+    def _stage2_epochs(self, data: FeatureData, model: T.LastLayer, opt, evaluator: T.Evaluator, cal: np.ndarray,
+                       samplers: dict, gen: torch.Generator, dev: torch.device, progress: ProgressFn | None,
+                       cancel) -> tuple[T.LoopResult, int, list[int]]:
+        """Stage 2's epochs: each step takes ``batch_size`` training rows and as many calibration anchors
+        (cycled through fresh permutations) with their positives and negatives, and minimises
+        :func:`cfr_step_loss`; :func:`clipcal.methods._train.run_epochs` keeps the best validation epoch.
+
+        Returns:
+            (the epoch loop's result, steps per epoch, distinct rows projected in the first steps).
+        """
+        tr = data.indices("train")
+        epochs, B = int(self.epochs), int(self.batch_size)
+        h = evaluator.h
+        y_all = torch.as_tensor(data.y, device=dev)
+        y_cpu = torch.as_tensor(data.y)
+        tr_t, cal_t = torch.as_tensor(tr), torch.as_tensor(cal)
+        pos_sampler, neg_table, neg_sampler = samplers["pos"], samplers["neg_table"], samplers["neg"]
         steps = math.ceil(len(tr) / B)
         cal_state = {"perm": torch.empty(0, dtype=torch.int64), "pos": 0}
         uniq_counts: list[int] = []
@@ -975,19 +602,28 @@ class CFR(Method):
             return {("loss" if k == "loss" else f"loss_{k}"): v / steps for k, v in sums.items()}
 
         loop = T.run_epochs(model, epochs=epochs, train_epoch=one_epoch, evaluator=evaluator, stage="cfr",
-                            progress=T.stage_progress(progress, pre_cfr, grand), cancel=cancel, lr=float(self.lr))
-        if not T.check_converged(loop.train_losses):
-            notes.append(f"cfr: training loss had not levelled off after {epochs} epochs "
-                         f"(last {loop.train_losses[-1]:.4f}); lr {self.lr} may be too small for this start")
+                            progress=progress, cancel=cancel, lr=float(self.lr))
+        return loop, steps, uniq_counts
 
-        # ---- selection: stage-1 ERM, the stage-2 start (epoch 0) and the best CFR epoch, one rule -------
-        # Ties keep the CFR epoch (the paper's choice), then the start: a starting point replaces it only when it
-        # scores strictly higher.
+    def _select(self, data: FeatureData, erm: T.TrainedLastLayer, erm_probs: np.ndarray, erm_z: np.ndarray,
+                model: T.LastLayer, start_state: dict, start_score: float, init_desc: str, loop: T.LoopResult,
+                evaluator: T.Evaluator, record: dict, notes: list[str]
+                ) -> tuple[np.ndarray, np.ndarray, FittedLastLayer]:
+        """Model selection: stage-1 ERM, the stage-2 start (epoch 0) and the best CFR epoch, one validation rule.
+
+        Ties keep the CFR epoch (the paper's choice), then the start: a starting point replaces it only when it
+        scores strictly higher. Loads the chosen state into ``model``, fills the record's ``selection``,
+        ``chosen_stage``, ``chosen_epoch``, ``best_score`` (and ``fallback`` when ERM wins).
+
+        Returns:
+            (probs [N, K], calibrated embeddings [N, e], the chosen fitted last layer).
+        """
+        erm_label = f"stage-1 ERM (epoch {erm.chosen_epoch})"
         candidates = [
             {"model": "erm", "label": erm_label, "epoch": erm.chosen_epoch, "val_score": float(erm.best_score)},
             {"model": "start", "label": f"CFR start (epoch 0: {init_desc})", "epoch": 0,
              "val_score": float(start_score)},
-            {"model": "cfr", "label": f"CFR epoch {loop.best_epoch} (best of 1–{epochs})",
+            {"model": "cfr", "label": f"CFR epoch {loop.best_epoch} (best of 1–{int(self.epochs)})",
              "epoch": loop.best_epoch, "val_score": float(loop.best_score)},
         ]
         best = max(reversed(candidates), key=lambda c: c["val_score"])  # max() keeps the first of equal scores
@@ -995,7 +631,7 @@ class CFR(Method):
         others = "; ".join(f"{c['label']} {c['val_score']:.3f}" for c in candidates if c is not best)
         why = f"highest {rule_name}: {best['label']} {best['val_score']:.3f} (vs {others})"
         if best["model"] == "erm":
-            probs, z_after = erm_probs, erm_z
+            probs, z_after, fitted = erm_probs, erm_z, erm.fitted()
             chosen_stage, chosen_epoch = "erm", erm.chosen_epoch
             record.update(fallback="erm", fallback_reason="selection")
             notes.append(f"no CFR epoch scored above the stage-1 ERM model on {rule_name} ({why}); CFR returns "
@@ -1005,34 +641,14 @@ class CFR(Method):
                 model.load_state_dict(start_state)
                 model.eval()
             probs, z_after = evaluator.predict(model)
+            fitted = T.last_layer_of(model, data)
             chosen_stage, chosen_epoch = "cfr", best["epoch"]
-        record.update(
-            chosen_stage=chosen_stage, chosen_epoch=chosen_epoch, best_score=best["val_score"],
-            selection={"rule": self.selection, "chosen": best["model"], "candidates": candidates, "why": why},
-            steps_per_epoch=steps,
-            mean_unique_rows_per_step=float(np.mean(uniq_counts)) if uniq_counts else None,
-            rows_per_step=int(B + B * (1 + P + N)), cfr_seconds=round(loop.seconds, 3),
-            fit_seconds=round(time.perf_counter() - t0, 3), notes=notes,
-            scale=model.scale)
-        record["outcome"] = outcome_lines(record)
-        curves = pd.concat([erm.curves, loop.curves], ignore_index=True)
-        return MethodResult(method=self.name, probs=probs, pred=probs.argmax(1), embeddings_after=z_after,
-                            calibration_set=cal, record=record, curves=curves)
+        record.update(chosen_stage=chosen_stage, chosen_epoch=chosen_epoch, best_score=best["val_score"],
+                      selection={"rule": self.selection, "chosen": best["model"], "candidates": candidates,
+                                 "why": why})
+        return probs, z_after, fitted
 
     @staticmethod
     def _calibration_summary(data: FeatureData, cal: np.ndarray, tr: np.ndarray) -> dict:
-        """Size and make-up of the calibration set (record only — never used for training)."""
-        by_class = {data.class_names[c]: int((data.y[cal] == c).sum()) for c in range(data.n_classes)}
-        out = {"size": int(len(cal)), "fraction_of_train": float(len(cal) / max(len(tr), 1)),
-               "by_class": by_class, "by_group": None}
-        if data.has_attributes:
-            names = data.group_names()
-            g = data.group[cal]
-            counts = np.bincount(g[g >= 0], minlength=data.n_groups)[: data.n_groups]
-            gt = data.group[tr]
-            train_counts = np.bincount(gt[gt >= 0], minlength=data.n_groups)[: data.n_groups]
-            out["by_group"] = {names[i]: {"n": int(counts[i]), "of_train": int(train_counts[i]),
-                                          "rate": float(counts[i] / train_counts[i]) if train_counts[i] else None}
-                               for i in range(data.n_groups)}
-            out["unknown_group"] = int((g < 0).sum())
-        return out
+        """Size and make-up of the calibration set — :func:`clipcal.methods.cfr_calibration.calibration_summary`."""
+        return calibration_summary(data, cal, tr)

@@ -23,6 +23,7 @@ import pandas as pd
 from clipcal.errors import MethodError
 from clipcal.methods._train import accuracy_by
 from clipcal.methods.base import Method, MethodResult, check_cancel, report, softmax
+from clipcal.methods.fitted import backbone_last_layer
 from clipcal.methods.params import Integral, Interval, ListOf, Real, StrOptions
 
 
@@ -142,10 +143,13 @@ class DFR(Method):
                 report(progress, len(Cs) + j + 1, total, f"DFR final fit {j + 1}/{self.n_retrain}", "dfr")
             coef, b = np.mean(coefs, axis=0), np.mean(bs, axis=0)
         probs = softmax(xs @ coef.T + b)
+        # the same model on the backbone's embeddings z: the standardisation folded into the head and bias
+        inv = 1.0 / scaler.scale_
+        fitted = backbone_last_layer(data, head=coef * inv, scale=1.0, bias=b - coef @ (scaler.mean_ * inv))
         return MethodResult(
             method=self.name, probs=probs, pred=probs.argmax(1), embeddings_after=None, calibration_set=None,
             record={"uses_group_labels": True,
                     "selection_rule": "C by worst-group accuracy on the second half of validation (group labels)",
                     "seed": int(self.seed), "chosen_epoch": None, "chosen_C": C, "val_half_worst_group": wg,
                     "n_val_labelled": int(len(val)), "notes": notes},
-            curves=pd.DataFrame(rows))
+            curves=pd.DataFrame(rows), fitted=fitted)

@@ -17,14 +17,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from clipcal.methods._train import (ERM_DEFAULTS, LAST_LAYER_CONSTRAINTS, SELECTION_RULES, init_notes,
-                                    stage_progress)
-from clipcal.methods.base import Method, MethodResult
-from clipcal.methods.erm import LAST_LAYER_HPARAMS, fit_erm_stage, uses_groups
+from clipcal.methods._train import LAST_LAYER_CONSTRAINTS, SELECTION_RULES, init_notes, stage_progress
+from clipcal.methods.base import MethodResult
+from clipcal.methods.last_layer import LAST_LAYER_HPARAMS, LastLayerMethod, uses_groups
 from clipcal.methods.params import Integral, Interval, Real
 
 
-class JTT(Method):
+class JTT(LastLayerMethod):
     """Just Train Twice on the last layer: ERM error set up-weighted by ``lambda_up`` in a second training."""
 
     name = "jtt"
@@ -39,28 +38,15 @@ class JTT(Method):
                          "id_epochs": [None, Interval(Integral, 1, None, closed="left")],
                          **LAST_LAYER_CONSTRAINTS}
 
-    def __init__(self, lambda_up=20.0, id_epochs=None, epochs=ERM_DEFAULTS["epochs"], lr=ERM_DEFAULTS["lr"],
-                 weight_decay=ERM_DEFAULTS["weight_decay"], momentum=ERM_DEFAULTS["momentum"],
-                 batch_size=ERM_DEFAULTS["batch_size"], dropout=ERM_DEFAULTS["dropout"],
-                 learn_scale=ERM_DEFAULTS["learn_scale"], selection=ERM_DEFAULTS["selection"], seed=0,
-                 device="auto"):
+    def __init__(self, lambda_up=20.0, id_epochs=None, **last_layer):
+        super().__init__(**last_layer)
         self.lambda_up = lambda_up
         self.id_epochs = id_epochs
-        self.epochs = epochs
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.momentum = momentum
-        self.batch_size = batch_size
-        self.dropout = dropout
-        self.learn_scale = learn_scale
-        self.selection = selection
-        self.seed = seed
-        self.device = device
 
     def _fit(self, data, progress, cancel) -> MethodResult:
         n_id = int(self.epochs) if self.id_epochs is None else int(self.id_epochs)
         total = n_id + int(self.epochs)
-        erm = fit_erm_stage(self, data, stage_progress(progress, 0, total), cancel, stage="erm", epochs=n_id,
+        erm = self.fit_erm_stage(data, stage_progress(progress, 0, total), cancel, stage="erm", epochs=n_id,
                             select=self.id_epochs is None)
         probs0, _ = erm.predict_all()
         train = data.indices("train")
@@ -71,7 +57,7 @@ class JTT(Method):
             notes.append("empty error set: the ERM model classifies every training sample correctly, so JTT's "
                          "second training equals ERM")
         weights = np.where(wrong, float(self.lambda_up), 1.0)
-        up = fit_erm_stage(self, data, stage_progress(progress, n_id, total), cancel, stage="jtt",
+        up = self.fit_erm_stage(data, stage_progress(progress, n_id, total), cancel, stage="jtt",
                            sample_weight=weights)
         probs, z = up.predict_all()
         curves = pd.concat([erm.curves, up.curves], ignore_index=True)
@@ -84,4 +70,4 @@ class JTT(Method):
                     "train_loss_last": up.train_losses[-1], "converged": up.converged,
                     "device": str(up.evaluator.device), "fit_seconds": round(erm.seconds + up.seconds, 3),
                     "notes": notes + up.notes},
-            curves=curves)
+            curves=curves, fitted=up.fitted())

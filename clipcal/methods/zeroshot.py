@@ -14,6 +14,7 @@ import numpy as np
 from clipcal.errors import MethodError, NoTextTowerError
 from clipcal.methods._train import normalize_rows
 from clipcal.methods.base import Method, MethodResult, report, softmax
+from clipcal.methods.fitted import backbone_last_layer
 from clipcal.methods.params import HasAttr, InstanceOf, Interval, ListOf, Real
 
 NOT_APPLICABLE = "not applicable: this backbone has no text tower"
@@ -100,4 +101,5 @@ class ZeroShot(Method):
         return MethodResult(
             method=self.name, probs=probs, pred=probs.argmax(1), embeddings_after=None, calibration_set=None,
             record={"uses_group_labels": False, "selection_rule": "none (no training)", "seed": None,
-                    "chosen_epoch": None, "head_source": source, "notes": []})
+                    "chosen_epoch": None, "head_source": source, "notes": []},
+            fitted=backbone_last_layer(data, head=head, scale=float(self.scale)))

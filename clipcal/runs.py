@@ -8,7 +8,9 @@ are computed (:mod:`clipcal.metrics`), and the whole outcome goes into the store
   seed, format — so the same request finds the same entry;
 * arrays per method ``<m>__probs`` [N, K] float32, ``<m>__pred`` [N] int64, ``<m>__embeddings_after``
   [N, e] float32 (when the method changes them), ``<m>__calibration_set`` int64 rows (when it has one),
-  ``<m>__curves_csv`` ([1] str); shared ``sample_ids, split, y, a, group``; ``metrics_csv`` and
+  ``<m>__curves_csv`` ([1] str), and the fitted model (:class:`~clipcal.methods.fitted.FittedLastLayer`, when
+  the method has one) ``<m>__W`` [d, e] float32, ``<m>__head`` [K, e] float32, ``<m>__bias`` [K] float32,
+  ``<m>__scale`` [1] float64 — so :meth:`Run.fitted` and :mod:`clipcal.export` rebuild it without refitting; shared ``sample_ids, split, y, a, group``; ``metrics_csv`` and
   ``group_tables_csv`` ([1] str arrays holding the CSV text);
 * meta (``manifest.json``): the reproducibility manifest — versions (python, numpy, torch, sklearn,
   clipcal, open_clip when loaded), seed, full configuration (hyperparameters after defaults), benchmark
@@ -38,6 +40,7 @@ from clipcal.methods import METHODS, get_method, make_method
 from clipcal.methods.applicability import not_applicable_reason
 from clipcal._json import jsonable as _jsonable
 from clipcal.methods.base import FeatureData, MethodResult, NonFiniteError, Progress
+from clipcal.methods.fitted import FittedLastLayer
 from clipcal.metrics import METRIC_DEFINITIONS, group_table, method_table
 
 KIND = "runs"
@@ -114,6 +117,21 @@ class Run:
             return self.results[method]
         why = self.not_applicable.get(method, "it was not part of this run")
         raise MethodError(f"method {method!r} has no result in run {self.key}: {why}")
+
+    def fitted(self, method: str) -> FittedLastLayer:
+        """The fitted last layer and head of ``method`` (``W``, ``head``, ``scale``, ``bias``, ``classes``), to
+        apply to new pre-projection features (``predict_proba(h)``, ``transform(h)``) or export.
+
+        Raises:
+            MethodError: the method did not run, has no last layer (zero-shot / DFR without a stored
+                projection), or the run was stored before fitted layers were kept (run it again).
+        """
+        r = self.result(method)
+        if r.fitted is None:
+            raise MethodError(f"run {self.key} holds no fitted last layer for {method!r}",
+                              hint="runs stored before fitted layers were kept (or zero-shot / DFR on an embedding "
+                                   "set without a projection) cannot be applied to new images; calibrate again")
+        return r.fitted
 
     def headline(self, split: str = "test") -> pd.DataFrame:
         """The metrics rows of one split (methods that did not run keep their status row)."""
@@ -334,6 +352,8 @@ def run_calibration(benchmark, embedding_set, methods, hparams: dict | None = No
             arrays[f"{m}__embeddings_after"] = r.embeddings_after
         if r.calibration_set is not None:
             arrays[f"{m}__calibration_set"] = r.calibration_set
+        if r.fitted is not None:
+            arrays.update(r.fitted.arrays(f"{m}__"))
         arrays[f"{m}__curves_csv"] = np.array([r.curves.to_csv(index=False)])
     entry = store.put(KIND, key_fields, arrays, meta)
     return Run(key=entry.key, config=config, results=results, not_applicable=not_applicable, metrics=metrics,
@@ -376,6 +396,16 @@ def _entry_by_key(store, key: str):
     return None
 
 
+def _fitted(entry, method: str) -> FittedLastLayer:
+    """The stored fitted last layer of ``method`` (class names from the benchmark's description)."""
+    def get(name):
+        return entry.array(name, mmap=False)
+
+    k = get(f"{method}__head").shape[0]
+    names = (entry.meta.get("benchmark") or {}).get("class_names") or [str(i) for i in range(k)]
+    return FittedLastLayer.from_arrays(get, f"{method}__", names)
+
+
 def load_run(key: str, store=None) -> Run:
     """Load a stored run by its key (from :func:`list_runs` or ``Run.key``).
 
@@ -402,7 +432,8 @@ def load_run(key: str, store=None) -> Run:
             calibration_set=entry.array(f"{m}__calibration_set", mmap=False)
             if f"{m}__calibration_set" in names else None,
             record=dict(meta.get("records", {}).get(m, {})),
-            curves=curves if curves is not None and len(curves.columns) else None)
+            curves=curves if curves is not None and len(curves.columns) else None,
+            fitted=_fitted(entry, m) if f"{m}__W" in names else None)
     labels = pd.DataFrame({c: entry.array(c, mmap=False) for c in ("sample_id", "split", "y", "a", "group")
                            if c != "sample_id"})
     labels.insert(0, "sample_id", entry.array("sample_ids", mmap=False).astype(str))

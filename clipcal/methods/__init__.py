@@ -3,6 +3,7 @@
 Public API (docs/interfaces.md, "clipcal.methods")::
 
     FeatureData, MethodResult, Method, Progress        # methods/base.py (no torch import)
+    FittedLastLayer, NotFittedError                    # methods/fitted.py: the fitted model on new features
     METHODS                                            # name -> "module:Class", imported lazily
     get_method(name) -> type[Method]                   # raises MethodError for unknown / missing modules
     make_method(name, **hparams) -> Method
@@ -18,6 +19,7 @@ import importlib
 
 from clipcal.errors import MethodError
 from clipcal.methods.base import FeatureData, Method, MethodResult, Progress
+from clipcal.methods.fitted import FittedLastLayer, NotFittedError
 
 #: registry name → "module:Class"; order = display order.
 METHODS: dict[str, str] = {
@@ -69,5 +71,6 @@ def __getattr__(attr: str):
     raise AttributeError(f"module 'clipcal.methods' has no attribute {attr!r}")
 
 
-__all__ = ["FeatureData", "MethodResult", "Method", "Progress", "METHODS", "get_method", "make_method",
+__all__ = ["FeatureData", "MethodResult", "Method", "Progress", "FittedLastLayer", "NotFittedError", "METHODS",
+           "get_method", "make_method",
            *_CLASSES]

@@ -15,7 +15,7 @@ import sys
 from clipcal import __version__
 from clipcal.errors import ClipcalError
 
-COMMANDS = ("data", "embed", "calibrate", "report")
+COMMANDS = ("data", "embed", "calibrate", "report", "export")
 
 DESCRIPTION = """\
 clipcal: audit and reduce spurious reliance in CLIP representations.
@@ -25,6 +25,7 @@ Typical headless job (e.g. on a GPU server; open the results later in the dashbo
   python -m clipcal embed --benchmark demo --backbone bundled:efficientnet-lite0
   python -m clipcal calibrate --benchmark demo --backbone bundled:efficientnet-lite0 --methods erm,jtt,afr,dfr,cfr
   python -m clipcal report --benchmark demo --backbone bundled:efficientnet-lite0
+  python -m clipcal export --key RUN --method cfr --out exports/cfr   (RUN: report --list)
 
 Benchmarks: demo (built-in Waterbirds-lite), waterbirds, celeba, metashift, csv (your own images + CSV).
 Backbones:  open_clip:ViT-B-32:openai, open_clip:hf-hub:<org>/<repo>, open_clip:<arch>:<checkpoint.pt>,

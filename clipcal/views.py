@@ -76,27 +76,69 @@ def no_after_note(methods: Sequence[str]) -> str:
 
 
 def fallback_notes(run, only: str | None = None) -> list[str]:
-    """One warning per method of the run (or only ``only``) whose result is in fact another method's: CFR with an
-    empty calibration set returns ERM; JTT with an empty error set retrains exactly like ERM. Each says what that
-    means for its numbers and plots and what to do."""
+    """One warning per method of the run (or only ``only``) whose result is in fact another method's, saying why
+    (from the record), what that means for its numbers and plots, and what to do:
+
+    - CFR with ``fallback == "erm"`` and ``fallback_reason == "selection"``: stage 2 ran on a non-empty calibration
+      set but the model selection scored no CFR epoch (nor the stage-2 start) above the stage-1 ERM model — the
+      guard against a collapse, not an empty set;
+    - CFR with ``fallback_reason == "empty calibration set"`` (or no reason: runs stored before it was recorded):
+      the rule(s) that ran found no image ERM gets wrong; the cross-fit rule is suggested only when it was not
+      already tried (``calibration_errors`` "train");
+    - JTT with an empty error set retrains exactly like ERM.
+    """
     out = []
     for name in run_methods(run):
         if only is not None and name != only:
             continue
         rec = method_result(run, name).record or {}
-        if rec.get("fallback"):
-            cross = str((rec.get("calibration_set") or {}).get("source", "")).startswith("cross-fit")
-            why = ("the ERM models trained on the other folds also classified every held-out training image "
-                   "correctly" if cross else "the ERM model classified every training image correctly")
+        label = method_label(name)
+        if rec.get("fallback") and rec.get("fallback_reason") == "selection":
+            cs, sel = rec.get("calibration_set") or {}, rec.get("selection") or {}
             out.append(
-                f"{method_label(name)} fell back to {str(rec['fallback']).upper()}: its calibration set was empty "
+                f"{label} returned the stage-1 ERM model: stage 2 ran on a calibration set of {cs.get('size', '?')} "
+                f"images, but its model selection (validation {sel.get('rule') or 'worst-class'} accuracy) scored "
+                "no later model above the stage-1 ERM model, so its numbers and its 'after' representation are "
+                "ERM's. This is the guard that keeps CFR from returning a model worse than where it started, not "
+                "an error" + (f" ({sel['why']})." if sel.get("why") else "."))
+        elif rec.get("fallback"):
+            rule = rec.get("calibration_rule") or {}
+            requested = rule.get("requested")
+            cross = str((rec.get("calibration_set") or {}).get("source", "")).startswith("cross-fit")
+            if requested == "auto" and rule.get("used") is None:
+                why = ("under both rules: the ERM model classified every training image correctly, and so did the "
+                       "ERM models trained on the other folds for the images they had not seen")
+            elif cross:
+                why = ("the ERM models trained on the other folds also classified every held-out training image "
+                       "correctly")
+            else:
+                why = "the ERM model classified every training image correctly"
+            advise = not cross and requested in (None, "train")
+            out.append(
+                f"{label} fell back to {str(rec['fallback']).upper()}: its calibration set was empty "
                 f"({why}), so its numbers and its 'after' representation are ERM's. "
-                + ("" if cross else
-                   "On Calibrate, set CFR's calibration_errors to 'cross-fit' to take the images ERM gets wrong "
-                   "when it has not trained on them (still no group labels)."))
+                + ("On Calibrate, set CFR's calibration_errors to 'cross-fit' (or 'auto') to take the images ERM "
+                   "gets wrong when it has not trained on them (still no group labels)." if advise else ""))
         elif name == "jtt" and rec.get("error_set_size") == 0:
-            out.append(f"{method_label(name)} equals ERM here: its error set was empty (the ERM model classified "
+            out.append(f"{label} equals ERM here: its error set was empty (the ERM model classified "
                        "every training image correctly), so nothing was up-weighted.")
+    return out
+
+
+def outcome_notes(run, only: str | None = None) -> list[str]:
+    """What each CFR-like method of the run (or only ``only``) did, for every page that shows it: which
+    calibration-set rule ran and why, which model the selection returned and why —
+    :func:`clipcal.methods.cfr.outcome_lines` of its record, each line prefixed with the method's label
+    (``"CFR — Calibration set: …"``). ``[]`` for methods without those record fields (other methods, runs stored
+    before them)."""
+    from clipcal.methods.cfr import outcome_lines
+
+    out = []
+    for name in run_methods(run):
+        if only is not None and name != only:
+            continue
+        rec = method_result(run, name).record or {}
+        out += [f"{method_label(name)} — {line}" for line in outcome_lines(rec)]
     return out
 
 
@@ -127,6 +169,39 @@ def not_applicable_notes(run) -> list[str]:
             continue
         out.append(f"{method_label(m)} — {why if why.startswith('not applicable') else 'not applicable: ' + why}")
     return out
+
+
+def _seeds(seeds) -> str:
+    seeds = [int(x) for x in seeds or []]
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"mean over seeds {seeds[0]}–{seeds[-1]}"
+    return ("seed " if len(seeds) == 1 else "mean over seeds ") + ", ".join(map(str, seeds))
+
+
+def difficulty_label(preset: Mapping) -> str:
+    """The demo difficulty select's option text: ``"waterbirds-like (default) — ERM 0.57 · DFR 0.84
+    worst-group"`` from one entry of :func:`clipcal.data.demo.difficulty_presets` (name only when not measured)."""
+    name = str(preset["name"]) + (" (default)" if preset.get("default") else "")
+    m = preset.get("measured")
+    if not m:
+        return name
+    return f"{name} — ERM {m['erm_worst_group']:.2f} · DFR {m['dfr_worst_group']:.2f} worst-group"
+
+
+def difficulty_note(preset: Mapping) -> str:
+    """What a demo difficulty preset does and what it was measured to do, for the Data page: its teaching
+    sentence, the bird size and opacity, and ERM's / DFR's test worst-group accuracy with where they come from
+    (:func:`clipcal.data.demo.difficulty_presets`)."""
+    teaching = str(preset.get("teaching", ""))
+    text = (teaching[:1].upper() + teaching[1:] + ". " if teaching else "") + (
+        f"Birds {preset['bird_scale_min']:.0%}–{preset['bird_scale_max']:.0%} of the image side, "
+        + ("opaque." if float(preset["bird_opacity"]) >= 1 else f"opacity {preset['bird_opacity']:.0%}."))
+    m = preset.get("measured")
+    if not m:
+        return text + " Effect not measured yet."
+    return (text + f" Measured ({m.get('backbone', '')}, test split, {_seeds(m.get('seeds'))}): ERM worst-group "
+            f"{m['erm_worst_group']:.3f} (no group labels), DFR {m['dfr_worst_group']:.3f} (uses group labels) — "
+            f"a {100 * (m['dfr_worst_group'] - m['erm_worst_group']):.0f}-point gap that group labels close.")
 
 
 # ---------------------------------------------------------------------------------------------------------

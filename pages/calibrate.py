@@ -95,5 +95,7 @@ if emb is not None:
                 st.error(note)
             for note in views.fallback_notes(run):  # e.g. CFR = ERM when the calibration set is empty
                 st.warning(note)
+            for note in views.outcome_notes(run):  # CFR: which calibration-set rule ran, which model it returned
+                st.info(note)
             results.curves_section(run)
             st.page_link(state.PAGE["groups"], label="Next: per-group accuracy", icon="📊")

@@ -27,6 +27,8 @@ if run is not None:
             st.caption(note)
         for note in views.fallback_notes(run):  # e.g. CFR = ERM when the calibration set is empty
             st.warning(note)
+        for note in views.outcome_notes(run):  # CFR: which calibration-set rule ran, which model it returned
+            st.info(note)
         results.metric_definitions()
 
         st.markdown("#### Per-group accuracy")

@@ -37,7 +37,8 @@ def test_calibrate_page_widgets_and_results_match_core(app, seeded_store):
     assert at.number_input(key="calib.hp.cfr.lr").value == pytest.approx(1e-4)
     # options with a few allowed values are select boxes, defaulting to the paper's choice
     ce = at.selectbox(key="calib.hp.cfr.calibration_errors")
-    assert ce.value == "train" and list(ce.options) == ["train", "cross-fit"]
+    # "auto" (issue 12.1): the paper's rule when its set is usable, the cross-fit rule otherwise
+    assert ce.value == "auto" and list(ce.options) == ["auto", "train", "cross-fit"]
     assert at.selectbox(key="calib.hp.cfr.negatives").value == "hard"
     assert at.radio(key="calib.rule").value == "worst-class"
     shown = frame_with(at, "label", "worst_group", "overall", "mean_group", "train_weighted", "worst_class")
@@ -352,10 +353,12 @@ def test_fallback_notes_say_cfr_equals_erm_and_what_to_do(app, seeded_store, mon
     assert views.fallback_notes(NS(results={"erm": ok})) == []
     assert views.fallback_notes(NS(results={"erm": ok, "cfr": fell}), only="erm") == []
 
-    # on the page: the seeded run's CFR record marked as fallen back → a warning on Groups
+    # on the page: the seeded run's CFR record marked as fallen back for an empty set → a warning on Groups
+    # (the reason is set: the seeded CFR may have kept ERM by its selection, which the note words differently)
     run = seeded_store["run"]
     patched = dict(run.results)
-    patched["cfr"] = dataclasses.replace(run.results["cfr"], record=dict(run.results["cfr"].record, fallback="erm"))
+    patched["cfr"] = dataclasses.replace(run.results["cfr"], record=dict(
+        run.results["cfr"].record, fallback="erm", fallback_reason="empty calibration set"))
     monkeypatch.setattr(views, "run_methods", lambda r: list(patched))
     monkeypatch.setattr(views, "method_result", lambda r, m: patched[m])
     for page in ("groups", "calibrate"):

@@ -148,7 +148,9 @@ def test_assets_present_here_and_licences_recorded():
 
 
 def test_bad_options():
-    with pytest.raises(DataError, match="unknown demo option"):
+    # the registry refuses an option the demo does not take, names it and lists the ones it does take
+    with pytest.raises(DataError, match=r"option\(s\) 'n_trian' do not apply to benchmark 'demo'") as err:
         load_benchmark("demo", n_trian=10)
+    assert "n_train" in err.value.hint and "difficulty" in err.value.hint
     with pytest.raises(DataError, match="≥ 4"):
         load_benchmark("demo", n_train=2)

@@ -22,6 +22,12 @@ from clipcal.errors import MethodError
 #: neighbours per image (the issue's k = 10): enough to average out single near-duplicates, few enough that a
 #: neighbourhood stays local in groups of a few dozen test images
 DEFAULT_K = 10
+#: what the purity numbers mean, shown beside them (the pages read it from here)
+PURITY_DEFINITION = (
+    "Neighbourhood class purity: for each test image, the share of its {k} nearest test images (cosine distance "
+    "in the embedding itself, not the map) that belong to its own class, averaged over the group. Low purity = "
+    "the group sits among the other class (the representation follows the spurious attribute); a rise after "
+    "calibration = the group moved toward its own class.")
 #: columns of :func:`neighbourhood_purity`
 PURITY_COLUMNS = ["group", "name", "n", "purity_before", "purity_after", "change"]
 

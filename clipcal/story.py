@@ -18,6 +18,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from clipcal.catalog import method_short
+
 #: a worst-group change (accuracy, 0–1) below this is "little" (2 points: under one image in 50)
 LITTLE_ACCURACY = 0.02
 #: a change of neighbourhood class purity (0–1) below this in every group is "little"
@@ -31,7 +33,7 @@ class MethodChange:
     """One method's result against the baseline.
 
     Attributes:
-        method / label: name and display label. value: its test worst-group (or worst-class) accuracy, 0–1.
+        method / label: name and short display name (:func:`clipcal.catalog.method_short`). value: its test worst-group (or worst-class) accuracy, 0–1.
         worst: the name of its worst group (class). change: ``value`` − the baseline's (None for the baseline).
         uses_group_labels: whether it read group labels (DFR; any method selected by worst-group accuracy).
     """
@@ -130,8 +132,8 @@ def build_story(metrics: pd.DataFrame, group_tables: pd.DataFrame, records: Mapp
     """The story of one run: who is worst under ERM, what each method recovered, what crossed, what moved.
 
     Args:
-        metrics: the run's metric rows (:func:`clipcal.metrics.method_table`: ``method, label, split,
-            worst_group, worst_class, uses_group_labels, status``).
+        metrics: the run's metric rows (:func:`clipcal.metrics.method_table`: ``method, split, worst_group,
+            worst_class, uses_group_labels, status``); methods are named by :func:`clipcal.catalog.method_short`.
         group_tables: the run's per-group tables (``Run.group_tables``).
         records: ``{method: MethodResult.record}`` (CFR's ``fallback``, ``fallback_reason``).
         points: rows with ``sample_id, split, crossed`` and ``group`` (or ``class``) — crossings of ``method``
@@ -151,7 +153,7 @@ def build_story(metrics: pd.DataFrame, group_tables: pd.DataFrame, records: Mapp
     col = "worst_group" if base is not None and finite("worst_group", base) else "worst_class"
     metric = "worst-group" if col == "worst_group" else "worst-class"
     unit = "group" if col == "worst_group" else "class"
-    label = dict(zip(m["method"], m["label"]))
+    label = {n: method_short(n) for n in ran}  # short names: the long labels repeat "(uses group labels)"
     value = {n: float(m.loc[m["method"] == n, col].iloc[0]) for n in ran}
 
     def worst_name(name: str) -> str:
@@ -162,7 +164,8 @@ def build_story(metrics: pd.DataFrame, group_tables: pd.DataFrame, records: Mapp
     changes: list[MethodChange] = []
     bw = worst_name(base) if base else ""
     if base is not None:
-        sentences.append(f"{label[base]} (no group labels) is worst on **{bw or 'one ' + unit}**: "
+        base_uses = bool(m.loc[m["method"] == base, "uses_group_labels"].iloc[0])
+        sentences.append(f"{label[base]} ({'uses group labels' if base_uses else 'no group labels'}) is worst on **{bw or 'one ' + unit}**: "
                          f"{_acc(value[base])} {split} accuracy.")
     order = ([base] if base else []) + [n for n in ran if n != base]
     for name in order:
@@ -208,8 +211,10 @@ def build_story(metrics: pd.DataFrame, group_tables: pd.DataFrame, records: Mapp
         for r in ([focus] if focus["name"] == top["name"] else [focus, top]):
             way = "toward their own class" if r["change"] > 0 else (
                 "away from their own class" if r["change"] < 0 else "neither way")
+            whose = (f"the representation {mlabel} returned (the stage-1 ERM model's last layer)" if kept_erm
+                     else f"{mlabel}'s representation")
             sentences.append(
-                f"In {mlabel}'s representation the {k_txt} of **{r['name']}** {split} images are "
+                f"In {whose} the {k_txt} of **{r['name']}** {split} images are "
                 f"{r['purity_after']:.0%} their own class, against {r['purity_before']:.0%} before "
                 f"({_points(r['change'])}): they moved {way}.")
     mchange = next((c.change for c in changes if c.method == method), None)
@@ -226,7 +231,8 @@ def build_story(metrics: pd.DataFrame, group_tables: pd.DataFrame, records: Mapp
     if base is None:
         headline = "No baseline (ERM or zero-shot) in this run: the methods' numbers are shown without a comparison."
     elif method and mchange is not None:
-        did = ("changed little" if changed_little or kept_erm else f"brings its {metric} to {_acc(value[method])}")
+        did = ("kept the stage-1 ERM model" if kept_erm else "changed little" if changed_little
+               else f"brings its {metric} to {_acc(value[method])}")
         headline = (f"{label[base]} is worst on {bw or 'one ' + unit} ({_acc(value[base])}); {mlabel} {did} "
                     f"({_points(mchange)}).")
     else:

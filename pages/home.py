@@ -7,6 +7,7 @@ import streamlit as st
 from clipcal import catalog, pipeline
 from clipcal.views import fmt_eta
 from pages.ui import jobs, resources, state, widgets
+from pages.ui import story as story_ui
 
 st.title("clipcal — spurious correlations in CLIP representations")
 st.markdown(
@@ -44,6 +45,7 @@ if st.button("▶ Run the demo path", type="primary", disabled=running, key="hom
 
 def _done(job) -> None:
     st.success(f"Demo path finished in {fmt_eta(job.elapsed_s)}: {job.result}. Now look at the results:")
+    story_ui.demo_story(bench, spec, job)  # what happened, in numbers (issue 12.5)
 
 
 jobs.job_status(demo_key, show_done=_done)

@@ -7,6 +7,7 @@ import streamlit as st
 from clipcal import views
 from pages.ui import representations as ui
 from pages.ui import results, state, widgets
+from pages.ui import story as story_ui
 
 st.title("Representations — before vs after")
 st.caption("One UMAP map fitted jointly on the frozen embeddings (before) and a method's recalibrated "
@@ -18,6 +19,7 @@ bench, run, emb = results.current_run_with_embeddings()
 
 if run is not None and emb is not None:
     xy = None  # stays None when preparing fails (the error is shown) or the map is still being computed
+    lead = st.container()  # the story and the neighbourhood purity lead the page; filled once the method is known
     with widgets.guarded("preparing the map"):
         after_methods = views.methods_with_after(run)
         if not after_methods:
@@ -32,6 +34,8 @@ if run is not None and emb is not None:
         st.session_state[state.K_METHOD] = method
         for note in views.fallback_notes(run, only=method):  # "after" = ERM's embeddings: say so next to the map
             st.warning(note)
+        with lead, widgets.guarded("telling what changed"):  # with CFR's calibration rule and selection
+            story_ui.story_block(bench, run, method, key="repr.story")
         color_opts = views.color_options(run, bench.has_attributes)
         color = cols[1].selectbox("Colour by", list(color_opts), key="repr.color")
         layout = cols[2].radio("Layout", ["side by side", "overlaid"], key="repr.layout", horizontal=True,

@@ -116,9 +116,22 @@ def test_selection_that_kept_erm_is_said_plainly():
     run = _run(fd, {"erm": erm, "cfr": erm.copy()},
                records={"cfr": {"fallback": "erm", "fallback_reason": "selection"}})
     s = story.run_story(run, method="cfr")
-    assert s.kept_erm
+    assert s.kept_erm and s.headline.endswith("CFR kept the stage-1 ERM model (+0.0 points).")
     assert ("CFR returned the stage-1 ERM model (its model selection scored no later model above it on "
             "validation), so its numbers are ERM's: on this data it did not improve on ERM.") in s.sentences
+
+
+def test_a_kept_erm_model_s_representation_change_is_not_credited_to_cfr():
+    """The 'after' of a CFR run that kept ERM is ERM's own last layer: a neighbourhood change is ERM's."""
+    fd = _data()
+    erm = _pred(fd, {1: 7})
+    after = np.where(fd.y[:, None] == 0, 1.0, -1.0) * np.ones((len(fd.y), 6), np.float32)
+    run = _run(fd, {"erm": erm, "cfr": erm.copy()}, after={"cfr": after},
+               records={"cfr": {"fallback": "erm", "fallback_reason": "selection"}})
+    s = story.run_story(run, purity=story.run_purity(run, fd, "cfr", GROUPS))
+    moved = [t for t in s.sentences if "nearest neighbours" in t]
+    assert moved and all(t.startswith("In the representation CFR returned (the stage-1 ERM model's last layer)")
+                         for t in moved)
 
 
 def test_without_attribute_labels_the_story_is_told_per_class():

@@ -36,6 +36,16 @@ if name == "demo":
                  + ", ".join(status["missing_packages"]) + ". Install them with:")
         st.code(status["install_command"], language="bash")
     opts = dict(cur["options"]) if cur["name"] == "demo" else {}
+    from clipcal.data.demo import difficulty_presets
+    from clipcal.views import difficulty_label, difficulty_note
+
+    presets = {p["name"]: p for p in difficulty_presets()}  # a teaching control: what each does, as measured
+    now = str(opts.get("difficulty", DEFAULTS["difficulty"]))
+    level = st.selectbox("Difficulty", list(presets), key=fk("data.difficulty"),
+                         index=list(presets).index(now if now in presets else DEFAULTS["difficulty"]),
+                         format_func=lambda n: difficulty_label(presets[n]),
+                         help="How strongly the bird itself shows; the background is as spurious at every level.")
+    st.caption(difficulty_note(presets[level]))
     with st.expander("Demo size and seed"):
         a, b, d, e = st.columns(4)
         vals = {
@@ -49,7 +59,8 @@ if name == "demo":
                                    key=fk("data.seed")),
         }
     spec = {"name": "demo", "root": None,
-            "options": {k: int(v) for k, v in vals.items() if int(v) != DEFAULTS[k]}}
+            "options": {**{k: int(v) for k, v in vals.items() if int(v) != DEFAULTS[k]},
+                        **({"difficulty": level} if level != DEFAULTS["difficulty"] else {})}}
 elif name == "csv":
     st.markdown("Your own images: a folder of images plus a metadata CSV with one row per image "
                 "(an id, the file name relative to the folder, the split, the class, optionally the "

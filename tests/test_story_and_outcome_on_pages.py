@@ -141,3 +141,15 @@ def test_data_page_difficulty_is_a_teaching_control_passed_as_the_demo_option(ap
     _no_exception(at)
     assert at.session_state[state.K_BENCH]["options"] == {"n_train": 8, "n_val": 4, "n_test": 4, "seed": 11,
                                                          "difficulty": "easy"}
+
+
+@pytestmark_slow
+def test_the_cli_report_says_what_cfr_did(seeded_store):
+    """Sibling of the pages: `python -m clipcal report` prints CFR's outcome lines under their own heading."""
+    from clipcal.commands.report import run_markdown
+
+    run = seeded_store["run"]
+    text = run_markdown(run)
+    assert "## What CFR did" in text
+    for line in run.results["cfr"].record["outcome"]:
+        assert f"- cfr: {line}" in text

@@ -287,6 +287,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{m}: " + ", ".join(bits))
         for n in rec.get("notes", []):
             print(f"  note: {n}")
+        for line in rec.get("outcome") or []:  # CFR: which calibration-set rule ran, which model it returned
+            print(f"  {line}")
     print(f"\nrun {r.key} stored in {store.root / 'runs' / r.key} ({time.monotonic() - t0:.1f} s)")
     exe = os.path.relpath(sys.executable)  # the interpreter that ran this command (e.g. .venv/bin/python)
     exe = sys.executable if exe.startswith("..") else exe

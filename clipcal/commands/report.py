@@ -87,6 +87,9 @@ def run_markdown(run, split: str = "test", groups: bool = False) -> str:
            f"## Methods ({split})", "", markdown_table(method_rows(run.metrics, split), HEADLINE), ""]
     out += ["Definitions:", ""] + [f"- **{k}** — {v}" for k, v in METRIC_DEFINITIONS.items()
                                    if k in dict(HEADLINE)] + [""]
+    outcome = [f"- {m}: {line}" for m, r in run.results.items() for line in r.record.get("outcome") or []]
+    if outcome:  # CFR: which calibration-set rule ran and which model the selection returned, and why
+        out += ["## What CFR did", ""] + outcome + [""]
     notes = []
     for m, r in run.results.items():
         for n in r.record.get("notes", []):

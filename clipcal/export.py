@@ -60,6 +60,23 @@ class Export:
     files: list[str] = field(default_factory=list)
     card: dict = field(default_factory=dict)
 
+    def summary(self) -> str:
+        """One line for the CLI and the Groups page: what was written where and how to load it."""
+        if self.kind == "open_clip-checkpoint":
+            how = (f"an open_clip checkpoint with the calibrated visual.proj (open_clip.create_model_and_transforms"
+                   f"(\"{self.card.get('load', {}).get('arch', '')}\", pretrained=\"{CHECKPOINT}\"))")
+        else:
+            how = f"the calibrated last layer W ({LAST_LAYER}) to apply to the backbone's pre-projection features"
+        return f"{self.card.get('method_label', '')}: {how} and the class head ({CLASSIFIER}) in {self.folder}"
+
+
+def exportable_methods(run) -> list[str]:
+    """Methods of ``run`` (in run order) whose fitted model is stored — what an export can take.
+
+    Empty for runs stored before fitted layers were kept, and without zero-shot / DFR on embedding sets with no
+    projection (their model cannot be applied to new features)."""
+    return [m for m in run.methods if m in run.results and run.results[m].fitted is not None]
+
 
 def export_folder(store, key: str, method: str) -> Path:
     """The default export folder under the store: ``<store root>/exports/<run key>-<method>``."""
@@ -246,4 +263,4 @@ def zip_export(export: Export | str | Path) -> Path:
         raise StoreError(f"cannot write {folder}.zip: {err.strerror or err}") from None
 
 
-__all__ = ["Export", "export_run", "export_folder", "zip_export"]
+__all__ = ["Export", "export_run", "export_folder", "exportable_methods", "zip_export"]

@@ -50,6 +50,7 @@ def test_plain_open_clip_reproduces_the_stored_calibrated_embeddings(method, tin
     card = json.loads((ex.folder / "classifier.json").read_text())
     assert card["classes"] == list(bench.class_names) and card["load"]["arch"] == "clipcal-tiny"
     assert (ex.folder / "README.md").read_text().count("create_model_and_transforms") == 1
+    assert "open_clip checkpoint with the calibrated visual.proj" in ex.summary()
 
     # ---- plain open_clip from here on: no clipcal code in the encoding path -------------------------------
     open_clip.add_model_config(str(ex.folder / card["load"]["model_config_dir"]))
@@ -120,6 +121,20 @@ def test_exporting_a_method_that_did_not_run_says_why(syn_small_ds, tmp_store_ro
                           hparams={"erm": {"epochs": 2}}, store=store)
     with pytest.raises(MethodError, match="no result"):
         export_run(run, "cfr", tmp_path / "x", store=store)
+
+
+def test_exportable_methods_are_those_with_a_stored_fitted_model(syn_small_ds, tmp_store_root):
+    from clipcal.export import exportable_methods
+    from clipcal.runs import load_run, run_calibration
+    from clipcal.store import Store
+
+    store = Store(tmp_store_root)
+    run = run_calibration(syn_small_ds.benchmark(), syn_small_ds.embedding_set(), ["zeroshot", "erm", "dfr"],
+                          hparams={"erm": {"epochs": 2}, "dfr": {"n_retrain": 1}}, store=store)
+    assert "zeroshot" in run.not_applicable                      # no text tower: nothing to export
+    assert exportable_methods(load_run(run.key, store)) == ["erm", "dfr"]
+    run.results["erm"].fitted = None                             # a run stored before fitted layers were kept
+    assert exportable_methods(run) == ["dfr"]
 
 
 def test_cli_export_writes_the_folder_and_a_clear_error_for_an_unknown_key(syn_small_ds, tmp_store_root, tmp_path,

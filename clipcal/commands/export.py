@@ -38,7 +38,7 @@ def run(args) -> int:
     from clipcal.store import Store
 
     ex = export_run(args.key, str(args.method).strip().lower(), args.out, store=Store())
-    print(f"exported {args.method} of run {args.key} ({ex.kind}) to {ex.folder}:")
+    print(f"exported {ex.summary()}:")
     for f in ex.files:
         print(f"  {f}")
     if args.zip:

@@ -33,7 +33,8 @@ class MethodChange:
     """One method's result against the baseline.
 
     Attributes:
-        method / label: name and short display name (:func:`clipcal.catalog.method_short`). value: its test worst-group (or worst-class) accuracy, 0–1.
+        method / label: name and short display name (:func:`clipcal.catalog.method_short`).
+        value: its test worst-group (or worst-class) accuracy, 0–1.
         worst: the name of its worst group (class). change: ``value`` − the baseline's (None for the baseline).
         uses_group_labels: whether it read group labels (DFR; any method selected by worst-group accuracy).
     """
@@ -157,7 +158,7 @@ def build_story(metrics: pd.DataFrame, group_tables: pd.DataFrame, records: Mapp
     value = {n: float(m.loc[m["method"] == n, col].iloc[0]) for n in ran}
 
     def worst_name(name: str) -> str:
-        w = worst_of(group_tables, name, split) if col == "worst_group" else None
+        w = worst_of(group_tables, name, split)  # per class when there are no attribute labels
         return w[0] if w else ""
 
     sentences: list[str] = []
@@ -165,8 +166,8 @@ def build_story(metrics: pd.DataFrame, group_tables: pd.DataFrame, records: Mapp
     bw = worst_name(base) if base else ""
     if base is not None:
         base_uses = bool(m.loc[m["method"] == base, "uses_group_labels"].iloc[0])
-        sentences.append(f"{label[base]} ({'uses group labels' if base_uses else 'no group labels'}) is worst on **{bw or 'one ' + unit}**: "
-                         f"{_acc(value[base])} {split} accuracy.")
+        sentences.append(f"{label[base]} ({'uses group labels' if base_uses else 'no group labels'}) is worst on "
+                         f"**{bw or 'one ' + unit}**: {_acc(value[base])} {split} accuracy.")
     order = ([base] if base else []) + [n for n in ran if n != base]
     for name in order:
         uses = bool(m.loc[m["method"] == name, "uses_group_labels"].iloc[0])
@@ -227,6 +228,10 @@ def build_story(metrics: pd.DataFrame, group_tables: pd.DataFrame, records: Mapp
     elif changed_little and method:
         sentences.append(f"{mlabel} changed little here: its {metric} moved {_points(mchange or 0.0)} and no "
                          f"group's neighbourhood class purity moved by {LITTLE_PURITY:.0%} or more.")
+    elif method and purity is not None and len(purity) and moved < LITTLE_PURITY:
+        sentences.append(f"{mlabel}'s neighbourhoods barely changed (no group's class purity moved by "
+                         f"{LITTLE_PURITY:.0%} or more), so its 'after' map looks like the 'before' one: its change is "
+                         "in where the decision boundary lies, not in which images sit together.")
 
     if base is None:
         headline = "No baseline (ERM or zero-shot) in this run: the methods' numbers are shown without a comparison."

@@ -134,6 +134,15 @@ def test_a_kept_erm_model_s_representation_change_is_not_credited_to_cfr():
                          for t in moved)
 
 
+def test_a_gain_without_a_change_of_neighbourhoods_says_the_map_will_not_show_it():
+    fd = _data()
+    erm = _pred(fd, {1: 7})
+    run = _run(fd, {"erm": erm, "cfr": _pred(fd, {1: 2})}, after={"cfr": fd.embeddings * 2.0})  # same directions
+    s = story.run_story(run, purity=story.run_purity(run, fd, "cfr", GROUPS))
+    assert not s.changed_little and (s.purity["change"] == 0).all()
+    assert any(t.startswith("CFR's neighbourhoods barely changed") for t in s.sentences)
+
+
 def test_without_attribute_labels_the_story_is_told_per_class():
     fd = _data()
     fd.a[:] = -1
@@ -144,4 +153,5 @@ def test_without_attribute_labels_the_story_is_told_per_class():
     run = _run(fd, {"erm": erm})
     s = story.run_story(run)
     assert s.metric == "worst-class" and s.method is None and s.worst_value == pytest.approx(0.75)
-    assert s.sentences[0].startswith("ERM (no group labels) is worst on **one class**: 0.750")
+    assert s.worst == "waterbird"
+    assert s.sentences[0].startswith("ERM (no group labels) is worst on **waterbird**: 0.750")

@@ -210,14 +210,14 @@ def build_story(metrics: pd.DataFrame, group_tables: pd.DataFrame, records: Mapp
         k = purity.attrs.get("k")
         k_txt = f"{k} nearest neighbours" if k else "nearest neighbours"
         for r in ([focus] if focus["name"] == top["name"] else [focus, top]):
-            way = "toward their own class" if r["change"] > 0 else (
-                "away from their own class" if r["change"] < 0 else "neither way")
+            way = ("barely moved" if abs(r["change"]) < LITTLE_PURITY else
+                   "moved toward their own class" if r["change"] > 0 else "moved away from their own class")
             whose = (f"the representation {mlabel} returned (the stage-1 ERM model's last layer)" if kept_erm
                      else f"{mlabel}'s representation")
             sentences.append(
                 f"In {whose} the {k_txt} of **{r['name']}** {split} images are "
                 f"{r['purity_after']:.0%} their own class, against {r['purity_before']:.0%} before "
-                f"({_points(r['change'])}): they moved {way}.")
+                f"({_points(r['change'])}): they {way}.")
     mchange = next((c.change for c in changes if c.method == method), None)
     changed_little = bool(method) and (mchange is None or abs(mchange) < LITTLE_ACCURACY) and moved < LITTLE_PURITY
     if kept_erm:

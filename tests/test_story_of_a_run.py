@@ -141,6 +141,7 @@ def test_a_gain_without_a_change_of_neighbourhoods_says_the_map_will_not_show_it
     s = story.run_story(run, purity=story.run_purity(run, fd, "cfr", GROUPS))
     assert not s.changed_little and (s.purity["change"] == 0).all()
     assert any(t.startswith("CFR's neighbourhoods barely changed") for t in s.sentences)
+    assert any(t.endswith("(+0.0 points): they barely moved.") for t in s.sentences)
 
 
 def test_without_attribute_labels_the_story_is_told_per_class():

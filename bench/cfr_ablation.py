@@ -54,7 +54,8 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=100, help="CFR stage-2 epochs (default 100, the recipe's)")
     ap.add_argument("--erm-epochs", type=int, default=None, help="stage-1 ERM epochs (default: the recipe's)")
     ap.add_argument("--lr", type=float, default=1e-4, help="CFR stage-2 lr (default 1e-4, the recipe's)")
-    ap.add_argument("--calibration-errors", default="train")
+    ap.add_argument("--calibration-errors", default="auto",
+                    help="CFR's calibration-set rule (default auto, CFR's default: the paper's set when usable)")
     ap.add_argument("--selection", default="worst-class")
     args = ap.parse_args(argv)
 
@@ -64,8 +65,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
 
     rows = []
-    seeds = args.seeds if args.data == "synthetic" else args.seeds[:1]  # one demo: its seed is the methods'
-    for seed in seeds:
+    for seed in args.seeds:
         data = load(args.data, seed, args.text_head, data_sizes(args))
         base = baselines(data, seed)
         for name in args.variants:

@@ -50,7 +50,8 @@ def split_metrics(data, pred, split: str) -> dict:
 
 def load(kind: str, seed: int, text_head=None, sizes: dict | None = None):
     """FeatureData of the synthetic generator (95 % correlation; ``sizes``: n_train, n_val, n_test, dim) or of
-    the built-in demo embedded with the bundled Lite0 backbone (``seed`` ignored: one demo)."""
+    the default built-in demo of data seed ``seed`` embedded with the bundled Lite0 backbone (as
+    ``bench/demo_story.py`` builds it; the methods use the same seed)."""
     if kind == "synthetic":
         from clipcal.synthetic import generate
         return generate(correlation=0.95, seed=seed, text_head=text_head, **(sizes or {})).data
@@ -58,7 +59,7 @@ def load(kind: str, seed: int, text_head=None, sizes: dict | None = None):
         from clipcal.data import load_benchmark
         from clipcal.embed import embed_benchmark
         from clipcal.methods.base import FeatureData
-        bench = load_benchmark("demo")
+        bench = load_benchmark("demo", seed=seed)
         es = embed_benchmark(bench, "bundled:efficientnet-lite0")
         return FeatureData.from_store(bench, es)
     raise SystemExit(f"unknown data {kind!r}")

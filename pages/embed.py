@@ -27,7 +27,7 @@ with st.expander("📘 What is a backbone, and which one to pick?"):
 bench_spec, current = state.bench_spec(), state.backbone_spec()
 # the form opens on the current backbone, also after a switch in the sidebar (new keys → new widgets)
 fk = functools.partial(state.choice_key, current=current)
-from clipcal.backbones import model_settings, parse_spec  # noqa: E402
+from clipcal.backbones import LITE0_DEFAULT_PX, BackboneSpec, model_settings, parse_spec, spec_forms  # noqa: E402
 from clipcal.embed import NothingEmbeddedError  # noqa: E402
 
 NOT_NAMED = "not named"
@@ -36,12 +36,12 @@ try:
 except ClipcalError:
     cur_ps = None
 cur_local = cur_ps.checkpoint or cur_ps.local_dir if cur_ps is not None else None
+cur_kind = cur_ps.kind if cur_ps is not None else None  # tag / checkpoint / bundled / tiny / … (sources.SOURCES)
 
 # --- backbone choice ------------------------------------------------------------------------------------
 SOURCES = ["open_clip list", "local checkpoint", "bundled (offline)", "type a spec"]
 source = st.radio("Backbone source", SOURCES, horizontal=True, key=fk("embed.source"),
-                  index=1 if cur_local else 2 if current.startswith("bundled:") else
-                  3 if current.startswith("tiny:") or current.endswith(":random") else 0)
+                  index=1 if cur_local else 2 if cur_kind == "bundled" else 3 if cur_kind in ("tiny", "random") else 0)
 spec = None
 if source == "open_clip list":
     with widgets.guarded("listing backbones"), st.spinner("Checking which weights are cached (first time only)…"):
@@ -63,7 +63,7 @@ elif source == "local checkpoint":
     kind = st.radio("It is", ["a checkpoint file", "a local hf-hub folder (open_clip_config.json + weights)"],
                     index=1 if cur_ps is not None and cur_ps.local_dir else 0, key=fk("embed.ckpt_kind"))
     if path and kind.startswith("a local"):
-        spec = f"open_clip:local-dir:{path}"
+        spec = str(BackboneSpec.from_local_dir(path))
     elif path:
         # which published configuration (activation, preprocessing) the file's weights were trained with
         tags = None
@@ -82,13 +82,12 @@ elif source == "local checkpoint":
 elif source == "bundled (offline)":
     px = st.select_slider("Input resolution (px)", [128, 160, 192, 224], key=fk("embed.px"),
                           value=cur_ps.image_size if cur_ps is not None and cur_ps.image_size in (128, 160, 192, 224)
-                          else 160,
+                          else LITE0_DEFAULT_PX,
                           help="Lite0 at 160 px ≈ 90 images/s on 2 CPU cores; 224 px ≈ 28 images/s")
-    spec = "bundled:efficientnet-lite0" + ("" if px == 160 else f"@{px}")
+    spec = str(BackboneSpec.bundled(px))
 else:
     spec = st.text_input("Backbone spec", value=current, key=fk("embed.spec"),
-                         help="open_clip:<arch>:<tag>, open_clip:hf-hub:<org>/<repo>, open_clip:<arch>:<path>, "
-                              "open_clip:local-dir:<path>, bundled:efficientnet-lite0[@px], tiny:clip").strip()
+                         help=", ".join(spec_forms())).strip()
 
 # the settings the weights will run with — known from the spec alone (no model load, no network)
 if spec:

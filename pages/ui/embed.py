@@ -23,8 +23,8 @@ def embedding_summary(emb) -> None:
     st.caption(views.model_settings_line(settings))
     if isinstance(settings, dict) and settings.get("warning"):  # embedded with guessed settings that matter
         st.warning(settings["warning"])
-    st.caption(f"Projection: {emb.projection}"
-               + (" (the model's own last layer; CFR recalibrates it)" if emb.projection == "exact"
-                  else " (approximation: the embedding is the feature; CFR learns a new projection)"))
+    last = getattr(emb, "last_layer", None) or {}  # where the last layer comes from (recorded with the set)
+    st.caption(f"Projection: {emb.projection}" + (f" — {last['description']}" if last.get("description") else "")
+               + ("; CFR recalibrates it" if emb.projection == "exact" else "; CFR learns a new projection"))
     if n_skip:
         st.dataframe(skipped, hide_index=True, key="embed.skipped")

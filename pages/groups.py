@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from clipcal import figures, views
-from pages.ui import results, widgets
+from pathlib import Path
+
+from clipcal import export, figures, views
+from pages.ui import resources, results, widgets
 
 st.title("Groups — per-group accuracy")
 st.caption("Every method of the chosen calibration run on the same test images: the summary metrics "
@@ -46,3 +48,24 @@ if run is not None:
             st.caption(f"**{r['method']}** — loss: {r['loss terms']}"
                        + (f" · last layer: {r['last layer']}" if r["last layer"] else ""))
         st.dataframe(records, hide_index=True, key="groups.records")
+
+    st.markdown("#### Export the calibrated model")
+    exportable = export.exportable_methods(run)
+    if not exportable:
+        st.caption("This run stores no fitted last layer (it was calibrated before clipcal kept one): calibrate "
+                   "again to export a method's model.")
+    else:
+        pick = st.selectbox("Method", exportable, format_func=views.method_label, key="groups.export_method",
+                            index=exportable.index("cfr") if "cfr" in exportable else 0)
+        if st.button("Export", key="groups.export",
+                     help="open_clip backbones: a checkpoint whose visual.proj is the calibrated last layer, "
+                          "loadable with plain open_clip; other backbones: the last layer W. Both with the class "
+                          "head, classifier.json and a README, in a folder under the store's exports/"):
+            with widgets.guarded("exporting"):
+                ex = export.export_run(run, pick, store=resources.get_store())
+                st.session_state["groups.exported"] = (run.key, pick, str(export.zip_export(ex)), ex.summary())
+        done = st.session_state.get("groups.exported")
+        if done and done[:2] == (run.key, pick) and Path(done[2]).is_file():
+            st.success(f"Exported {done[3]}")
+            st.download_button("Download (zip)", Path(done[2]).read_bytes(), file_name=Path(done[2]).name,
+                               mime="application/zip", key="groups.export_download")

@@ -12,9 +12,11 @@ Where each CAV lives (the two spaces of a run):
   images outside the benchmark are embedded with the same backbone through :func:`clipcal.embed.embed_benchmark`
   (and the store).
 * **after** — a method's calibrated embedding ``z' = normalize(h W)`` (``MethodResult.embeddings_after``). A run
-  stores ``z'`` per sample but not ``W``: for concept images outside the benchmark ``W`` is recovered from the
-  run's own pairs ``(h, z')`` by least squares (:func:`recover_last_layer`, checked on held-out rows and refused
-  when it does not reproduce them); a selection of the benchmark's images takes its rows of ``z'`` directly.
+  stores ``z'`` per sample and the fitted ``W`` (:meth:`clipcal.runs.Run.fitted`): concept images outside the
+  benchmark go through that ``W`` (:func:`stored_last_layer`); for runs stored before fitted layers were kept,
+  ``W`` is recovered from the run's own pairs ``(h, z')`` by least squares (:func:`recover_last_layer`, checked on
+  held-out rows and refused when it does not reproduce them); a selection of the benchmark's images takes its
+  rows of ``z'`` directly.
 
 Scores reported (:func:`cav_report`):
 
@@ -227,6 +229,7 @@ class LastLayerFit:
         basis: [r, d] orthonormal basis of the fitted rows' feature span (to check new features lie in it).
         heldout_cos: 5th-percentile cosine between ``normalize(h W)`` and the stored ``z'`` of held-out rows.
         ok, reason: whether ``W`` may be applied to new images, and why not.
+        source: ``"stored"`` (the run's own fitted ``W``, exact) or ``"recovered"`` (least squares).
     """
 
     W: np.ndarray | None
@@ -234,6 +237,7 @@ class LastLayerFit:
     heldout_cos: float
     ok: bool
     reason: str = ""
+    source: str = "recovered"
 
     def apply(self, h: np.ndarray) -> tuple[np.ndarray | None, str]:
         """``(normalize(h W), "")`` for new features [n, d], or ``(None, reason)`` when the fit is not usable or
@@ -576,6 +580,15 @@ def _space_cavs(concept: np.ndarray, pool: np.ndarray, draws, seed: int, relativ
     return con, rnd
 
 
+def stored_last_layer(result) -> LastLayerFit | None:
+    """The method's own fitted last layer ``W`` [d, e] as stored with the run (``MethodResult.fitted``), or
+    ``None`` for runs stored before fitted layers were kept (then :func:`recover_last_layer` is used)."""
+    fitted = getattr(result, "fitted", None)
+    if fitted is None or getattr(fitted, "W", None) is None:
+        return None
+    return LastLayerFit(np.asarray(fitted.W, dtype=np.float64), None, 1.0, True, source="stored")
+
+
 def start_layer(fd) -> np.ndarray | None:
     """The last layer every method starts from: the backbone's projection (``projection == "exact"``), the
     identity for an identity-initialised layer (d = e), else ``None``."""
@@ -589,7 +602,8 @@ def _after_embeddings(fd, result, images: ConceptImages, fit: LastLayerFit | Non
     z_after = result.embeddings_after
     if images.rows is not None:
         return np.asarray(z_after)[images.rows], fit
-    fit = fit if fit is not None else recover_last_layer(fd.features, z_after, prior=start_layer(fd))
+    if fit is None:
+        fit = stored_last_layer(result) or recover_last_layer(fd.features, z_after, prior=start_layer(fd))
     after, why = fit.apply(images.features) if images.features is not None else (None, "no features")
     if after is None:
         notes.append(f"'after' not shown for {images.name}: {why}")
@@ -673,9 +687,12 @@ def cav_report(fd, result, concept: ConceptImages, n_random: int = DEFAULT_N_RAN
             k_after, fit = _after_embeddings(fd, result, counter, fit, notes)
         if c_after is not None and (counter is None or k_after is not None):
             spaces["after"] = (result.embeddings_after, c_after, pool_of(result.embeddings_after, k_after))
-            if fit is not None:
+            if fit is not None and fit.source == "stored":
+                notes.append("'after' embeddings of images outside the benchmark use the run's stored last layer W")
+            elif fit is not None:
                 notes.append(f"'after' embeddings of images outside the benchmark use the last layer recovered from "
-                             f"the run (held-out cosine ≥ {fit.heldout_cos:.4f} on 95 % of rows; runs do not store W)")
+                             f"the run (held-out cosine ≥ {fit.heldout_cos:.4f} on 95 % of rows; this run was "
+                             f"stored before fitted layers were kept)")
     cavs, probe_rows = {}, []
     for name, (_, xc, xp) in spaces.items():
         con, rnd = _space_cavs(np.asarray(xc, dtype=np.float64), np.asarray(xp, dtype=np.float64), draws, seed,
@@ -753,48 +770,3 @@ def _tcav_table(fd, result, rows, spaces, cavs, notes) -> pd.DataFrame:
                        n_random=len(rnd), shown=True, reason="")
         out.append(rec)
     return pd.DataFrame(out, columns=cols)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# figures (plotly; the page shows them)
-
-
-def cav_groups_figure(groups: pd.DataFrame, concept: str = "concept"):
-    """Grouped bars: per group, the mean cosine with the CAV before and after calibration (NaN bars left out)."""
-    import plotly.graph_objects as go
-
-    from clipcal.figures import SEMANTIC_COLOURS, _layout
-
-    fig = go.Figure()
-    for space in ("before", "after"):
-        col = f"score_{space}"
-        if col in groups and groups[col].notna().any():
-            fig.add_bar(x=groups["name"], y=groups[col], name=space, marker_color=SEMANTIC_COLOURS[space],
-                        text=[f"{v:.3f}" if np.isfinite(v) else "" for v in groups[col]], textposition="outside",
-                        hovertemplate=f"{space}<br>%{{x}}<br>mean cosine with the CAV %{{y:.3f}}<extra></extra>")
-    return _layout(fig, f"How much each group points along the CAV of “{concept}”", barmode="group",
-                   legend_title="embeddings", xaxis_title="group (test split)",
-                   yaxis_title="mean cosine with the CAV")
-
-
-def tcav_figure(tcav: pd.DataFrame, concept: str = "concept"):
-    """TCAV score per class (mean ± sd over the concept CAVs) beside the random CAVs' scores; p in the hover and
-    the label. Classes whose score is not vouched for (``shown`` False) are left out."""
-    import plotly.graph_objects as go
-
-    from clipcal.figures import SEMANTIC_COLOURS, _layout
-
-    t = tcav[tcav["shown"]] if "shown" in tcav else tcav.iloc[0:0]
-    fig = go.Figure()
-    fig.add_bar(x=t["class"], y=t["tcav"], name=f"CAV of “{concept}”", marker_color=SEMANTIC_COLOURS["after"],
-                error_y=dict(type="data", array=t["tcav_sd"].fillna(0)),
-                text=[f"{v:.2f} (p={p:.2g}{', significant' if s else ''})"
-                      for v, p, s in zip(t["tcav"], t["p_value"], t["significant"])], textposition="outside",
-                hovertemplate="%{x}<br>TCAV %{y:.2f}<extra></extra>")
-    fig.add_bar(x=t["class"], y=t["random_tcav"], name="random directions", marker_color=SEMANTIC_COLOURS["before"],
-                error_y=dict(type="data", array=t["random_sd"].fillna(0)),
-                hovertemplate="%{x}<br>random TCAV %{y:.2f}<extra></extra>")
-    _layout(fig, "TCAV: share of each class's images whose class score rises along the concept", barmode="group",
-            legend_title="direction", xaxis_title="class", yaxis_title="TCAV score (0–1)")
-    fig.update_yaxes(range=[0, 1.15])
-    return fig

@@ -615,3 +615,40 @@ def calibration_set_figure(table: pd.DataFrame, title: str | None = None) -> go.
             yaxis_title="share of samples (each bar colour sums to 100 %)")
     fig.update_yaxes(tickformat=".0%")
     return fig
+
+
+# ---------------------------------------------------------------------------------------------------------
+# concept activation vectors (clipcal.cav's report tables)
+
+
+def cav_groups_figure(groups: pd.DataFrame, concept: str = "concept"):
+    """Grouped bars: per group, the mean cosine with the CAV before and after calibration (NaN bars left out)."""
+    fig = go.Figure()
+    for space in ("before", "after"):
+        col = f"score_{space}"
+        if col in groups and groups[col].notna().any():
+            fig.add_bar(x=groups["name"], y=groups[col], name=space, marker_color=SEMANTIC_COLOURS[space],
+                        text=[f"{v:.3f}" if np.isfinite(v) else "" for v in groups[col]], textposition="outside",
+                        hovertemplate=f"{space}<br>%{{x}}<br>mean cosine with the CAV %{{y:.3f}}<extra></extra>")
+    return _layout(fig, f"How much each group points along the CAV of “{concept}”", barmode="group",
+                   legend_title="embeddings", xaxis_title="group (test split)",
+                   yaxis_title="mean cosine with the CAV")
+
+
+def tcav_figure(tcav: pd.DataFrame, concept: str = "concept"):
+    """TCAV score per class (mean ± sd over the concept CAVs) beside the random CAVs' scores; p in the hover and
+    the label. Classes whose score is not vouched for (``shown`` False) are left out."""
+    t = tcav[tcav["shown"]] if "shown" in tcav else tcav.iloc[0:0]
+    fig = go.Figure()
+    fig.add_bar(x=t["class"], y=t["tcav"], name=f"CAV of “{concept}”", marker_color=SEMANTIC_COLOURS["after"],
+                error_y=dict(type="data", array=t["tcav_sd"].fillna(0)),
+                text=[f"{v:.2f} (p={p:.2g}{', significant' if s else ''})"
+                      for v, p, s in zip(t["tcav"], t["p_value"], t["significant"])], textposition="outside",
+                hovertemplate="%{x}<br>TCAV %{y:.2f}<extra></extra>")
+    fig.add_bar(x=t["class"], y=t["random_tcav"], name="random directions", marker_color=SEMANTIC_COLOURS["before"],
+                error_y=dict(type="data", array=t["random_sd"].fillna(0)),
+                hovertemplate="%{x}<br>random TCAV %{y:.2f}<extra></extra>")
+    _layout(fig, "TCAV: share of each class's images whose class score rises along the concept", barmode="group",
+            legend_title="direction", xaxis_title="class", yaxis_title="TCAV score (0–1)")
+    fig.update_yaxes(range=[0, 1.15])
+    return fig

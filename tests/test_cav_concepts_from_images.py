@@ -199,3 +199,23 @@ def test_last_layer_with_more_dimensions_than_rows_is_recovered_around_its_start
     without = cav.recover_last_layer(h, z)
     if without.ok:
         assert without.apply(new)[0] is None and "span" in without.apply(new)[1]
+
+
+def test_images_outside_the_benchmark_go_through_the_runs_stored_last_layer():
+    """A run that keeps its fitted W (issue 11.3) maps concept images outside the benchmark through that W
+    exactly — no least-squares recovery, no refusal; runs stored without one still fall back to recovery."""
+    from clipcal.methods import ERM
+    from clipcal.synthetic import generate
+
+    fd = generate(n_train=300, n_val=100, n_test=100, dim=16, seed=0).data
+    result = ERM(epochs=3, seed=0).fit(fd).result_
+    h_new = np.random.default_rng(5).normal(size=(12, fd.feature_dim)).astype(np.float32)
+    images = cav.ConceptImages("outside", embeddings=np.zeros((12, fd.embed_dim)), features=h_new)
+    notes: list[str] = []
+    after, fit = cav._after_embeddings(fd, result, images, None, notes)
+    assert fit.source == "stored" and not notes
+    np.testing.assert_allclose(after, result.fitted.transform(h_new), atol=1e-5)
+
+    result.fitted = None  # as a run stored before fitted layers were kept
+    _, fit = cav._after_embeddings(fd, result, images, None, [])
+    assert fit.source == "recovered"

@@ -225,7 +225,8 @@ def _cav_source(run, bench):
 
 def _show_cav(rep, method: str) -> None:
     """The report of :func:`clipcal.cav.cav_report`: probe, per-group scores (table + chart), TCAV (table + chart)."""
-    from clipcal.cav import MIN_PROBE_ACCURACY, cav_groups_figure, tcav_figure
+    from clipcal.cav import MIN_PROBE_ACCURACY
+    from clipcal.figures import cav_groups_figure, tcav_figure
 
     st.markdown(f"**{rep.concept}** — {rep.n_concept} concept images, {rep.n_random} random runs, "
                 f"{views.method_label(method)}, {rep.split} split.")

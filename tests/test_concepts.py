@@ -9,7 +9,7 @@ import pytest
 from clipcal.data.base import finalize_table
 from clipcal.errors import DataError, MethodError
 from clipcal.concepts import (attribute_decodability, calibration_set_vs_groups, concept_prompts, concept_scores,
-                             discover_clusters, load_concept_vocabulary, minority_groups, worst_group_gallery)
+                              discover_clusters, load_concept_vocabulary, minority_groups, worst_group_gallery)
 
 
 # ---- (a) concepts

@@ -340,13 +340,15 @@ def test_demo_integration_tiny_and_lite0(demo_small, emb_tiny, emb_lite0, tmp_pa
         assert m["key_fields"]["backbone"]["weights"] == bb.identity()["weights"]
         assert embed_benchmark(demo_small, bb, store=store).n_computed == 0
     lite = load_embeddings(demo_small, "bundled:efficientnet-lite0", store=store)
-    # real features carry the class: a nearest-class-mean rule on Lite0 features beats chance clearly
+    # real features carry the class: a nearest-class-mean rule on Lite0 features beats chance (0.5) clearly —
+    # on the default waterbirds-like demo (small birds, by design a weak class signal) it gives 0.675 on these
+    # 80 test images, 3 binomial standard deviations above chance; the easy demo gave > 0.7
     y = demo_small.table["y"].to_numpy()
     split = demo_small.table["split"].astype(str).to_numpy()
     f = np.asarray(lite.embeddings)
     mu = np.stack([f[(split == "train") & (y == k)].mean(0) for k in (0, 1)])
     pred = (f[split == "test"] @ mu.T).argmax(1)
-    assert (pred == y[split == "test"]).mean() > 0.7
+    assert (pred == y[split == "test"]).mean() > 0.6
 
 
 def test_cli_embed_and_list(tmp_store_root, capsys):

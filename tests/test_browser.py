@@ -66,7 +66,8 @@ def test_every_page_loads_and_selection_works(seeded_server, browser_page, seede
     n = box_select(page, page.locator(".js-plotly-plot").first)
     n_points = seeded_store["n_samples"]
     assert 0 < n < n_points  # some, not all, of the 240 points lie in the left half
-    grid_images = page.locator('[data-testid="stMain"] [data-testid="stImage"] img')
+    # the selection's own grid (the story above the map shows thumbnails of images that crossed, too)
+    grid_images = page.locator('[data-testid="stMain"] .st-key-repr_selection_grid [data-testid="stImage"] img')
     assert grid_images.count() == min(n, 24)
     assert page.locator('[data-testid="stDownloadButton"]').count() == 1
     no_exception(page, "representations after selection")

@@ -46,7 +46,9 @@ def story_block(bench, run, method: str | None = None, key: str = "story") -> No
 
 def demo_story(bench_spec: dict, spec: str, job) -> None:
     """Home, once the demo path is done: the story of its run (the newest of this benchmark and backbone), which
-    becomes the run the result pages show (once per job, so a later choice in the sidebar stands)."""
+    becomes the run the result pages show — only in the session that started the job (the job manager is shared
+    by every session of the server: another user's finished demo must not replace this user's choice) and once
+    per job, so a later choice in the sidebar stands."""
     with widgets.guarded("telling what happened"):
         bench = resources.load_bench(bench_spec)
         runs = resources.runs_for(bench, spec) if bench is not None else []
@@ -55,6 +57,7 @@ def demo_story(bench_spec: dict, spec: str, job) -> None:
         seen = st.session_state.setdefault("story.seen_jobs", set())
         if id(job) not in seen:
             seen.add(id(job))
-            st.session_state[state.K_RUN] = runs[0]["id"]
+            if st.session_state.get(state.K_DEMO_JOB) == pipeline.demo_job_key(bench_spec, spec):
+                st.session_state[state.K_RUN] = runs[0]["id"]
         st.subheader("What happened")
         story_block(bench, resources.get_run(runs[0]["id"]), key="home.story")

@@ -416,10 +416,20 @@ def build_demo(progress: Callable | None = None, **options) -> Path:
     Raises:
         DataError: demo packages missing (message gives the ``apt-get install`` command), bad options.
     """
+    p = demo_params(**options)
+    return _build_once(demo_dir(**p), lambda tmp: _build(tmp, p, progress))
+
+
+def _build_once(dest: Path, build: Callable[[Path], None]) -> Path:
+    """Build a cache folder once: ``build(tmp)`` fills a temporary sibling and writes ``COMPLETE`` last, then the
+    folder is moved into place (``os.replace``) under its file lock — a second process waits and reuses it; a
+    killed build's leftovers are removed. Returns ``dest``.
+
+    Raises:
+        DataError: the demo's Debian packages are missing. StoreError: the datasets folder is not writable.
+    """
     from filelock import FileLock
 
-    p = demo_params(**options)
-    dest = demo_dir(**p)
     if (dest / "COMPLETE").is_file():
         return dest
     _require_assets()
@@ -432,7 +442,7 @@ def build_demo(progress: Callable | None = None, **options) -> Path:
         tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             tmp.mkdir()
-            _build(tmp, p, progress)
+            build(tmp)
             if dest.exists():  # an incomplete leftover (no COMPLETE): move it aside, never read it
                 shutil.rmtree(dest, ignore_errors=True)
             os.replace(tmp, dest)
@@ -507,8 +517,6 @@ def build_background_crops(kind: str, n: int = 50, image_size: int = 224, seed: 
     Raises:
         DataError: unknown kind, bad size, or the demo's Debian packages are missing (install command given).
     """
-    from filelock import FileLock
-
     if kind not in ATTR_NAMES:
         raise DataError(f"unknown background kind {kind!r}", hint=f"use one of {ATTR_NAMES}")
     if int(n) < 1 or not 32 <= int(image_size) <= 1024:
@@ -517,8 +525,22 @@ def build_background_crops(kind: str, n: int = 50, image_size: int = 224, seed: 
          "version": BACKGROUNDS_VERSION, "photos": [w.path for w in WALLPAPERS if w.background == ATTR_NAMES.index(kind)]}
     h = hashlib.sha256(json.dumps(p, sort_keys=True).encode()).hexdigest()
     dest = cache_dir() / "datasets" / f"demo-backgrounds-{h[:12]}"
-    if (dest / "COMPLETE").is_file():
-        return dest
+
+    def build(tmp: Path) -> None:
+        photos = _assets(p["image_size"]).backgrounds[ATTR_NAMES.index(kind)]
+        size = p["image_size"]
+        for j in range(p["n"]):
+            rng = np.random.default_rng(np.random.SeedSequence([p["seed"], ATTR_NAMES.index(kind), 7, j]))
+            _, bg = photos[rng.integers(len(photos))]
+            side = int(min(bg.size) * rng.uniform(0.45, 0.9))  # the crop of _render, without a bird
+            x0 = int(rng.integers(0, bg.width - side + 1))
+            y0 = int(rng.integers(0, bg.height - side + 1))
+            img = bg.crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.Resampling.BILINEAR)
+            img.save(tmp / f"{kind}_{j:04d}.jpg", "JPEG", quality=90)
+        (tmp / "params.json").write_text(json.dumps(p, indent=1, sort_keys=True))
+        (tmp / "COMPLETE").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    return _build_once(dest, build)
     _require_assets()
     writable_dir(dest.parent, "datasets folder")
     with FileLock(str(dest) + ".lock"):

@@ -26,6 +26,7 @@ refitted.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,15 @@ def _save(tensors: dict[str, np.ndarray], path: Path, metadata: dict[str, str]) 
     from safetensors.numpy import save_file
 
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=metadata)
+    _readable_as_umask(path)
+
+
+def _readable_as_umask(path: Path) -> None:
+    """Give a safetensors file the permissions of any new file (safetensors writes 0600): on a shared server the
+    weights must be as readable as the JSON and README beside them."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def _checkpoint_backbone(spec: str, projection: str, W: np.ndarray):
@@ -191,6 +201,7 @@ def _write_checkpoint(bb, fitted: FittedLastLayer, folder: Path, tensor_meta: di
              for k, v in bb.model.state_dict().items()}
     state["visual.proj"] = torch.from_numpy(np.array(fitted.W, dtype=np.float32))
     save_file(state, str(folder / CHECKPOINT), metadata=tensor_meta)
+    _readable_as_umask(folder / CHECKPOINT)
     files.append(CHECKPOINT)
     resolved = bb._resolved  # noqa: SLF001 - the open_clip name and settings this backbone was built with
     arch = str(resolved.model_name)

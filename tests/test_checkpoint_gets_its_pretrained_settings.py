@@ -243,3 +243,12 @@ def test_specs_that_carry_their_config_report_settings_without_warning():
     assert "QuickGELU" in tag.summary() and "224 px" in tag.summary()
     hub = model_settings("open_clip:hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K")  # not downloaded here
     assert hub.source == "config" and hub.summary().startswith("settings not known yet")
+
+
+def test_bundled_cnn_settings_name_no_transformer_activation():
+    """The bundled EfficientNet-Lite0 is a CNN (ReLU6): its settings line must not claim GELU (newcomer trial)."""
+    from clipcal.backbones import model_settings
+
+    line = model_settings("bundled:efficientnet-lite0").summary()
+    assert "GELU" not in line and line.startswith("mean/std")
+    assert model_settings("tiny:clip").summary().startswith("GELU · ")

@@ -109,6 +109,10 @@ def test_other_backbones_export_the_last_layer_and_head_with_how_to_apply_them(s
     np.testing.assert_array_equal(logits.argmax(1), run.results["jtt"].pred)
     assert np.abs(z - run.results["jtt"].embeddings_after).max() <= 1e-5
     assert zip_export(ex).stat().st_size > 0
+    # the weights are as readable as the card beside them (safetensors wrote 0600: a shared server's other
+    # users could read the instructions but not the weights)
+    modes = {f.name: f.stat().st_mode & 0o777 for f in ex.folder.iterdir() if f.is_file()}
+    assert len(set(modes.values())) == 1, modes
 
 
 def test_exporting_a_method_that_did_not_run_says_why(syn_small_ds, tmp_store_root, tmp_path):

@@ -103,3 +103,18 @@ def test_cli_embed_counts_only_encoded_images(tmp_path, tmp_store_root, capsys):
     assert rc == 0
     assert "embedded 5 images in this run" in out
     assert "skipped:   3" in out
+
+
+
+def test_report_notes_name_their_method_once(seeded_store, monkeypatch):
+    """A note that already names its stage is not prefixed again ('erm: erm: training loss …', newcomer trial);
+    another method's ERM stage keeps both names."""
+    from clipcal.commands.report import run_markdown
+
+    run = seeded_store["run"]
+    note = "erm: training loss had not levelled off after 100 epochs"
+    for m in ("erm", "jtt"):
+        monkeypatch.setitem(run.results[m].record, "notes", [note])
+    lines = run_markdown(run).splitlines()
+    assert f"- {note}" in lines and f"- jtt: {note}" in lines
+    assert not any(line.startswith("- erm: erm:") for line in lines)

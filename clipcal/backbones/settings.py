@@ -98,7 +98,9 @@ class ModelSettings:
         px = self.preprocess.get("size")
         px = f"{px[0]}×{px[1]} px" if isinstance(px, (list, tuple)) and px[0] != px[1] else \
             f"{px[0] if isinstance(px, (list, tuple)) else px} px"
-        return f"{_describe({'quick_gelu': self.quick_gelu, **self.preprocess})} · {px} — {self.reason}"
+        # a bundled CNN has no transformer, so GELU vs QuickGELU does not apply to it
+        desc = _describe({"quick_gelu": self.quick_gelu, **self.preprocess}, activation=self.source != "bundled")
+        return f"{desc} · {px} — {self.reason}"
 
     def choices_table(self) -> "pd.DataFrame":  # noqa: F821
         """The published configurations of the arch as a table: ``tag, activation, mean, std, interpolation,
@@ -127,11 +129,11 @@ def _fmt_triplet(v) -> str:
     return "(" + ", ".join(f"{x:.3f}" for x in _triplet(v)) + ")"
 
 
-def _describe(s: dict) -> str:
+def _describe(s: dict, activation: bool = True) -> str:
     name = _NORM_NAMES.get((_triplet(s["mean"]), _triplet(s["std"])))
     ms = f"mean/std {name}" if name else f"mean {_fmt_triplet(s['mean'])} std {_fmt_triplet(s['std'])}"
-    return (f"{'QuickGELU' if s['quick_gelu'] else 'GELU'} · {ms} · {s['interpolation']} · "
-            f"{_RESIZE_WORDS.get(s['resize_mode'], s['resize_mode'])}")
+    act = f"{'QuickGELU' if s['quick_gelu'] else 'GELU'} · " if activation else ""
+    return f"{act}{ms} · {s['interpolation']} · {_RESIZE_WORDS.get(s['resize_mode'], s['resize_mode'])}"
 
 
 def _settings_key(s: dict) -> tuple:

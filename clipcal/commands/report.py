@@ -70,6 +70,9 @@ def method_rows(metrics, split: str = "test"):
     return m
 
 
+DEFAULT_SELECTION = "each method's default (validation worst-class; DFR: worst-group on half of validation)"
+
+
 def run_markdown(run, split: str = "test", groups: bool = False) -> str:
     """The whole report of a :class:`clipcal.runs.Run` as markdown."""
     from clipcal.metrics import METRIC_DEFINITIONS
@@ -81,7 +84,7 @@ def run_markdown(run, split: str = "test", groups: bool = False) -> str:
            f"- backbone: {cfg.get('backbone')} · embeddings {cfg.get('embeddings')} · projection "
            f"{meta.get('embeddings', {}).get('projection', '?')}",
            f"- methods: {', '.join(cfg.get('methods', []))} · seed {cfg.get('seed')} · selection "
-           f"{cfg.get('selection') or 'method defaults (worst-class)'}",
+           f"{cfg.get('selection') or DEFAULT_SELECTION}",
            f"- created {run.created} · versions " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()
                                                           if v), "",
            f"## Methods ({split})", "", markdown_table(method_rows(run.metrics, split), HEADLINE), ""]
@@ -93,7 +96,7 @@ def run_markdown(run, split: str = "test", groups: bool = False) -> str:
     notes = []
     for m, r in run.results.items():
         for n in r.record.get("notes", []):
-            notes.append(f"- {m}: {n}")
+            notes.append(f"- {n}" if n.startswith(f"{m}:") else f"- {m}: {n}")  # a note may name its stage
     if notes:
         out += ["## Notes", ""] + list(dict.fromkeys(notes)) + [""]
     if groups and len(run.group_tables):

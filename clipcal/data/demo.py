@@ -541,30 +541,3 @@ def build_background_crops(kind: str, n: int = 50, image_size: int = 224, seed: 
         (tmp / "COMPLETE").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
     return _build_once(dest, build)
-    _require_assets()
-    writable_dir(dest.parent, "datasets folder")
-    with FileLock(str(dest) + ".lock"):
-        if (dest / "COMPLETE").is_file():
-            return dest
-        tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            tmp.mkdir()
-            photos = _assets(p["image_size"]).backgrounds[ATTR_NAMES.index(kind)]
-            size = p["image_size"]
-            for j in range(p["n"]):
-                rng = np.random.default_rng(np.random.SeedSequence([p["seed"], ATTR_NAMES.index(kind), 7, j]))
-                _, bg = photos[rng.integers(len(photos))]
-                side = int(min(bg.size) * rng.uniform(0.45, 0.9))  # the crop of _render, without a bird
-                x0 = int(rng.integers(0, bg.width - side + 1))
-                y0 = int(rng.integers(0, bg.height - side + 1))
-                img = bg.crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.Resampling.BILINEAR)
-                img.save(tmp / f"{kind}_{j:04d}.jpg", "JPEG", quality=90)
-            (tmp / "params.json").write_text(json.dumps(p, indent=1, sort_keys=True))
-            (tmp / "COMPLETE").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-            if dest.exists():
-                shutil.rmtree(dest, ignore_errors=True)
-            os.replace(tmp, dest)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return dest

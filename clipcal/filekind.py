@@ -161,33 +161,24 @@ def _decode_text(head: bytes) -> str | None:
     return s if control <= len(s) // 100 else None
 
 
+#: Binary formats recognised by their leading bytes ("magic numbers"), as ``(kind, prefixes)``.
+_MAGIC: tuple[tuple[str, tuple[bytes, ...]], ...] = (
+    ("gzip", (b"\x1f\x8b",)), ("bzip2", (b"BZh",)), ("xz", (b"\xfd7zXZ\x00",)), ("zstd", (b"\x28\xb5\x2f\xfd",)),
+    ("zip", (b"PK\x03\x04", b"PK\x05\x06")), ("png", (b"\x89PNG\r\n\x1a\n",)), ("jpeg", (b"\xff\xd8\xff",)),
+    ("gif", (b"GIF87a", b"GIF89a")), ("tiff", (b"II*\x00", b"MM\x00*")), ("npy", (b"\x93NUMPY",)),
+)
+
+
 def _binary_kind(head: bytes, size: int | None) -> str | None:
-    if head.startswith(b"\x1f\x8b"):
-        return "gzip"
-    if head.startswith(b"BZh"):
-        return "bzip2"
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return "xz"
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        return "zstd"
-    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        return "zip"
+    for kind, prefixes in _MAGIC:
+        if head.startswith(prefixes):
+            return kind
     if len(head) >= 262 and head[257:262] == b"ustar":
         return "tar"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head.startswith((b"GIF87a", b"GIF89a")):
-        return "gif"
     if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
         return "webp"
     if head.startswith(b"BM") and len(head) >= 26:
         return "bmp"
-    if head.startswith((b"II*\x00", b"MM\x00*")):
-        return "tiff"
-    if head.startswith(b"\x93NUMPY"):
-        return "npy"
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "pickle"
     if len(head) >= 10 and head[8:10] == b'{"':  # safetensors: u64 little-endian header length, then JSON

@@ -157,6 +157,21 @@ def initial_head(data: FeatureData, W: np.ndarray | None = None, rows: np.ndarra
     return normalize_rows(means), "class-means"
 
 
+def same_device(a: torch.device | str, b: torch.device | str) -> bool:
+    """Whether two devices are the same one: ``cuda`` means the current CUDA device, so ``cuda`` and ``cuda:0``
+    (the index a tensor reports) are equal when device 0 is current (likewise ``mps`` / ``mps:0``).
+
+    A plain ``!=`` on ``torch.device`` calls them different, so the seeded dropout generator made on ``cuda`` was
+    replaced by one seeded 0 at the first dropout call — every seed drew the same masks on a GPU (issue 15.1)."""
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    if a.index is None or b.index is None:
+        current = torch.cuda.current_device() if a.type == "cuda" and torch.cuda.is_available() else 0
+        return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+    return a.index == b.index
+
+
 class LastLayer(nn.Module):
     """The trainable last layer and cosine head: ``logits = s · normalize(h W) · normalize(T)ᵀ``.
 
@@ -196,7 +211,7 @@ class LastLayer(nn.Module):
         """Inverted dropout on z with this module's generator; identity in eval mode or p = 0."""
         if not self.training or self.dropout <= 0:
             return z
-        if self.generator is None or self.generator.device != z.device:
+        if self.generator is None or not same_device(self.generator.device, z.device):
             self.generator = torch.Generator(device=z.device).manual_seed(0)
         keep = torch.rand(z.shape, generator=self.generator, device=z.device) >= self.dropout
         return z * keep / (1.0 - self.dropout)

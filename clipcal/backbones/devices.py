@@ -8,22 +8,38 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def resolve_device(device: str | None = "auto") -> str:
-    """``"auto"`` → ``"cuda"`` when available, else ``"cpu"``; other values are checked and returned.
+    """The one check of a device string: ``"auto"`` → ``"cuda"`` when available, else ``"cpu"``; anything else is
+    parsed by ``torch.device`` (case-insensitive) and checked against this machine, then returned canonical
+    (``"cuda"``, ``"cuda:1"``, ``"cpu"``, ``"mps"``). The methods' own device (``methods._train.resolve_device``)
+    goes through here, so the CLI, the pages and every method accept and refuse the same strings.
 
     Raises:
-        BackboneError: ``cuda`` asked for but not available.
+        BackboneError: not a device (``cudax``), CUDA asked for but not available, a CUDA index this machine does
+            not have (``cuda:7`` on one GPU), or ``mps`` where Apple's Metal backend is not available.
     """
     import torch
 
-    d = (device or "auto").lower()
+    d = str(device or "auto").strip().lower()
     if d == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if d.startswith("cuda") and not torch.cuda.is_available():
-        raise BackboneError(f"device {device!r} requested but CUDA is not available here",
-                            hint="use --device cpu (or auto), or install a CUDA build of torch")
-    if d not in ("cpu", "mps") and not d.startswith("cuda"):
-        raise BackboneError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:<index>")
-    return d
+    try:
+        dev = torch.device(d)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise BackboneError(f"unknown device {device!r}", hint="use auto, cpu, cuda, cuda:<index> or mps")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BackboneError(f"device {device!r} requested but CUDA is not available here",
+                                hint="use --device cpu (or auto), or install a CUDA build of torch")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise BackboneError(f"device {device!r}: this machine has {n} CUDA device(s)",
+                                hint=f"use cuda (the current device) or cuda:0 … cuda:{n - 1}")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise BackboneError(f"device {device!r} requested but Apple's Metal backend (mps) is not available here",
+                            hint="use --device cpu (or auto)")
+    return str(dev)
 
 
 def resolve_precision(precision: str | None, device: str) -> str:

@@ -85,12 +85,16 @@ LAST_LAYER_CONSTRAINTS = {
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if isinstance(device, torch.device):
-        return device
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """The methods' ``torch.device``, checked by the one device rule (:func:`clipcal.backbones.resolve_device`:
+    ``"auto"`` → CUDA when available, else CPU; ``CUDA``, ``cudax``, ``cuda:7`` on one GPU, ``mps`` without Metal
+    are handled there, not left to fail inside a method).
+
+    Raises:
+        BackboneError: a device string this machine cannot use.
+    """
+    from clipcal.backbones.devices import resolve_device as check_device
+
+    return torch.device(check_device(str(device) if device is not None else "auto"))
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:

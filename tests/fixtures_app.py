@@ -101,3 +101,16 @@ def app(seeded_embeddings):
         return at
 
     return make
+
+
+@pytest.fixture
+def image_only_backbone(monkeypatch):
+    """The seeded embeddings as an image-only backbone gives them (``has_text=False``), for pages that must say
+    what they cannot do without a text tower."""
+    import dataclasses
+
+    from pages.ui import resources
+
+    real = resources.load_embeddings
+    monkeypatch.setattr(resources, "load_embeddings",
+                        lambda bench, spec=None: dataclasses.replace(real(bench, spec), has_text=False))

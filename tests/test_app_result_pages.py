@@ -215,10 +215,7 @@ def test_spurious_page_views(app, seeded_store):
     assert any("Worst group for" in m.value for m in at.markdown)
 
 
-def test_spurious_page_without_text_tower_says_why(app, seeded_store, monkeypatch):
-    real = resources.load_embeddings
-    monkeypatch.setattr(resources, "load_embeddings",
-                        lambda bench, spec=None: dataclasses.replace(real(bench, spec), has_text=False))
+def test_spurious_page_without_text_tower_says_why(app, seeded_store, image_only_backbone):
     at = app("spurious", **{state.K_RUN: seeded_store["run_id"]})
     _no_exception(at)
     assert any("has no text tower" in i.value for i in at.info)

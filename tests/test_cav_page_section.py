@@ -4,7 +4,6 @@ the core's numbers (clipcal.cav on the same run, method and seed) — for a back
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -77,11 +76,8 @@ def test_cav_section_uses_the_representations_selection(app, seeded_store):
     pd.testing.assert_frame_equal(groups.reset_index(drop=True), want.groups, check_dtype=False)
 
 
-def test_cav_section_works_without_a_text_tower(app, seeded_store, monkeypatch):
+def test_cav_section_works_without_a_text_tower(app, seeded_store, image_only_backbone):
     """Image concepts need no text tower: the text-concept tab says it cannot run, the CAV tab still does."""
-    real = resources.load_embeddings
-    monkeypatch.setattr(resources, "load_embeddings",
-                        lambda bench, spec=None: dataclasses.replace(real(bench, spec), has_text=False))
     at = app("spurious", **{state.K_RUN: seeded_store["run_id"]})
     _no_exception(at)
     assert any("has no text tower" in i.value for i in at.info)

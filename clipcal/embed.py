@@ -212,7 +212,11 @@ def _read_image(path):
 
 
 class _ImageDataset:
-    """Map-style dataset: row index → (row, tensor [3,H,W] or None, reason)."""
+    """Map-style dataset: row index → (row, tensor [3,H,W] or None, reason).
+
+    ``preprocess`` must be a plain picklable transform (:attr:`clipcal.backbones.Backbone.transform`), not a bound
+    method of the backbone: DataLoader workers receive this object pickled (spawn / forkserver), model and all.
+    """
 
     def __init__(self, paths: list[str], preprocess: Callable):
         self.paths = paths
@@ -558,7 +562,7 @@ def _run_shards(backbone, paths, ids, todo, folder, batch_size, num_workers, rep
     batches = []  # no batch crosses a shard boundary, so a shard completes exactly at one of its batches
     for _i, start, stop in todo:
         batches += [list(range(s, min(stop, s + batch_size))) for s in range(start, stop, batch_size)]
-    loader = DataLoader(_ImageDataset(paths, backbone.preprocess), batch_sampler=batches, num_workers=nw,
+    loader = DataLoader(_ImageDataset(paths, backbone.transform), batch_sampler=batches, num_workers=nw,
                         collate_fn=_collate, pin_memory=backbone.device.startswith("cuda"),
                         persistent_workers=False)
     encoder = _Encoder(backbone, batch_size, lambda m: report(done, message=m))

@@ -124,6 +124,15 @@ class Backbone:
         """PIL RGB image → float32 tensor [3, H, W] (resize, centre crop, normalise as the weights expect)."""
         return self._preprocess(image)
 
+    @property
+    def transform(self) -> Callable:
+        """The preprocessing as a plain picklable object (torchvision ``Compose`` from open_clip's
+        ``image_transform_v2``, or the bundled backbone's ``Compose`` ending in :class:`ToNormalizedTensor`), equal
+        to :meth:`preprocess`. DataLoader workers get this, never the bound method: pickling ``self.preprocess``
+        pickles the whole Backbone with its model (29.7 MiB for ``tiny:clip``, ~1 KiB for the transform), once
+        per worker under spawn / forkserver."""
+        return self._preprocess
+
     def _autocast(self):
         import torch
 

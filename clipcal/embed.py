@@ -350,15 +350,45 @@ def _plan(folder: Path, plan: dict) -> None:
 # ---------------------------------------------------------------------------------------------------------
 # the embedding loop
 # ---------------------------------------------------------------------------------------------------------
+#: allocation failures as the CUDA libraries name them in torch's error text (upper case; matched as substrings):
+#: the caching allocator ("CUDA out of memory", also MPS's "MPS backend out of memory"), the CUDA runtime
+#: ("CUDA error: out of memory"), cuBLAS ("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+#: cuDNN ≤ 8 ("cuDNN error: CUDNN_STATUS_ALLOC_FAILED") and cuDNN 9's split codes (…_DEVICE_ALLOCATION_FAILED /
+#: …_HOST_ALLOCATION_FAILED), cuSOLVER, and torch's CPU allocator. Not here: a bare CUDNN_STATUS_INTERNAL_ERROR or
+#: CUBLAS_STATUS_EXECUTION_FAILED (often a bug or a bad input, not memory: halving would hide it).
+OOM_MARKERS = ("OUT OF MEMORY", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
+               "CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED",
+               "CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED", "CUSOLVER_STATUS_ALLOC_FAILED",
+               "DEFAULTCPUALLOCATOR: CAN'T ALLOCATE MEMORY")
+
+
 def _is_oom(err: BaseException) -> bool:
+    """Whether ``err`` is a failed memory allocation that a smaller batch may avoid: ``torch.OutOfMemoryError``
+    (``torch.cuda.OutOfMemoryError``) or a ``RuntimeError`` naming one of :data:`OOM_MARKERS`."""
     import torch
 
-    return isinstance(err, torch.cuda.OutOfMemoryError) or (
-        isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(err).upper()
+    return isinstance(err, RuntimeError) and any(m in text for m in OOM_MARKERS)
+
+
+def _release_memory(device: str) -> None:
+    """Return the caching allocator's free blocks to the device after an out-of-memory error. Called after the
+    ``except`` block has ended, so that the exception's traceback — whose frames hold the failed batch's
+    activations — is gone and those tensors are freed first (``gc.collect`` breaks any cycle through the frames)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 class _Encoder:
-    """Calls ``backbone.encode_images`` in micro-batches; on out-of-memory halves the micro-batch and retries."""
+    """Calls ``backbone.encode_images`` in micro-batches; on out-of-memory (:func:`_is_oom`) releases the memory
+    and retries with half the micro-batch."""
 
     def __init__(self, backbone, batch_size: int, report: Callable[[str], None]):
         self.backbone = backbone
@@ -372,16 +402,19 @@ class _Encoder:
         i = 0
         while i < len(x):
             chunk = x[i:i + self.micro]
+            oom = False
             try:
                 h, z = self.backbone.encode_images(chunk)
             except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
                 if not _is_oom(err):
                     raise
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                oom = True  # the memory is released below, once `err` and its traceback are dropped
+            if oom:
+                del chunk
+                _release_memory(self.backbone.device)
                 if self.micro <= 1:
                     raise BackboneError("out of memory even with batch size 1",
-                                        hint="use a smaller model, --precision bf16/fp16, or another device") from None
+                                        hint="use a smaller model, --precision bf16/fp16, or another device")
                 self.micro = max(1, self.micro // 2)
                 self.report(f"out of memory: batch size halved to {self.micro}")
                 continue

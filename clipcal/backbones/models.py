@@ -377,8 +377,11 @@ def _load_open_clip(r: Resolved, device: str, precision: str) -> Backbone:
         kwargs["force_preprocess_cfg"] = forced
     try:
         if r.status == "random":
+            # built on the CPU from the CPU generator alone, seeded inside a fork: torch.manual_seed would also
+            # reseed every CUDA generator of the process (the user's, or a method's), which fork_rng(devices=[])
+            # does not restore
             with torch.random.fork_rng(devices=[]), _quiet_logging():
-                torch.manual_seed(RANDOM_SEED)
+                torch.default_generator.manual_seed(RANDOM_SEED)
                 model = oc.create_model(name, pretrained=None, **kwargs)
         else:
             model = oc.create_model(name, pretrained=pretrained, **kwargs)

@@ -24,7 +24,7 @@ One concept per module (the way open_clip separates its factory, pretrained regi
 ``weights``    what a spec needs and has here without building it: :func:`weights_status`,
                :func:`model_settings`, :func:`backbone_identity`, :func:`backbone_requirements`,
                :func:`check_weights` (fail fast), :func:`list_backbones`
-``devices``    :func:`resolve_device`, :func:`resolve_precision`
+``devices``    :func:`resolve_device`, :func:`resolve_precision`, :func:`cuda_bf16_native`
 ``models``     :class:`Backbone` and one builder per model family; :func:`load_backbone`
 ``text``       :func:`load_text_encoder` (the text tower alone, lazily read onto the ``meta`` device)
 =============  ===============================================================================================

@@ -42,20 +42,37 @@ def resolve_device(device: str | None = "auto") -> str:
     return str(dev)
 
 
+def cuda_index(device: str) -> int:
+    """The CUDA device index a device string means: its own (``"cuda:1"`` → 1), or the current device for a bare
+    ``"cuda"`` (``torch.cuda.current_device()``)."""
+    import torch
+
+    dev = torch.device(device)
+    return dev.index if dev.index is not None else torch.cuda.current_device()
+
+
+def cuda_bf16_native(device: str) -> bool:
+    """Whether the CUDA device ``device`` computes bf16 natively: compute capability ≥ 8.0 (Ampere and later).
+    T4 (7.5) and V100 (7.0) only emulate it, slower than fp16, though ``torch.cuda.is_bf16_supported()`` says yes
+    there — and it checks the current device, not the requested one."""
+    import torch
+
+    return tuple(torch.cuda.get_device_capability(cuda_index(device))) >= (8, 0)
+
+
 def resolve_precision(precision: str | None, device: str) -> str:
-    """``"auto"`` → ``bf16`` on CUDA where supported (else ``fp16``), ``fp32`` elsewhere.
+    """``"auto"`` → ``bf16`` on a CUDA device with native bf16 (:func:`cuda_bf16_native`, checked on ``device``
+    itself), ``fp16`` on other CUDA devices, ``fp32`` elsewhere.
 
     Raises:
         BackboneError: unknown precision, or ``fp16`` on the CPU.
     """
-    import torch
-
     p = (precision or "auto").lower()
     if p not in PRECISIONS:
         raise BackboneError(f"unknown precision {precision!r}", hint=f"use one of {', '.join(PRECISIONS)}")
     if p == "auto":
         if device.startswith("cuda"):
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            return "bf16" if cuda_bf16_native(device) else "fp16"
         return "fp32"
     if p == "fp16" and device == "cpu":
         raise BackboneError("fp16 is not supported on the CPU", hint="use fp32 or bf16 on the CPU")

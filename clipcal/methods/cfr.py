@@ -24,11 +24,23 @@ Where this departs from the authors' code (commit e9e61bd), on purpose:
   z (which are re-normalised before the contrastive terms), never the positives / negatives.
 
 Speed (issue 3): the frozen trunk means everything runs on cached features. Each step projects every
-*distinct* row (batch ∪ anchors ∪ positives ∪ negatives) through W once (``torch.unique`` + one matrix
-product + a gather), hard negatives are mined once with a chunked, bounded-memory top-k, and validation is
+*distinct* row (batch ∪ anchors ∪ positives ∪ negatives) through W once (:func:`~clipcal.methods.cfr_losses.
+row_plan` + one matrix product + a gather whose gradient is a segment sum), hard negatives are mined once with a chunked, bounded-memory top-k, and validation is
 the only per-epoch evaluation. The recipe (epochs, P, N, batch) is never changed for speed. What remains is
 two matrix products per step over the distinct rows (≈ 2,600 of 4,352 on Waterbirds-shaped data, ≈ 8 GFLOP
 at 1,024 → 768): ~31 TFLOP for 100 epochs, minutes on a CPU, seconds on a GPU.
+
+Determinism policy (issue 15.2; the same on the CPU and on CUDA): for one seed, device and precision a fit is
+reproducible bit for bit. Batch order and sampling draw from a CPU ``torch.Generator``, dropout from a generator
+on the training device; no training op accumulates with atomics — the gradient of the deduplicated projection's
+gather is a segment sum over a stable sort (``torch.segment_reduce``), not ``index_add_``, and SupCon weights its
+anchors instead of indexing with a boolean mask. cuBLAS matrix products are deterministic for a fixed shape,
+GPU and library version on one stream (what the methods use); fp32 matrix products do not use TF32 (torch's
+default ``allow_tf32 = False``, recorded in the run's manifest with the GPU name). What stays different: the CPU
+and a GPU (or two GPU models, or two CUDA / cuBLAS versions) sum in different orders, so their results agree to
+float rounding, not bit for bit — the run key holds the resolved device for that reason.
+``torch.use_deterministic_algorithms(True)`` is not switched on: it is process-wide (the dashboard's embedding
+jobs share the process) and would raise for operations outside the methods.
 
 Measured behaviour worth knowing (bench/cfr_sweep.py, validation-only selection):
 

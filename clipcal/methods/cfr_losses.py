@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -60,41 +61,96 @@ def supcon_loss(z: torch.Tensor, y: torch.Tensor, temperature: float = 0.07) -> 
     log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
     pos = (y[:, None] == y[None, :]) & ~self_mask
     n_pos = pos.sum(1)
-    has = n_pos > 0
-    if not bool(has.any()):
-        return z.sum() * 0.0
-    per_anchor = -(log_prob.masked_fill(~pos, 0.0)).sum(1)[has] / n_pos[has]
-    return per_anchor.mean()
+    # weights instead of a boolean index: a mask's size is data-dependent, so indexing with it (and asking
+    # whether any anchor has a positive) waits for the device; anchors without a positive weigh 0
+    has = (n_pos > 0).to(log_prob.dtype)
+    per_anchor = -(log_prob.masked_fill(~pos, 0.0)).sum(1) / n_pos.clamp_min(1)
+    return (per_anchor * has).sum() / has.sum().clamp_min(1.0)
 
 
-def project_unique(model: T.LastLayer, h: torch.Tensor, *index_sets: torch.Tensor) -> list[torch.Tensor]:
+@dataclass(frozen=True)
+class RowPlan:
+    """Which distinct rows one step projects, and how its index sets map onto them (:func:`row_plan`).
+
+    Attributes:
+        uniq: [U] int64 distinct row indices, ascending.
+        inv: [R] int64 position in ``uniq`` of each of the R = Σ|index set| requested rows (in request order).
+        order: [R] int64 stable argsort of ``inv`` (the rows of each distinct row, in request order).
+        counts: [U] int64 multiplicity of each distinct row (Σ counts = R).
+        shapes: the index sets' shapes (to split and reshape the gathered rows).
+    """
+
+    uniq: torch.Tensor
+    inv: torch.Tensor
+    order: torch.Tensor
+    counts: torch.Tensor
+    shapes: tuple
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """(uniq, inv, order, counts), e.g. to pack several steps into one host→device copy."""
+        return self.uniq, self.inv, self.order, self.counts
+
+
+def row_plan(*index_sets: torch.Tensor) -> RowPlan:
+    """The :class:`RowPlan` of some index sets, computed where they live (on the host in training: ``torch.unique``
+    on a CUDA tensor waits for the device, so the CFR loop plans each epoch's steps on the CPU)."""
+    flat = torch.cat([i.reshape(-1) for i in index_sets])
+    uniq, inv, counts = torch.unique(flat, return_inverse=True, return_counts=True)
+    order = torch.sort(inv, stable=True).indices
+    return RowPlan(uniq, inv, order, counts, tuple(tuple(i.shape) for i in index_sets))
+
+
+class _GatherRows(torch.autograd.Function):
+    """``z_u[inv]`` whose backward sums the gradient rows of each distinct row with a segment sum over the stable
+    sort of ``inv`` (``torch.segment_reduce``: one reduction per output element, a fixed order, no atomics).
+
+    ``index_select``'s own backward is ``index_add_`` with repeated indices, which uses atomic adds on CUDA: the
+    summation order — and so the last bits of W's gradient — changes from run to run (issue 15.2). On the CPU both
+    add in request order, so the values agree with ``index_select`` (to float rounding)."""
+
+    @staticmethod
+    def forward(ctx, z_u, inv, order, counts):
+        ctx.save_for_backward(order, counts)
+        return z_u.index_select(0, inv)
+
+    @staticmethod
+    def backward(ctx, grad):
+        order, counts = ctx.saved_tensors
+        g = torch.segment_reduce(grad.index_select(0, order), "sum", lengths=counts, axis=0)
+        return g, None, None, None
+
+
+def project_unique(model: T.LastLayer, h: torch.Tensor, *index_sets: torch.Tensor,
+                   plan: RowPlan | None = None) -> list[torch.Tensor]:
     """Project each *distinct* row once: ``normalize(h[u] W)`` for the union u of all index sets, then gather.
 
     Mathematically identical (values and gradients) to projecting each index set separately; costs one matrix
-    product of ``|u|`` rows instead of ``Σ |index set|``.
+    product of ``|u|`` rows instead of ``Σ |index set|``. Deterministic on every device: the gather back to the
+    index sets accumulates its gradient with :class:`_GatherRows` (segment sum), never with atomics.
 
     Args:
         model: the :class:`~clipcal.methods._train.LastLayer`.
         h: [N, d] features (on the model's device).
-        index_sets: int64 tensors of any shape (on the same device).
+        index_sets: int64 tensors of any shape (on the same device); may be empty when ``plan`` is given.
+        plan: the :class:`RowPlan` of the index sets, its tensors on ``h``'s device (training precomputes it on
+            the host; default: :func:`row_plan` here, which waits for the device on CUDA).
 
     Returns:
         one tensor per index set, shape ``index.shape + (e,)``, unit rows, no dropout.
     """
-    flat = torch.cat([i.reshape(-1) for i in index_sets])
-    uniq, inv = torch.unique(flat, return_inverse=True)
-    # index_select's backward is one index_add (advanced indexing's index_put is slower on the CPU), and
-    # torch.split's backward is one cat (slicing would zero-fill a full-size gradient per part)
-    z = model.project(h.index_select(0, uniq)).index_select(0, inv)
-    parts = torch.split(z, [i.numel() for i in index_sets])
-    return [p.view(*i.shape, z.shape[-1]) for p, i in zip(parts, index_sets)]
+    p = plan if plan is not None else row_plan(*index_sets)
+    # h has no gradient: its gather needs no backward; split's backward is one cat
+    z = _GatherRows.apply(model.project(h.index_select(0, p.uniq)), p.inv, p.order, p.counts)
+    sizes = [math.prod(s) for s in p.shapes]
+    parts = torch.split(z, sizes)
+    return [part.view(*s, z.shape[-1]) for part, s in zip(parts, p.shapes)]
 
 
 def cfr_step_loss(model: T.LastLayer, h: torch.Tensor, y: torch.Tensor, batch: torch.Tensor,
                   anchors: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, *, tau: float = 1.0,
                   supcon_temperature: float = 0.07, w_ce: float = 1.5, w_contrastive: float = 1.5,
                   w_supcon: float = 1.0, ce: bool = True, contrastive: bool = True, supcon: bool = True,
-                  dedup: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                  dedup: bool = True, plan: RowPlan | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The CFR loss of one step (cfr-method.md, "Stage 2").
 
     ``w_ce·CE(anchors) + w_contrastive·contrastive(anchors, pos, neg; τ) + w_supcon·SupCon(batch; t)``, each
@@ -108,6 +164,8 @@ def cfr_step_loss(model: T.LastLayer, h: torch.Tensor, y: torch.Tensor, batch: t
         batch: [B] training rows; anchors: [A] calibration rows; pos: [A, P] rows; neg: [A, N] rows.
         dedup: project each distinct row once (default); False projects every set separately (reference
             behaviour, used by the tests to show both give the same loss and gradients).
+        plan: the :class:`RowPlan` of ``(batch, anchors, pos, neg)`` on the device (training passes the one it
+            computed on the host, so the step never waits for the device); default computed here.
 
     Returns:
         (total loss, detached scalars of the terms that are on: ``{"ce", "contrastive", "supcon"}``).
@@ -119,7 +177,7 @@ def cfr_step_loss(model: T.LastLayer, h: torch.Tensor, y: torch.Tensor, batch: t
         raise MethodError("every CFR loss term is switched off; nothing to train",
                           hint="switch on at least one of ce, contrastive, supcon")
     if dedup:
-        zb, za, zp, zn = project_unique(model, h, batch, anchors, pos, neg)
+        zb, za, zp, zn = project_unique(model, h, batch, anchors, pos, neg, plan=plan)
     else:
         zb, za = model.project(h[batch]), model.project(h[anchors])
         zp = model.project(h[pos.reshape(-1)]).reshape(*pos.shape, -1)

@@ -1,0 +1,98 @@
+"""CFR's deduplicated projection is deterministic on every device (issue 15.2): the gather of the distinct rows
+back to the step's index sets accumulates its gradient with a segment sum, never with ``index_add`` /
+``scatter_add`` / accumulating ``index_put`` (atomic adds on CUDA, whose order changes from run to run)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from clipcal.methods import _train as T
+from clipcal.methods.cfr import CFR, cfr_step_loss
+from clipcal.methods.cfr_losses import project_unique, row_plan
+from clipcal.synthetic import generate
+
+#: aten ops whose CUDA kernels add with atomics when indices repeat
+ATOMIC_OPS = ("index_add", "scatter_add", "scatter_reduce", "index_put", "_index_put_impl", "embedding_dense_backward")
+
+
+class _OpLog(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def _step_inputs(seed=0):
+    rng = np.random.default_rng(seed)
+    d, e, n = 12, 6, 40
+    h = torch.as_tensor(rng.standard_normal((n, d)), dtype=torch.float32)
+    y = torch.as_tensor(rng.integers(0, 2, n))
+    W = rng.standard_normal((d, e)).astype(np.float32)
+    head = rng.standard_normal((2, e)).astype(np.float32)
+    batch = torch.tensor([0, 3, 5, 6, 7, 9, 11, 12])
+    anchors = torch.tensor([3, 4, 4, 20])                     # repeats across and within sets on purpose
+    pos = torch.as_tensor(rng.integers(0, n, (4, 5)))
+    neg = torch.as_tensor(rng.integers(0, n, (4, 3)))
+    return h, y, W, head, (batch, anchors, pos, neg)
+
+
+def _grads(loss_fn, W, head):
+    model = T.LastLayer(W, head, dropout=0.1)
+    model.train()
+    model.generator = torch.Generator().manual_seed(7)
+    loss = loss_fn(model)
+    loss.backward()
+    return loss.detach(), model.weight.grad.clone()
+
+
+def test_segment_sum_gather_equals_the_index_select_gather_it_replaced():
+    h, y, W, head, sets = _step_inputs()
+
+    def old(model):  # the implementation before issue 15.2: index_select's backward is index_add_
+        flat = torch.cat([s.reshape(-1) for s in sets])
+        uniq, inv = torch.unique(flat, return_inverse=True)
+        z = model.project(h.index_select(0, uniq))
+        z = z.index_select(0, inv) * torch.randn(len(inv), z.shape[1], generator=torch.Generator().manual_seed(3))
+        parts = torch.split(z, [s.numel() for s in sets])
+        return sum(p.square().sum() * (i + 1) for i, p in enumerate(parts))
+
+    def new_weighted(model):  # same weighting as `old`, so the gradients differ per occurrence
+        flat = torch.cat([s.reshape(-1) for s in sets])
+        (zall,) = project_unique(model, h, flat)
+        zall = zall * torch.randn(len(flat), zall.shape[1], generator=torch.Generator().manual_seed(3))
+        parts = torch.split(zall, [s.numel() for s in sets])
+        return sum(q.square().sum() * (i + 1) for i, q in enumerate(parts))
+
+    l1, gw1 = _grads(old, W, head)
+    l2, gw2 = _grads(new_weighted, W, head)
+    torch.testing.assert_close(l2, l1)
+    torch.testing.assert_close(gw2, gw1, rtol=1e-6, atol=1e-7)
+
+
+def test_a_training_step_uses_no_atomic_accumulation():
+    h, y, W, head, sets = _step_inputs()
+    model = T.LastLayer(W, head, dropout=0.1)
+    model.train()
+    model.generator = torch.Generator().manual_seed(7)
+    plan = row_plan(*sets)
+    with _OpLog() as log:
+        loss, _ = cfr_step_loss(model, h, y, *sets, plan=plan)
+        loss.backward()
+    used = sorted({op for op in log.ops if any(op.startswith(a) for a in ATOMIC_OPS)})
+    assert used == [], f"ops that accumulate with atomics on CUDA: {used}"
+    assert any(op.startswith("segment_reduce") for op in log.ops)  # the deterministic segment sum ran
+
+
+def test_two_same_seed_cfr_runs_with_repeated_rows_are_bit_equal():
+    data = generate(n_train=200, n_val=80, n_test=80, dim=16, seed=4).data
+    kw = dict(erm_epochs=2, epochs=2, batch_size=64, calibration_errors="train", seed=3)
+    r1, r2 = CFR(**kw).fit(data).result_, CFR(**kw).fit(data).result_
+    assert r1.record["mean_unique_rows_per_step"] < r1.record["rows_per_step"]  # rows did repeat
+    np.testing.assert_array_equal(r1.probs, r2.probs)
+    np.testing.assert_array_equal(r1.embeddings_after, r2.embeddings_after)
+    np.testing.assert_array_equal(r1.curves["value"].to_numpy(), r2.curves["value"].to_numpy())

@@ -97,6 +97,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(check_device(str(device) if device is not None else "auto"))
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without making the host wait: pinned memory and a non-blocking copy on CUDA
+    (a copy from pageable memory waits for the device's queue to drain); unchanged on the CPU."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def normalize_rows(x: np.ndarray) -> np.ndarray:
     """L2-normalise rows of a float array (zero rows stay zero); float32."""
     x = np.asarray(x, dtype=np.float32)
@@ -337,7 +345,7 @@ class Evaluator:
     """Predicts every sample with a :class:`LastLayer` and scores the selection split.
 
     Args:
-        data: the FeatureData (features are moved to ``device`` once).
+        data: the FeatureData (its features on ``device``: :meth:`FeatureData.device_features`, shared).
         device: torch device.
         rule: selection rule (``"worst-class"`` / ``"worst-group"``).
         splits: splits whose metrics go to the curves each epoch (default only ``val``: selection never
@@ -353,7 +361,7 @@ class Evaluator:
         self.rule = rule
         self.splits = tuple(splits)
         self.batch_size = batch_size
-        self.h = torch.from_numpy(data.features).to(device)
+        self.h = data.device_features(device)  # one copy per dataset and device, shared
         self._idx = {s: data.indices(s) for s in set(self.splits) | {"val"}}
 
     @torch.no_grad()
@@ -692,23 +700,25 @@ def train_last_layer(data: FeatureData, *, train_idx: np.ndarray | None = None,
     order_gen = torch.Generator().manual_seed(int(seed))
     opt = make_optimizer(model, lr=lr, momentum=momentum, weight_decay=weight_decay)
     evaluator = Evaluator(data, dev, rule=selection, splits=curve_splits)
-    h = evaluator.h[torch.as_tensor(tr, device=dev)]
+    h = evaluator.h                                  # all rows, shared; each step gathers its batch's rows
+    rows = torch.as_tensor(tr, device=dev)
     yt = torch.as_tensor(data.y[tr], device=dev)
     wt = torch.as_tensor(w, device=dev)
 
     def one_epoch(ep: int) -> dict:
-        perm = torch.randperm(len(tr), generator=order_gen).to(dev)
-        tot, wsum = 0.0, 0.0
+        perm = to_device(torch.randperm(len(tr), generator=order_gen), dev)
+        acc = torch.zeros(2, device=dev)                # Σ w·CE, Σ w — read once per epoch, not per step
         for s in range(0, len(tr), batch_size):
             b = perm[s:s + batch_size]
-            ce = F.cross_entropy(model(h[b]), yt[b], reduction="none")
+            ce = F.cross_entropy(model(h.index_select(0, rows[b])), yt[b], reduction="none")
             wb = wt[b]
-            loss = (wb * ce).sum() / wb.sum().clamp_min(1e-12)
+            wce, wtot = (wb * ce).sum(), wb.sum()
+            loss = wce / wtot.clamp_min(1e-12)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            tot += float((wb * ce).sum().detach())
-            wsum += float(wb.sum())
+            acc += torch.stack([wce.detach(), wtot])
+        tot, wsum = acc.tolist()
         return {"loss": tot / max(wsum, 1e-12)}
 
     with torch_threads(data.feature_dim, data.embed_dim, dev):

@@ -153,6 +153,8 @@ class FeatureData:
     benchmark_name: str = ""
     notes: list[str] = field(default_factory=list)
     last_layer: dict | None = None
+    #: {device name: features as a torch tensor on it} — :meth:`device_features`
+    _device_copies: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # writable, contiguous float32 (store arrays are read-only memory maps; torch warns on those)
@@ -289,6 +291,40 @@ class FeatureData:
     def class_counts(self, split: str = "train") -> np.ndarray:
         """[K] int64 counts of each class in ``split``."""
         return np.bincount(self.y[self.mask(split)], minlength=self.n_classes).astype(np.int64)
+
+    # -- the features on a device -------------------------------------------------------------------------
+    def device_features(self, device):
+        """``features`` as a float32 torch tensor [N, d] on ``device``, made once per device and shared by every
+        evaluator, training loop and stage of the methods fitted on this FeatureData (issue 15.6: each used to
+        copy all N × d features — CFR's stage 2 held two copies, cross-fit three). On the CPU a view of the
+        array (no copy). :meth:`Method.fit` releases the copies it made when it returns.
+
+        Args:
+            device: a ``torch.device`` or its name (``"cuda"`` means the current CUDA device).
+
+        Returns:
+            torch.Tensor, read-only by convention (never modified in place).
+        """
+        import torch
+
+        dev = torch.device(device)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        key = str(dev)
+        t = self._device_copies.get(key)
+        if t is None:
+            t = self._device_copies[key] = torch.from_numpy(self.features).to(dev)
+        return t
+
+    def release_device_copies(self, keep=()) -> None:
+        """Drop the device copies of the features (all but the device names in ``keep``)."""
+        for key in [k for k in self._device_copies if k not in keep]:
+            del self._device_copies[key]
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_device_copies"] = {}  # never pickle a GPU tensor (jobs, workers): it is rebuilt on demand
+        return state
 
     # -- checks -----------------------------------------------------------------------------------------
     def check_trainable(self, need_val: bool = True) -> None:
@@ -540,10 +576,13 @@ class Method:
         if self.needs_training:
             data.check_trainable()
         check_cancel(cancel)
+        had = tuple(data._device_copies)
         try:
             result = self._fit(data, progress, cancel)
         except NonFiniteError as err:  # name the method: the stage alone ("erm") is ambiguous inside CFR / JTT
             raise NonFiniteError(f"{self.name}: {err.message}", hint=err.hint) from None
+        finally:
+            data.release_device_copies(keep=had)  # the copies this fit made; a caller's own stay
         result.record["hparams"] = jsonable(self.get_params())
         result.record.setdefault("uses_group_labels", self.uses_group_labels)
         result.record["uses_group_labels"] = bool(result.record["uses_group_labels"])

@@ -95,8 +95,8 @@ from clipcal.methods.cfr_calibration import (CALIBRATION_ERRORS, CALIBRATION_RUL
                                              CalibrationChoice, calibration_set, calibration_summary,
                                              calibration_usable, choose_calibration_set, cross_fit_errors,
                                              stratified_folds, usable_definition)
-from clipcal.methods.cfr_losses import (cfr_step_loss, contrastive_loss, project_unique,  # noqa: F401
-                                        supcon_loss)
+from clipcal.methods.cfr_losses import (RowPlan, cfr_step_loss, contrastive_loss, project_unique,  # noqa: F401
+                                        row_plan, supcon_loss)
 from clipcal.methods.cfr_sampling import PoolSampler, mine_hard_negatives  # noqa: F401
 from clipcal.methods.fitted import FittedLastLayer
 from clipcal.methods.params import Boolean, Integral, Interval, Real, StrOptions
@@ -568,6 +568,7 @@ class CFR(Method):
         steps = math.ceil(len(tr) / B)
         cal_state = {"perm": torch.empty(0, dtype=torch.int64), "pos": 0}
         uniq_counts: list[int] = []
+        on = [t for t in LOSS_TERMS if getattr(self, t)]
 
         def next_anchors() -> torch.Tensor:
             """Next B calibration positions (into ``cal``), cycling through fresh permutations."""
@@ -581,37 +582,57 @@ class CFR(Method):
                 need -= len(take)
             return torch.cat(parts)
 
-        def one_epoch(ep: int) -> dict:
-            if self.loss_schedule == "cosine":
-                f = (1 + 0.5 * math.cos(2 * math.pi * (ep - 1) / epochs)) / 1.5
-            else:
-                f = 1.0
+        def plan_epoch() -> list[tuple]:
+            """Every step's rows, drawn on the host (same draws, same order as step by step) and sent to the
+            device in one non-blocking copy: ``[(batch, anchors, pos, neg, RowPlan)]`` of device views."""
             perm = torch.randperm(len(tr), generator=gen)
-            sums = {"loss": 0.0, **{t: 0.0 for t in LOSS_TERMS if getattr(self, t)}}
+            host, layout = [], []
             for s in range(steps):
-                check_cancel(cancel)                    # an epoch can take tens of seconds on a CPU
                 batch = tr_t[perm[s * B:(s + 1) * B]]
                 apos = next_anchors()
                 anchors = cal_t[apos]
                 ay = y_cpu[anchors]
                 pos = pos_sampler.sample(ay)
                 neg = neg_table[apos] if neg_sampler is None else neg_sampler.sample(ay)
-                b_d, a_d, p_d, n_d = (t.to(dev) for t in (batch, anchors, pos, neg))
+                plan = row_plan(batch, anchors, pos, neg)
+                parts = (batch, anchors, pos, neg) + plan.tensors()
+                host += [t.reshape(-1) for t in parts]
+                layout.append([tuple(t.shape) for t in parts])
+            buf = T.to_device(torch.cat(host), dev)
+            out, at = [], 0
+            for shapes in layout:
+                views = []
+                for shp in shapes:
+                    n = math.prod(shp)
+                    views.append(buf[at:at + n].view(shp))
+                    at += n
+                batch, anchors, pos, neg, uniq, inv, order, counts = views
+                out.append((batch, anchors, pos, neg,
+                            RowPlan(uniq, inv, order, counts, (shapes[0], shapes[1], shapes[2], shapes[3]))))
+            return out
+
+        def one_epoch(ep: int) -> dict:
+            if self.loss_schedule == "cosine":
+                f = (1 + 0.5 * math.cos(2 * math.pi * (ep - 1) / epochs)) / 1.5
+            else:
+                f = 1.0
+            planned = plan_epoch()
+            if ep == 1:
+                uniq_counts.extend(len(p[4].uniq) for p in planned[:5])
+            acc = torch.zeros(1 + len(on), device=dev)  # the loss and its terms, read once per epoch
+            for batch, anchors, pos, neg, plan in planned:
+                check_cancel(cancel)                    # an epoch can take tens of seconds on a CPU
                 loss, terms = cfr_step_loss(
-                    model, h, y_all, b_d, a_d, p_d, n_d, tau=float(self.tau),
+                    model, h, y_all, batch, anchors, pos, neg, tau=float(self.tau),
                     supcon_temperature=float(self.supcon_temperature), w_ce=float(self.w_ce) * f,
                     w_contrastive=float(self.w_contrastive) * f, w_supcon=float(self.w_supcon),
-                    ce=bool(self.ce), contrastive=bool(self.contrastive), supcon=bool(self.supcon))
+                    ce=bool(self.ce), contrastive=bool(self.contrastive), supcon=bool(self.supcon), plan=plan)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                if ep == 1 and s < 5:
-                    uniq_counts.append(int(torch.unique(torch.cat([batch, anchors, pos.flatten(),
-                                                                   neg.flatten()])).numel()))
-                sums["loss"] += float(loss.detach())
-                for k, v in terms.items():
-                    sums[k] += float(v)
-            return {("loss" if k == "loss" else f"loss_{k}"): v / steps for k, v in sums.items()}
+                acc += torch.stack([loss.detach()] + [terms[t] for t in on])
+            means = (acc / steps).tolist()
+            return {"loss": means[0], **{f"loss_{t}": v for t, v in zip(on, means[1:])}}
 
         loop = T.run_epochs(model, epochs=epochs, train_epoch=one_epoch, evaluator=evaluator, stage="cfr",
                             progress=progress, cancel=cancel, lr=float(self.lr))

@@ -39,7 +39,7 @@ from clipcal.errors import Cancelled, ClipcalError, MethodError, StoreError
 from clipcal.methods import METHODS, get_method, make_method
 from clipcal.methods.applicability import not_applicable_reason
 from clipcal._json import jsonable as _jsonable
-from clipcal.methods.base import FeatureData, MethodResult, NonFiniteError, Progress
+from clipcal.methods.base import DeviceOutOfMemoryError, FeatureData, MethodResult, NonFiniteError, Progress
 from clipcal.methods.fitted import FittedLastLayer
 from clipcal.metrics import METRIC_DEFINITIONS, group_table, method_table
 
@@ -292,7 +292,7 @@ def run_calibration(benchmark, embedding_set, methods, hparams: dict | None = No
             raise
         except ClipcalError as err:
             msg = err.message
-            if isinstance(err, NonFiniteError):  # it applied, and diverged: say so, with what to change
+            if isinstance(err, (NonFiniteError, DeviceOutOfMemoryError)):  # it applied, and failed: say what to change
                 not_applicable[name] = f"failed: {msg} ({err.hint})"
             else:
                 not_applicable[name] = msg if msg.startswith("not applicable") else f"not applicable: {msg}"

@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipcal.errors import MethodError
-from clipcal.methods.base import (FeatureData, NonFiniteError, Progress, ProgressFn, check_cancel, empty_curves,
-                                  report)
+from clipcal.methods.base import (OOM_HINT, DeviceOutOfMemoryError, FeatureData, NonFiniteError, Progress,
+                                  ProgressFn, check_cancel, empty_curves, is_out_of_memory, report)
 from clipcal.methods.fitted import FittedLastLayer
 from clipcal.methods.params import Boolean, InstanceOf, Integral, Interval, Real, StrOptions
 
@@ -475,7 +475,8 @@ def run_epochs(model: LastLayer, *, epochs: int, train_epoch: Callable[[int], di
         lr: the learning rate, named in the hint when the loss diverges.
 
     Raises:
-        MethodError: ``epochs < 1``. NonFiniteError: an epoch's training loss (or any other figure the epoch
+        MethodError: ``epochs < 1``. DeviceOutOfMemoryError: the device ran out of memory in an epoch (stage and
+        epoch named). NonFiniteError: an epoch's training loss (or any other figure the epoch
         function returned), the model's validation outputs or the validation score is NaN / inf.
         Cancelled: ``cancel`` set (checked before each epoch).
     """
@@ -488,7 +489,16 @@ def run_epochs(model: LastLayer, *, epochs: int, train_epoch: Callable[[int], di
     for ep in range(1, epochs + 1):
         check_cancel(cancel)
         model.train()
-        train_m = train_epoch(ep) or {}
+        oom = None
+        try:
+            train_m = train_epoch(ep) or {}
+        except RuntimeError as err:   # torch.cuda.OutOfMemoryError is one
+            if not is_out_of_memory(err):
+                raise
+            oom = str(err).splitlines()[0][:200]
+        if oom is not None:  # raised outside the except, which would keep the failed step's tensors alive
+            raise DeviceOutOfMemoryError(f"out of memory on {evaluator.device} in stage {stage!r}, epoch {ep} "
+                                         f"({oom})", hint=OOM_HINT)
         model.eval()
         for k, v in train_m.items():  # "loss" and its terms (CFR: loss_ce, loss_contrastive, loss_supcon)
             check_finite_loss(float(v), stage=stage, epoch=ep, lr=lr)

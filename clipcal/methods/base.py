@@ -21,6 +21,7 @@ Usage::
 from __future__ import annotations
 
 import inspect
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -79,6 +80,35 @@ def check_cancel(cancel) -> None:
 class NonFiniteError(MethodError):
     """Training produced NaN or ±inf (loss, model outputs or validation score): the method stops, nothing of it
     is kept. The message names the method, stage and epoch; the hint the likely cause (lr too large …)."""
+
+
+class DeviceOutOfMemoryError(MethodError):
+    """The device ran out of memory while a method trained (issue 15.6): the message names the method, the stage
+    (and epoch) and the device; the hint what to change (a smaller batch, the CPU). Raised after the failed
+    step's tensors and the method's device copies are released and the allocator's cache emptied."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is a device out-of-memory error — :func:`clipcal.embed._is_oom`, the one recogniser (CUDA
+    caching allocator, and cuBLAS / cuDNN allocation failures where it knows them)."""
+    from clipcal.embed import _is_oom
+
+    return _is_oom(err)
+
+
+def free_device_memory() -> None:
+    """Collect garbage and return the CUDA caching allocator's free blocks. Call it *outside* an ``except``
+    block: inside one, the traceback still references the failed step's tensors."""
+    import gc
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+OOM_HINT = ("try a smaller batch_size, or device='cpu' (slower; limited by RAM instead of GPU memory); other "
+            "programs on the GPU take memory too (nvidia-smi lists them)")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -568,6 +598,8 @@ class Method:
                 train, no validation split, missing group labels for DFR …). NoTextTowerError: zero-shot on an
                 image-only backbone. NonFiniteError (a MethodError): the training loss, the model's outputs or
                 the validation score became NaN / inf — the method stops and returns nothing.
+                DeviceOutOfMemoryError (a MethodError): the device ran out of memory (stage and what to do
+                named; memory released).
             Cancelled: ``cancel`` was set.
         """
         if not isinstance(data, FeatureData):
@@ -577,12 +609,22 @@ class Method:
             data.check_trainable()
         check_cancel(cancel)
         had = tuple(data._device_copies)
+        oom = None
         try:
             result = self._fit(data, progress, cancel)
         except NonFiniteError as err:  # name the method: the stage alone ("erm") is ambiguous inside CFR / JTT
             raise NonFiniteError(f"{self.name}: {err.message}", hint=err.hint) from None
+        except DeviceOutOfMemoryError as err:  # from the epoch loop, which names the stage
+            oom = (err.message, err.hint)
+        except RuntimeError as err:           # elsewhere (first device copy, evaluation, negative mining)
+            if not is_out_of_memory(err):
+                raise
+            oom = (f"out of device memory while fitting ({str(err).splitlines()[0][:200]})", OOM_HINT)
         finally:
             data.release_device_copies(keep=had)  # the copies this fit made; a caller's own stay
+        if oom is not None:  # outside the except: the failed step's tensors are no longer referenced
+            free_device_memory()
+            raise DeviceOutOfMemoryError(f"{self.name}: {oom[0]}", hint=oom[1])
         result.record["hparams"] = jsonable(self.get_params())
         result.record.setdefault("uses_group_labels", self.uses_group_labels)
         result.record["uses_group_labels"] = bool(result.record["uses_group_labels"])

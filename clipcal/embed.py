@@ -18,6 +18,9 @@ array           shape, dtype                  meaning
 ``proj_weight`` [d, e] float32                the backbone's last layer W with z = normalize(h W)
 =============== ============================= ==============================================================
 
+``manifest["meta"]["compute"]`` records how they were computed (device with its index, GPU name, torch / CUDA /
+cuDNN versions, precision, TF32 and cuDNN flags; :func:`clipcal.backbones.devices.compute_record`).
+
 N is the number of images that could be read; the others are listed in ``manifest["meta"]["skipped"]`` and in
 :attr:`EmbeddingSet.skipped` (``sample_id, reason``) — never dropped silently. The key is
 ``{"benchmark": fingerprint, "backbone": Backbone.identity(), "format": 1}``, so a second call embeds nothing,
@@ -173,12 +176,17 @@ def _reason_kind(reason: str) -> str:
 
 
 def _usable(entry: Entry | None) -> Entry | None:
-    """``entry`` unless it holds no embedding at all (stored by versions before :class:`NothingEmbeddedError`):
-    such an entry is no result and is never served."""
+    """``entry`` unless it is no valid result for its key: it holds no embedding at all (stored by versions before
+    :class:`NothingEmbeddedError`), or it is an ``fp32`` set computed on CUDA before TF32 was decided explicitly
+    (no ``meta["compute"]``: torch's default had cuDNN convolutions in TF32, so it is not the true-fp32 set its key
+    names). Such entries are never served; embedding again replaces them."""
     if entry is None:
         return None
     shape = entry.manifest.get("arrays", {}).get("sample_ids", {}).get("shape") or [1]
-    return entry if int(shape[0]) > 0 else None
+    meta = entry.manifest.get("meta") or {}
+    legacy_tf32 = (entry.key_fields.get("backbone", {}).get("precision") == "fp32" and "compute" not in meta
+                   and str(meta.get("device", "")).startswith("cuda"))
+    return entry if int(shape[0]) > 0 and not legacy_tf32 else None
 
 
 def embedding_key(benchmark, identity: dict) -> dict:
@@ -570,6 +578,8 @@ def _embed_locked(benchmark, backbone, store, key_fields, batch_size, num_worker
         "n_skipped": len(skipped),
         "skipped": skipped,
         "device": backbone.device,
+        # device with index, GPU, versions, precision, TF32 / cuDNN flags (clipcal.backbones.devices.compute_record)
+        "compute": backbone.compute_record() if hasattr(backbone, "compute_record") else None,
         # activation / preprocessing used and why (a checkpoint file's may be a guess: its warning is kept)
         "model_settings": backbone.settings.as_dict() if hasattr(backbone, "settings") else None,
         "batch_size": batch_size,
@@ -705,90 +715,5 @@ def load_embeddings(benchmark, backbone_spec, store: Store | None = None, precis
     return None
 
 
-def class_text_embeddings(backbone, class_names: list[str], templates=None, store: Store | None = None) -> np.ndarray:
-    """Zero-shot class weights: per class, the normalised mean of its normalised prompt embeddings.
-
-    Source: Radford et al. 2021 (CLIP), prompt ensembling — the class weight is the L2-normalised mean over
-    templates of the L2-normalised text embeddings of the template filled with the class name.
-
-    Args:
-        backbone: a loaded :class:`~clipcal.backbones.Backbone` with a text tower (or a spec string).
-        class_names: K names, in class-index order.
-        templates: ``{}`` strings or callables; default the 80 CLIP ImageNet templates
-            (:data:`clipcal.prompts.IMAGENET_TEMPLATES`).
-        store: cache (kind ``text``, keyed by backbone identity + class names + templates); default ``Store()``.
-
-    Returns:
-        float32 array [K, e], unit rows.
-
-    Raises:
-        NoTextTowerError: the backbone is image-only.
-    """
-    from clipcal.prompts import fill, normalize_templates
-
-    tpl = normalize_templates(templates)
-    names = [str(c) for c in class_names]
-
-    def compute(bb) -> np.ndarray:
-        prompts = [fill(t, c) for c in names for t in tpl]
-        t = bb.encode_text(prompts).reshape(len(names), len(tpl), -1)
-        w = t.mean(axis=1)
-        w /= np.linalg.norm(w, axis=1, keepdims=True).clip(1e-12)
-        return w.astype(np.float32)
-
-    return _cached_text(backbone, {"class_names": names, "templates": tpl}, compute, store,
-                        meta={"class_names": names, "n_templates": len(tpl)})
-
-
-def text_embeddings(backbone, texts: list[str], store: Store | None = None) -> np.ndarray:
-    """Text-tower embeddings of free strings (e.g. concept prompts), cached in the store.
-
-    Args:
-        backbone: a loaded :class:`~clipcal.backbones.Backbone`, or a spec string. With a spec string the
-            text tower alone is loaded (:func:`clipcal.backbones.load_text_encoder`: for checkpoint files only
-            the text weights are read, 123 M of ViT-L/14's 428 M parameters) when the store has no entry, and
-            released afterwards, so a dashboard does not keep a second CLIP in memory.
-        texts: n strings, encoded as given (no templates).
-        store: cache (kind ``text``, keyed by backbone identity + the strings); default ``Store()``.
-
-    Returns:
-        float32 array [n, e], unit rows (``Backbone.encode_text``).
-
-    Raises:
-        NoTextTowerError: the backbone is image-only.
-        BackboneError / WeightsUnavailableError: a spec string that cannot be resolved or loaded.
-    """
-    texts = [str(t) for t in texts]
-    return _cached_text(backbone, {"texts": texts}, lambda bb: bb.encode_text(texts), store,
-                        meta={"n_texts": len(texts)})
-
-
-def _cached_text(backbone, key_extra: dict, compute, store: Store | None, meta: dict) -> np.ndarray:
-    """Store lookup (kind ``text``) → else compute (spec strings: :func:`~clipcal.backbones.load_text_encoder`,
-    released after)."""
-    from clipcal.backbones import Backbone, backbone_identity, load_text_encoder, no_text_tower, parse_spec
-
-    store = store if store is not None else Store()
-    owned = not isinstance(backbone, Backbone)
-    if owned:
-        ps = parse_spec(backbone)
-        spec = str(ps)
-        if not ps.has_text:
-            raise no_text_tower(spec)
-        ident = backbone_identity(spec, device="cpu", precision="fp32")
-    else:
-        if not backbone.has_text:
-            raise no_text_tower(backbone.spec)
-        ident, spec = backbone.identity(), backbone.spec
-    key_fields = {"backbone": ident, **key_extra}
-    entry = store.get("text", key_fields)
-    if entry is not None:
-        return np.array(entry.array("embeddings", mmap=False), dtype=np.float32)
-    bb = load_text_encoder(spec) if owned else backbone
-    try:
-        w = np.asarray(compute(bb), dtype=np.float32)
-    finally:
-        if owned:
-            bb.close()
-    store.put("text", key_fields, {"embeddings": w}, meta={"backbone_spec": spec, **meta})
-    return w
+# text-tower embeddings live in clipcal.text_embeddings; imported here, where callers have always found them
+from clipcal.text_embeddings import class_text_embeddings, text_embeddings  # noqa: E402,F401

@@ -28,6 +28,7 @@ bench_spec, current = state.bench_spec(), state.backbone_spec()
 # the form opens on the current backbone, also after a switch in the sidebar (new keys → new widgets)
 fk = functools.partial(state.choice_key, current=current)
 from clipcal.backbones import LITE0_DEFAULT_PX, BackboneSpec, model_settings, parse_spec, spec_forms  # noqa: E402
+from clipcal.backbones.devices import PRECISION_HELP, PRECISIONS  # noqa: E402
 from clipcal.embed import NothingEmbeddedError  # noqa: E402
 
 NOT_NAMED = "not named"
@@ -111,8 +112,7 @@ st.subheader(f"Embed {catalog.bench_label(bench_spec)} with {current}")
 a, b, d = st.columns(3)
 device = a.selectbox("Device", ["auto", "cpu", "cuda", "mps"], key="embed.device",
                      help="auto = the first GPU if there is one, else CPU")
-precision = b.selectbox("Precision", ["auto", "fp32", "fp16", "bf16"], key="embed.precision",
-                        help="auto = fp16 on GPU, fp32 on CPU; part of the store key")
+precision = b.selectbox("Precision", list(PRECISIONS), key="embed.precision", help=PRECISION_HELP)
 batch = d.number_input("Batch size", 1, 4096, 64, step=16, key="embed.batch")
 
 bench = None

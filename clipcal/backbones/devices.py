@@ -1,10 +1,24 @@
-"""Devices and precision: ``"auto"`` resolved once, checked, and recorded (``precision`` is part of the store key)."""
+"""Devices and precision: ``"auto"`` resolved once, checked, and recorded (``precision`` is part of the store key).
+
+Precisions: ``fp32`` is true fp32 everywhere — on CUDA with TF32 off for cuBLAS matmuls *and* cuDNN convolutions
+(:func:`fp32_math`; torch's default leaves cuDNN's TF32 on, so a CUDA "fp32" embedding differed from the CPU one
+by ~1e-3 while sharing its store key); ``tf32`` (CUDA only) is fp32 weights with TF32 tensor-core math, its own
+key; ``bf16`` / ``fp16`` are ``torch.autocast`` with fp32 weights. How an embedding was computed (device with its
+index, GPU name, torch / CUDA / cuDNN versions, TF32 and cuDNN flags) is recorded by :func:`compute_record`.
+"""
 
 from __future__ import annotations
 
+import contextlib
+
 from clipcal.errors import BackboneError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
+
+#: what each precision means, for ``--precision`` and the Embed page (each precision is its own store entry)
+PRECISION_HELP = ("auto = bf16 on a GPU with native bf16 (Ampere or later), fp16 on older GPUs, fp32 on the CPU; "
+                  "fp32 = true fp32 (TF32 off on GPUs, so the same embeddings as the CPU); tf32 = fp32 weights "
+                  "with TF32 tensor-core math (GPU only); bf16 / fp16 = autocast. Part of the store key.")
 
 
 def resolve_device(device: str | None = "auto") -> str:
@@ -76,4 +90,115 @@ def resolve_precision(precision: str | None, device: str) -> str:
         return "fp32"
     if p == "fp16" and device == "cpu":
         raise BackboneError("fp16 is not supported on the CPU", hint="use fp32 or bf16 on the CPU")
+    if p == "tf32" and not device.startswith("cuda"):
+        raise BackboneError(f"tf32 is a CUDA precision (tensor-core math); {device} has none",
+                            hint="use fp32 (or bf16) on this device")
     return p
+
+
+def concrete_device(device: str) -> str:
+    """The device with its index where it has one (``"cuda"`` → ``"cuda:0"``, the current device), for records."""
+    return f"cuda:{cuda_index(device)}" if str(device).startswith("cuda") else str(device)
+
+
+def _tf32_state() -> tuple[str, tuple]:
+    """Which TF32 switch this torch has, and its current values (to restore)."""
+    import torch
+
+    m, c = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(m, "fp32_precision") and hasattr(getattr(c, "conv", None), "fp32_precision"):  # torch ≥ 2.9
+        return "new", (m.fp32_precision, c.conv.fp32_precision)
+    return "legacy", (m.allow_tf32, c.allow_tf32)
+
+
+def _set_tf32(api: str, values: tuple) -> None:
+    import torch
+
+    m, c = torch.backends.cuda.matmul, torch.backends.cudnn
+    if api == "new":
+        m.fp32_precision, c.conv.fp32_precision = values
+    else:
+        m.allow_tf32, c.allow_tf32 = values
+
+
+def tf32_flags() -> dict:
+    """``{"matmul": bool, "cudnn": bool}``: whether fp32 cuBLAS matmuls / cuDNN convolutions may use TF32 now
+    (torch ≥ 2.9's ``fp32_precision``, falling back to the legacy ``allow_tf32`` flags where it says ``none``)."""
+    import torch
+
+    api, (mm, conv) = _tf32_state()
+    if api == "legacy":
+        return {"matmul": bool(mm), "cudnn": bool(conv)}
+    cudnn_all = getattr(torch.backends.cudnn, "fp32_precision", "none")
+    conv = conv if conv != "none" else cudnn_all
+    return {"matmul": mm == "tf32" if mm != "none" else bool(torch.backends.cuda.matmul.allow_tf32),
+            "cudnn": conv == "tf32" if conv != "none" else bool(torch.backends.cudnn.allow_tf32)}
+
+
+@contextlib.contextmanager
+def fp32_math(device: str, precision: str):
+    """Run the enclosed CUDA work with TF32 decided by ``precision``: on for ``tf32``, off otherwise (so ``fp32``
+    on CUDA is IEEE fp32 like the CPU, and autocast's remaining fp32 ops too); restored afterwards. The flags are
+    process-wide: another thread's CUDA work during the block runs with them. A no-op off CUDA."""
+    if not str(device).startswith("cuda"):
+        yield
+        return
+    api, before = _tf32_state()
+    want = precision == "tf32"
+    _set_tf32(api, ("tf32", "tf32") if api == "new" and want else ("ieee", "ieee") if api == "new" else (want, want))
+    try:
+        yield
+    finally:
+        _set_tf32(api, before)
+
+
+def compute_record(device: str, precision: str, memory_format: str = "contiguous") -> dict:
+    """How embeddings are computed, for the manifest (``meta["compute"]``); call it inside :func:`fp32_math`.
+
+    Returns:
+        ``{"device", "gpu", "capability", "torch", "cuda", "cudnn", "precision", "autocast", "memory_format",
+        "tf32_matmul", "tf32_cudnn", "cudnn_deterministic", "cudnn_benchmark", "cpu_bf16_native"}``; device with
+        its index (``cuda:0``); the CUDA fields say ``"n/a"`` off CUDA.
+    """
+    import torch
+
+    on_cuda = str(device).startswith("cuda")
+    rec = {"device": concrete_device(device), "gpu": "n/a", "capability": "n/a", "torch": torch.__version__,
+           "cuda": "n/a", "cudnn": "n/a", "precision": precision,
+           "autocast": {"bf16": "bfloat16", "fp16": "float16"}.get(precision), "memory_format": memory_format,
+           "tf32_matmul": "n/a", "tf32_cudnn": "n/a", "cudnn_deterministic": "n/a", "cudnn_benchmark": "n/a",
+           "cpu_bf16_native": cpu_bf16_native() if str(device) == "cpu" else "n/a"}
+    if on_cuda:
+        i = cuda_index(device)
+        flags = tf32_flags()
+        rec.update(gpu=torch.cuda.get_device_name(i), capability=".".join(map(str, torch.cuda.get_device_capability(i))),
+                   cuda=torch.version.cuda or "n/a", cudnn=str(torch.backends.cudnn.version() or "n/a"),
+                   tf32_matmul=flags["matmul"], tf32_cudnn=flags["cudnn"],
+                   cudnn_deterministic=bool(torch.backends.cudnn.deterministic),
+                   cudnn_benchmark=bool(torch.backends.cudnn.benchmark))
+    return rec
+
+
+def cpu_bf16_native() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX-BF16, as torch's CPU feature check reports);
+    elsewhere torch emulates bf16 on the CPU, slower than fp32."""
+    import torch
+
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+
+
+def compute_line(rec: dict | None) -> str:
+    """One line for pages and the CLI on how a stored embedding was computed (from :func:`compute_record`);
+    sets stored before it was recorded say so."""
+    if not rec:
+        return "Computed with: not recorded (stored by an older version)"
+    prec = rec.get("precision", "?")
+    how = {"fp32": "fp32", "tf32": "fp32 weights, TF32 math", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
+    text = f"Computed with: {how.get(prec, prec)} on {rec.get('device', '?')}"
+    if rec.get("gpu") not in (None, "n/a"):
+        text += f" ({rec['gpu']}; CUDA {rec.get('cuda')}, cuDNN {rec.get('cudnn')}; TF32 matmul " \
+                f"{'on' if rec.get('tf32_matmul') is True else 'off'}, conv {'on' if rec.get('tf32_cudnn') is True else 'off'})"
+    if rec.get("memory_format") == "channels_last":
+        text += ", channels-last"
+    return text + f"; torch {rec.get('torch', '?')}"

@@ -30,12 +30,11 @@ import gc
 import logging
 import pickle
 import warnings
-from contextlib import nullcontext
 from typing import Any, Callable
 
 import numpy as np
 
-from clipcal.backbones.devices import resolve_device, resolve_precision
+from clipcal.backbones.devices import compute_record, fp32_math, resolve_device, resolve_precision
 from clipcal.backbones.settings import ModelSettings, ModelSettingsWarning
 from clipcal.backbones.sources import Resolved, last_layer_info, resolve
 from clipcal.backbones.spec import LITE0_EMBED_DIM, RANDOM_SEED, BackboneSpec, _open_clip, parse_spec
@@ -62,7 +61,8 @@ class Backbone:
         spec: canonical spec string.
         parsed: the :class:`BackboneSpec`.
         device: ``"cpu"``, ``"cuda"``, … where the model lives.
-        precision: resolved ``fp32`` / ``bf16`` / ``fp16`` (autocast on CUDA, weights stay fp32).
+        precision: resolved ``fp32`` / ``tf32`` / ``bf16`` / ``fp16`` (autocast for the 16-bit ones, weights
+            stay fp32; on CUDA TF32 is on only for ``tf32``: :func:`clipcal.backbones.devices.fp32_math`).
         has_text: True when :meth:`encode_text` works.
         feature_dim: d, width of the pre-projection feature ``h``.
         embed_dim: e, width of the final embedding ``z``.
@@ -134,12 +134,19 @@ class Backbone:
         return self._preprocess
 
     def _autocast(self):
+        """Autocast for bf16 / fp16 (nothing for fp32 / tf32, whose TF32 switch is :func:`fp32_math`)."""
         import torch
 
-        if self.precision == "fp32":
-            return nullcontext()
+        if self.precision not in _DTYPES:
+            return contextlib.nullcontext()
         dev = "cuda" if self.device.startswith("cuda") else self.device
         return torch.autocast(device_type=dev, dtype=getattr(torch, _DTYPES[self.precision]))
+
+    def compute_record(self) -> dict:
+        """How this backbone computes (device with index, GPU, versions, precision, TF32 and cuDNN flags in force
+        during a forward): :func:`clipcal.backbones.devices.compute_record`, recorded with its embeddings."""
+        with fp32_math(self.device, self.precision):
+            return compute_record(self.device, self.precision)
 
     def encode_images(self, x) -> tuple["torch.Tensor", "torch.Tensor"]:  # noqa: F821
         """Encode a batch of preprocessed images.
@@ -154,7 +161,7 @@ class Backbone:
         import torch
         import torch.nn.functional as F
 
-        with torch.inference_mode():
+        with torch.inference_mode(), fp32_math(self.device, self.precision):  # TF32 as the precision says
             x = x.to(self.device, non_blocking=True)
             with self._autocast():
                 h = self._features(x)
@@ -189,7 +196,7 @@ class Backbone:
         import torch.nn.functional as F
 
         out = []
-        with torch.inference_mode():
+        with torch.inference_mode(), fp32_math(self.device, self.precision):
             for i in range(0, len(texts), batch_size):
                 tok = self._tokenizer(list(texts[i:i + batch_size])).to(self.device)
                 with self._autocast():
@@ -439,8 +446,9 @@ def load_backbone(spec: str | BackboneSpec, device: str = "auto", precision: str
     Args:
         spec: a spec string (module docstring) or :class:`BackboneSpec`.
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
-        precision: ``"auto"`` (bf16 on CUDA where supported, else fp16; fp32 on CPU), ``"fp32"``, ``"bf16"``,
-            ``"fp16"``. Mixed precision uses ``torch.autocast``; weights stay fp32.
+        precision: ``"auto"`` (:func:`~clipcal.backbones.devices.resolve_precision`), ``"fp32"`` (true fp32, TF32
+            off on CUDA), ``"tf32"`` (CUDA), ``"bf16"``, ``"fp16"``. Mixed precision uses ``torch.autocast``;
+            weights stay fp32.
 
     Returns:
         A :class:`Backbone` in eval mode on ``device``.

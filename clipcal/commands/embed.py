@@ -7,6 +7,7 @@ import sys
 import time
 import warnings
 
+from clipcal.backbones.devices import PRECISION_HELP, PRECISIONS
 from clipcal.backbones.spec import DEFAULT_SPEC
 from clipcal.commands._progress import CliProgress
 
@@ -51,8 +52,8 @@ def register(subparsers) -> None:
                    help=f"which model embeds the images (default: {DEFAULT_SPEC}; see below)")
     g.add_argument("--device", default="auto", metavar="DEV",
                    help="auto (GPU if available), cpu, cuda, cuda:1 … (default: auto)")
-    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto = bf16 on a GPU that supports it (else fp16), fp32 on the CPU")
+    g.add_argument("--precision", default="auto", choices=list(PRECISIONS),
+                   help=PRECISION_HELP)
     g.add_argument("--batch-size", type=_count(1), default=64, metavar="N",
                    help="images per forward pass (default 64; halved automatically if the GPU runs out of memory)")
     g.add_argument("--workers", type=_count(0), default=None, metavar="N",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from clipcal import views
+from clipcal.backbones.devices import compute_line
 
 
 def embedding_summary(emb) -> None:
@@ -19,8 +20,10 @@ def embedding_summary(emb) -> None:
     m[1].metric("feature dim d", emb.features.shape[1])
     m[2].metric("embedding dim e", emb.embeddings.shape[1])
     m[3].metric("text tower", "yes" if emb.has_text else "no")
-    settings = ((getattr(emb, "manifest", None) or {}).get("meta") or {}).get("model_settings")
+    meta = (getattr(emb, "manifest", None) or {}).get("meta") or {}
+    settings = meta.get("model_settings")
     st.caption(views.model_settings_line(settings))
+    st.caption(compute_line(meta.get("compute")))  # precision, device, GPU, TF32: part of what the set is
     if isinstance(settings, dict) and settings.get("warning"):  # embedded with guessed settings that matter
         st.warning(settings["warning"])
     last = getattr(emb, "last_layer", None) or {}  # where the last layer comes from (recorded with the set)

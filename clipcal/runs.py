@@ -4,8 +4,9 @@ A run is one call of :func:`run_calibration`: the same cached features go throug
 (registry :data:`clipcal.methods.METHODS`, CFR imported lazily), the metrics of every method on every split
 are computed (:mod:`clipcal.metrics`), and the whole outcome goes into the store (kind ``runs``):
 
-* key fields: benchmark fingerprint, embedding-set key, backbone spec, methods, resolved hyperparameters,
-  seed, format — so the same request finds the same entry;
+* key fields: benchmark fingerprint, embedding-set key, backbone spec, methods, resolved hyperparameters
+  (the device each method ran on, resolved: ``"cuda:0"`` / ``"cpu"``, never ``"auto"``), seed, format — so the
+  same request on the same device finds the same entry;
 * arrays per method ``<m>__probs`` [N, K] float32, ``<m>__pred`` [N] int64, ``<m>__embeddings_after``
   [N, e] float32 (when the method changes them), ``<m>__calibration_set`` int64 rows (when it has one),
   ``<m>__curves_csv`` ([1] str), and the fitted model (:class:`~clipcal.methods.fitted.FittedLastLayer`, when
@@ -13,7 +14,8 @@ are computed (:mod:`clipcal.metrics`), and the whole outcome goes into the store
   ``<m>__scale`` [1] float64 — so :meth:`Run.fitted` and :mod:`clipcal.export` rebuild it without refitting; shared ``sample_ids, split, y, a, group``; ``metrics_csv`` and
   ``group_tables_csv`` ([1] str arrays holding the CSV text);
 * meta (``manifest.json``): the reproducibility manifest — versions (python, numpy, torch, sklearn,
-  clipcal, open_clip when loaded), seed, full configuration (hyperparameters after defaults), benchmark
+  clipcal, open_clip when loaded), ``devices`` (requested / resolved per method; GPU name, CUDA / cuDNN versions,
+  TF32 and determinism flags per device used), seed, full configuration (hyperparameters after defaults), benchmark
   ``describe()``, backbone identity, each method's record, methods that were not applicable and why, the
   metric tables as JSON records, metric definitions, start / end timestamps (UTC ISO) and wall times.
 
@@ -196,6 +198,39 @@ def resolve_hparams(methods: list[str], hparams: dict | None, seed: int, selecti
     return out
 
 
+def resolve_devices(full: dict) -> dict:
+    """Replace each method's requested ``device`` in ``full`` (from :func:`resolve_hparams`) by the device it
+    will use — ``"auto"`` → ``"cuda:0"`` or ``"cpu"`` (:func:`clipcal.methods._train.resolved_device_name`) — so the
+    run key says where the numbers were computed (issue 15.5: a CPU and a GPU run of the same request differ in
+    the last bits and were stored under one key). Runs stored before keep their key and load as they are.
+
+    Returns:
+        ``{method: requested device}`` of the methods that have one.
+
+    Raises:
+        BackboneError: a device string this machine cannot use.
+    """
+    requested = {m: p["device"] for m, p in full.items() if isinstance(p.get("device"), str)}
+    if requested:
+        from clipcal.methods._train import resolved_device_name
+
+        for m, dev in requested.items():
+            full[m]["device"] = resolved_device_name(dev)
+    return requested
+
+
+def _device_meta(full: dict, requested: dict) -> dict:
+    """The run manifest's ``devices``: each method's requested and resolved device, and per resolved device
+    its GPU name, CUDA / cuDNN versions and numerics flags (:func:`clipcal.methods._train.device_manifest`)."""
+    if not requested:
+        return {}
+    from clipcal.methods._train import device_manifest
+
+    used = sorted({full[m]["device"] for m in requested})
+    return {"methods": {m: {"requested": requested[m], "resolved": full[m]["device"]} for m in requested},
+            "used": {d: device_manifest(d) for d in used}}
+
+
 def _method_progress(progress, i: int, n: int, label: str):
     if progress is None:
         return None
@@ -265,6 +300,7 @@ def run_calibration(benchmark, embedding_set, methods, hparams: dict | None = No
     methods = list(dict.fromkeys(methods))
     check_method_dependencies(methods)  # a missing package fails here, not after training (issue 10)
     full = resolve_hparams(methods, hparams, seed, selection)
+    requested_devices = resolve_devices(full)
     store.check_writable()  # a read-only store fails here, not after training (issue 10 item 8)
     started = datetime.now(timezone.utc)
     notes: list[str] = []
@@ -327,6 +363,7 @@ def run_calibration(benchmark, embedding_set, methods, hparams: dict | None = No
         "embeddings": {"key": str(embedding_set.key), "projection": data.projection, "has_text": data.has_text,
                        "feature_dim": data.feature_dim, "embed_dim": data.embed_dim, "n_rows": data.n},
         "versions": versions(),
+        "devices": _device_meta(full, requested_devices),
         "seed": int(seed),
         "started": started.isoformat(timespec="seconds"),
         "finished": finished.isoformat(timespec="seconds"),

@@ -97,6 +97,42 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(check_device(str(device) if device is not None else "auto"))
 
 
+def resolved_device_name(device: str | torch.device = "auto") -> str:
+    """The name of the device a method given ``device`` runs on, with its index: ``"auto"`` → ``"cuda:0"`` (the
+    current CUDA device) or ``"cpu"`` — what a run's key records (issue 15.5). Raises BackboneError like
+    :func:`resolve_device`."""
+    dev = resolve_device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return str(dev)
+
+
+def device_manifest(device: str | torch.device) -> dict:
+    """What a run on ``device`` should record beyond its name (issue 15.5): the GPU's name, the CUDA / cuDNN
+    versions and the numerics flags in effect — TF32 for fp32 matrix products and convolutions, deterministic
+    algorithms, cuDNN's deterministic / benchmark switches. Meta, not key: the resolved device name is the key.
+
+    Returns:
+        ``{"device", "type", "gpu_name", "cuda", "cudnn", "tf32_matmul", "tf32_cudnn",
+        "deterministic_algorithms", "cudnn_deterministic", "cudnn_benchmark", "float32_matmul_precision"}``
+        (GPU fields ``None`` on the CPU).
+    """
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    return {
+        "device": str(dev), "type": dev.type,
+        "gpu_name": torch.cuda.get_device_name(dev) if cuda else None,
+        "cuda": torch.version.cuda if cuda else None,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32) if cuda else None,
+        "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32) if cuda else None,
+        "deterministic_algorithms": bool(torch.are_deterministic_algorithms_enabled()),
+        "cudnn_deterministic": bool(torch.backends.cudnn.deterministic) if cuda else None,
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if cuda else None,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+    }
+
+
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A host tensor on ``device`` without making the host wait: pinned memory and a non-blocking copy on CUDA
     (a copy from pageable memory waits for the device's queue to drain); unchanged on the CPU."""

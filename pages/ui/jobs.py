@@ -3,7 +3,7 @@ panels — live progress with Cancel (polled every second in a fragment, so reru
 the worker), the error if one failed, live training curves of a calibration.
 
 The work itself is :mod:`clipcal.pipeline`; the workers here only add what the dashboard keeps (the shared
-model, the memo of loaded objects).
+model, leased for the job's length: :func:`pages.ui.resources.model_lease`; the memo of loaded objects).
 """
 
 from __future__ import annotations
@@ -65,9 +65,9 @@ def _embed_worker(bench_spec: dict, backbone: str, device: str = "auto", precisi
                   batch_size: int = 64, progress=None, cancel=None):
     if progress:
         progress(0, None, f"loading {backbone}")
-    model = resources.shared_backbone(backbone, device, precision)
-    emb = pipeline.embed(bench_spec, model, store=resources.get_store(), device=device, precision=precision,
-                         batch_size=batch_size, progress=progress, cancel=cancel)
+    with resources.model_lease(backbone, device, precision) as model:
+        emb = pipeline.embed(bench_spec, model, store=resources.get_store(), device=device, precision=precision,
+                             batch_size=batch_size, progress=progress, cancel=cancel)
     resources.forget("emb")
     return emb
 

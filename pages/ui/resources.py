@@ -1,9 +1,10 @@
 """Memoised, process-wide objects of the dashboard: the job manager, the store, loaded benchmarks, embedding
-sets, runs and the one loaded backbone model.
+sets, runs and the one loaded backbone model (:func:`model_slot`).
 
 They live in ``st.cache_resource`` (shared by sessions and worker threads, never pickled; big arrays stay
 memory-mapped from the store). A loader that finds nothing returns ``None`` and is not kept, so results appear
-as soon as a job stored them. Backbones (models) are held one at a time: choosing another releases the previous.
+as soon as a job stored them. Backbones (models) are held one at a time, through leases: choosing another
+releases the previous as soon as nobody uses it.
 Callers use the module's attributes (``resources.get_run(…)``), so tests can replace a loader.
 """
 
@@ -137,42 +138,29 @@ def method_classes() -> dict:
 
 
 @st.cache_resource(show_spinner=False)
-def _model_slot() -> tuple[dict, threading.Lock]:
-    """The one slot holding a loaded backbone, shared by sessions and worker threads."""
-    return {}, threading.Lock()
+def model_slot():
+    """The process's one :class:`clipcal.model_slot.ModelSlot`: the loaded backbone that sessions and worker
+    threads share, held through leases (a model is closed only when nobody uses it)."""
+    from clipcal.model_slot import ModelSlot
+
+    return ModelSlot()
 
 
-def shared_backbone(spec: str, device: str = "auto", precision: str = "auto"):
-    """The one loaded backbone model of this process (worker threads and pages share it).
+def model_lease(spec: str, device: str = "auto", precision: str = "auto"):
+    """``with resources.model_lease(spec) as model:`` — the shared model for (spec, device, precision), loaded if
+    the slot holds another (:meth:`ModelSlot.lease`: the model it replaces is closed now if unused, else when its
+    last user releases it, so GPU memory is not held by a model nobody uses; field-notes pitfall 8).
 
-    Asking for another spec / device / precision releases the previous model first with
-    :meth:`Backbone.close` (so GPU memory is not held by a model nobody uses; field-notes pitfall 8) —
-    unless an embedding job is still using it, then garbage collection frees it when the job ends.
+    Raises:
+        BackboneError / WeightsUnavailableError: as :func:`clipcal.backbones.load_backbone`.
     """
-    from clipcal.backbones import load_backbone
-
-    want = (spec, device, precision)
-    model, lock = _model_slot()
-    with lock:
-        if model.get("key") != want:
-            old = model.pop("model", None)
-            model.clear()
-            busy = any(j.key.startswith(("embed:", "demo-path:")) and j.thread is not threading.current_thread()
-                       for j in get_jobs().jobs(running_only=True))
-            if old is not None and hasattr(old, "close") and not busy:
-                old.close()  # frees its (GPU) memory before the next model loads; in use → gc frees it later
-            model["model"] = load_backbone(spec, device=device, precision=precision)
-            model["key"] = want
-        return model["model"]
+    return model_slot().lease(spec, device, precision)
 
 
-def loaded_backbone(spec: str):
-    """The shared model if this process already holds it for ``spec`` (any device / precision), else None;
-    never loads anything."""
-    model, lock = _model_slot()
-    with lock:
-        key = model.get("key")
-        return model.get("model") if key is not None and key[0] == spec else None
+def loaded_model(spec: str):
+    """``with resources.loaded_model(spec) as model:`` — the shared model if this process already holds it for
+    ``spec`` (any device / precision), leased so no job closes it meanwhile, else ``None``; never loads."""
+    return model_slot().peek(spec)
 
 
 def feature_data(bench, emb):

@@ -42,9 +42,9 @@ def concepts_section(run, bench, emb, method: str) -> None:
 
         # the store caches the concept embeddings; on a miss a text-only copy of the model is loaded and
         # released (keeping a whole CLIP for a few prompts cost +1.7 GB with ViT-L/14, bench/app_memory.py),
-        # unless this process already holds the model
-        return text_embeddings(resources.loaded_backbone(backbone) or backbone, concept_prompts(concepts),
-                               store=resources.get_store())
+        # unless this process already holds the model (leased: a finishing job cannot close it meanwhile)
+        with resources.loaded_model(backbone) as model:
+            return text_embeddings(model or backbone, concept_prompts(concepts), store=resources.get_store())
 
     with st.spinner("Embedding the concepts with the text tower…"):
         t = resources.memo(("concept_text", backbone, tuple(concepts)), text_emb)
@@ -180,10 +180,11 @@ def _cav_worker(run_id: str, bench_spec: dict, backbone: str, method: str, sourc
     bench = resources.load_bench(bench_spec)
     run = resources.get_run(run_id)
     fd = resources.run_feature_data(run, bench, backbone)
-    # the shared model if this process holds it; else embed_benchmark loads the spec for this call and frees it
-    model = resources.loaded_backbone(backbone) or backbone
-    return concept_report_job(fd, views.method_result(run, method), source, counter, backbone=model,
-                              store=resources.get_store(), n_random=n_random, progress=progress, cancel=cancel)
+    # the shared model if this process holds it, leased for the probe (a job finishing or switching the model
+    # meanwhile cannot close it: issue 15); else embed_benchmark loads the spec for this call and frees it
+    with resources.loaded_model(backbone) as model:
+        return concept_report_job(fd, views.method_result(run, method), source, counter, backbone=model or backbone,
+                                  store=resources.get_store(), n_random=n_random, progress=progress, cancel=cancel)
 
 
 def _cav_source(run, bench):

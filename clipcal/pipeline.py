@@ -140,24 +140,28 @@ def calibration_summary(run, methods: list[str]) -> str:
     return text
 
 
-def demo_path(bench_spec: dict, backbone: str, methods: list[str] | None = None, store=None, progress=None,
+def demo_path(bench_spec: dict, backbone, methods: list[str] | None = None, store=None, progress=None,
               cancel=None) -> str:
     """The one-click path: build / load the benchmark → embed (resumes from the store) → calibrate with every
     method that applies (:func:`~clipcal.methods.applicability.applicable_methods`) at its defaults.
+
+    Args:
+        bench_spec: benchmark spec dict (:mod:`clipcal.catalog`).
+        backbone: a spec string — loaded for the embedding only and closed right after (no model outlives the
+            call) — or a loaded :class:`~clipcal.backbones.Backbone` the caller owns (the dashboard passes its
+            shared model, leased for the job: no second copy on the device).
 
     Progress messages start with the stage (``"1/3 benchmark"``, ``"2/3 embedding"``, ``"3/3 calibrating"``).
 
     Returns:
         One line: ``"2400 images embedded, 6 methods calibrated (zeroshot, erm, …)"``.
     """
-    from clipcal.backbones import load_backbone
     from clipcal.embed import embed_benchmark
     from clipcal.methods.applicability import applicable_methods
     from clipcal.runs import run_calibration
 
     bench = load_bench(bench_spec, progress=staged(progress, "1/3 benchmark"))
-    emb = embed_benchmark(bench, load_backbone(backbone), store=store, progress=staged(progress, "2/3 embedding"),
-                          cancel=cancel)
+    emb = embed_benchmark(bench, backbone, store=store, progress=staged(progress, "2/3 embedding"), cancel=cancel)
     methods = methods or applicable_methods(bool(getattr(emb, "has_text", False)), bench.has_attributes)
     run_calibration(bench, emb, methods=methods, hparams={}, store=store,
                     progress=staged(progress, "3/3 calibrating"), cancel=cancel)

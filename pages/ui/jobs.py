@@ -42,7 +42,9 @@ def start_demo_build(options: dict):
 
 
 def _demo_worker(bench_spec: dict, backbone: str, progress=None, cancel=None) -> str:
-    summary = pipeline.demo_path(bench_spec, backbone, progress=progress, cancel=cancel)
+    # the shared model, leased for the job: no second copy on the device, and nobody closes it under the job
+    with resources.model_lease(backbone) as model:
+        summary = pipeline.demo_path(bench_spec, model, progress=progress, cancel=cancel)
     resources.forget("emb")
     resources.forget("run")
     return summary

@@ -28,8 +28,7 @@ Usage::
     python bench/gpu_check.py                       # on a CUDA machine: ≈ 2–4 minutes
     python bench/gpu_check.py --quick --json-out gpu_check.json
 
-On a lent GPU machine, carry the wheels that bench/gpu_validate.py's docstring names and run
-``HF_HUB_OFFLINE=1 python3 bench/gpu_check.py --json-out $OUT/gpu_check.json``.
+On a lent GPU machine, carry the wheels that bench/gpu_validate.py's docstring names (its command runs both).
 """
 
 from __future__ import annotations

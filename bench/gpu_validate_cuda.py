@@ -17,7 +17,7 @@ FP32_MIN_COS = 0.9999          # issue 15: CPU vs CUDA parity at fp32
 HALF_MIN_COS = 0.99            # … at bf16 / fp16
 FP32_MAX_REL_DIFF = 3e-4       # CUDA vs CPU fp32 features, max |Δ| / max |h|: TF32's 10-bit mantissa gives ~1e-3
 MAX_WORST_GROUP_GAP = 0.02     # CPU vs CUDA method results
-MAX_PEAK_COPIES = 2.0          # peak GPU memory of CFR in copies of the N × d float32 features ("one device copy")
+MAX_PEAK_OVER_ONE_COPY = 1.25  # CFR's peak GPU memory ÷ (one N × d copy of the features + one N × e output), float32
 MAX_SYNCS_PER_STEP = 1.0       # host syncs per CFR stage-2 step ("syncs out of the inner loop")
 PARITY_SPECS = {"tiny": "tiny:clip", "lite0": "bundled:efficientnet-lite0", "vit_b_32": "open_clip:ViT-B-32:random"}
 PARITY_PRECISIONS = ("fp32", "bf16", "fp16")
@@ -137,9 +137,10 @@ def methods_cpu_vs_cuda(ctx: Ctx) -> dict:
     data = generate(seed=0, **ctx.sizes["compare"]).data
     hp = {"erm": dict(epochs=20), "cfr": dict(epochs=10, erm_epochs=20)} if not ctx.quick else \
         {"erm": ctx.sizes["erm"], "cfr": ctx.sizes["cfr"]}
-    value, problems = {}, []
+    value, problems = {"dropout": 0.0}, []
     for m, kw in hp.items():
-        wg = {dev: _worst_group(make_method(m, seed=0, device=dev, **kw).fit(data).result_, data)
+        # no dropout: CPU and CUDA generators draw different masks, and this compares the arithmetic, not the RNGs
+        wg = {dev: _worst_group(make_method(m, seed=0, device=dev, dropout=0.0, **kw).fit(data).result_, data)
               for dev in ("cpu", ctx.device)}
         gap = abs(wg["cpu"] - wg[ctx.device])
         value[m] = {"test_worst_group": {k: round(v, 4) for k, v in wg.items()}, "gap": round(gap, 4)}
@@ -168,6 +169,7 @@ def cfr_scale_memory_syncs(ctx: Ctx) -> dict:
 
     data = _shaped(ctx.sizes["scale_rows"], ctx.sizes["scale_dims"])
     copy_gib = data.features.nbytes / 2**30
+    limit_gib = MAX_PEAK_OVER_ONE_COPY * (data.features.nbytes + data.n * data.embed_dim * 4) / 2**30
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -185,6 +187,7 @@ def cfr_scale_memory_syncs(ctx: Ctx) -> dict:
     rec = est.result_.record
     value = {"rows": data.n, "dims": [data.feature_dim, data.embed_dim], "features_copy_gib": round(copy_gib, 3),
              "peak_gib": round(peak_gib, 3), "peak_in_copies": round(peak_gib / copy_gib, 2),
+             "peak_limit_gib": round(limit_gib, 3),
              "steps_per_epoch": rec.get("steps_per_epoch"), "syncs_in_fit": sum(is_sync),
              "calibration_set": (rec.get("calibration_set") or {}).get("size"), "fallback": rec.get("fallback")}
     cfr_marks = [m for m in marks if "cfr" in str(m[0]).lower()]
@@ -201,9 +204,9 @@ def cfr_scale_memory_syncs(ctx: Ctx) -> dict:
         value["syncs_per_step"] = round(sum(is_sync[i0:i1]) / steps, 2)
         if value["syncs_per_step"] > MAX_SYNCS_PER_STEP:
             problems.append(f"{value['syncs_per_step']} host syncs per CFR step > {MAX_SYNCS_PER_STEP} (issue 15.7)")
-    if not value["peak_in_copies"] <= MAX_PEAK_COPIES:
-        problems.append(f"peak GPU memory {peak_gib:.2f} GiB = {value['peak_in_copies']} copies of the features "
-                        f"> {MAX_PEAK_COPIES} (issue 15.6, one device copy of the features)")
+    if not peak_gib <= limit_gib:
+        problems.append(f"peak GPU memory {peak_gib:.2f} GiB = {value['peak_in_copies']} copies of the features, over "
+                        f"{limit_gib:.2f} GiB (one copy + one N × e output, +25 %): issue 15.6, one device copy")
     if problems:
         raise Fail("; ".join(problems), value)
     return value

@@ -214,3 +214,38 @@ def test_gpu_check_row_error_gives_exit_1(monkeypatch, tmp_path, capsys):
     assert rows["embed_cpu_code_path"]["status"] == "error" and "NoSuchArch" in rows["embed_cpu_code_path"]["reason"]
     assert rows["cfr_cpu_code_path"] == {"row": "cfr_cpu_code_path", "status": "measured",
                                          "figures": {"stub": True}, "seconds": rows["cfr_cpu_code_path"]["seconds"]}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the checks catch the faults they look for (the issue-15 faults put back on the CPU)
+# ---------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def cpu_ctx(monkeypatch, tmp_path):
+    gv = _load("gpu_validate")
+    monkeypatch.setenv("CLIPCAL_CACHE", str(tmp_path / "cache"))
+    ctx = gv.Ctx(quick=True, sizes=gv.SIZES["quick"], device="cpu", cuda=False, cuda_reason="no CUDA", tmp=tmp_path)
+    yield gv, ctx
+    for spec in {k[1] for k in ctx.cache if isinstance(k, tuple) and k[0] == "backbone"}:
+        gv._release(ctx, spec)
+
+
+def test_seed_check_fails_when_dropout_ignores_the_seed(cpu_ctx, monkeypatch):
+    from clipcal.methods import _train
+
+    gv, ctx = cpu_ctx
+    # issue 15.1 as it was on a GPU: the seeded generator judged to be on another device, replaced by a seed-0 one
+    monkeypatch.setattr(_train, "same_device", lambda a, b: False)
+    line = gv.run_check("seeds_reach_generators", gv.seeds_reach_generators, ctx)
+    assert line["status"] == "FAIL" and "generators seeded [0]" in line["reason"], line
+    assert "issue 15.1" in line["reason"]
+
+
+def test_payload_check_fails_when_workers_get_the_model(cpu_ctx, monkeypatch):
+    from clipcal.backbones import Backbone
+
+    gv, ctx = cpu_ctx
+    # issue 15.4 as it was: the dataset held the bound method, which pickles the Backbone and its model
+    monkeypatch.setattr(Backbone, "transform", property(lambda self: self.preprocess))
+    line = gv.run_check("worker_payload_small", gv.worker_payload_small, ctx)
+    assert line["status"] == "FAIL" and "issue 15.4" in line["reason"], line
+    assert line["value"]["payload"][0] > 20 * 2**20  # tiny:clip's ~30 MiB

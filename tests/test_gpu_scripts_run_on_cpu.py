@@ -18,8 +18,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
-CPU_CHECKS = ("device_validation", "seeds_reach_generators", "same_seed_runs_equal", "embed_workers_bit_equal",
-              "embed_spawn_workers_bit_equal", "embed_cancel_resume_bit_equal")
+CPU_CHECKS = ("device_validation", "seeds_reach_generators", "same_seed_runs_equal", "run_key_resolved_device",
+              "embed_workers_bit_equal", "embed_spawn_workers_bit_equal", "worker_payload_small",
+              "embed_cancel_resume_bit_equal")
 GPU_CHECKS = ("embed_parity_tiny", "embed_parity_lite0", "embed_parity_vit_b_32", "cuda_fp32_true_or_keyed_apart",
               "oom_halves_batch", "methods_cpu_vs_cuda", "cfr_scale_memory_syncs")
 GPU_ROWS = ("embed_vit_b_32_bf16", "embed_vit_l_14_bf16", "cfr_waterbirds_shaped")

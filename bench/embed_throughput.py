@@ -9,13 +9,22 @@ What is measured (images per second, one run each, wall clock):
 * **naive loop** — per image: ``load_image`` + ``preprocess`` + ``encode_images(x[None])`` (what the popular
   one-image-at-a-time scripts do; field-notes.md pitfall 7), on the first ``--naive-n`` images.
 
+Each **variant** (``--variants``) is one precision and memory layout: ``fp32`` / ``bf16`` in the contiguous
+layout (clipcal before issue 13) and ``fp32-cl`` / ``bf16-cl`` in channels-last (what clipcal uses for
+convolutional towers; ViTs ignore the suffix). The summary gives each variant's pipeline rate over the contiguous
+fp32 pipeline (issue 13's "today") and over its own raw forward.
+
 Goals (issue 2): pipeline ≥ 0.8 × raw forward and ≥ 5 × naive, with Lite0 at 160 px on the 2-core CPU.
+Goal (issue 13): with channels-last + bf16 on a CPU with native bf16, pipeline ≥ 3 × the contiguous fp32
+pipeline, still ≥ 0.8 × the raw forward of the same precision. On a CPU without native bf16 (torch's
+``avx512_bf16`` / ``amx_bf16`` capabilities false) bf16 is emulated: expect it slower than fp32.
 With ``--device cuda`` it also measures random-weight ViT-B-32 and ViT-L-14 at bf16.
 
 Usage::
 
     python bench/embed_throughput.py                       # demo (built if needed), 800 images, Lite0, CPU
     python bench/embed_throughput.py --n 400 --workers 0,1,2
+    python bench/embed_throughput.py --variants fp32,fp32-cl,bf16,bf16-cl --naive-n 0   # issue 13's table
     python bench/embed_throughput.py --device cuda --batch-size 256 --json out.json
 """
 
@@ -49,8 +58,9 @@ def _sync(device: str) -> None:
 
 
 def measure(bench, spec: str, device: str, precision: str, batch_size: int, workers: list[int | None],
-            naive_n: int) -> dict:
-    """Measure one backbone; returns a dict of figures (see module docstring)."""
+            naive_n: int, channels_last: bool = True) -> dict:
+    """Measure one backbone; returns a dict of figures (see module docstring). ``channels_last=False`` puts a
+    convolutional tower back in the contiguous layout (clipcal before issue 13)."""
     import torch
 
     from clipcal.backbones import load_backbone
@@ -59,10 +69,13 @@ def measure(bench, spec: str, device: str, precision: str, batch_size: int, work
     from clipcal.store import Store
 
     bb = load_backbone(spec, device=device, precision=precision)
+    if not channels_last and bb.memory_format == "channels_last":
+        bb.model.to(memory_format=torch.contiguous_format)
+        bb.memory_format = "contiguous"
     paths = [bench.image_path(p) for p in bench.table["path"]]
     n = len(paths)
-    out = {"spec": bb.spec, "device": bb.device, "precision": bb.precision, "n_images": n,
-           "batch_size": batch_size, "torch_threads": torch.get_num_threads()}
+    out = {"spec": bb.spec, "device": bb.device, "precision": bb.precision, "memory_format": bb.memory_format,
+           "n_images": n, "batch_size": batch_size, "torch_threads": torch.get_num_threads()}
 
     # raw forward on pre-decoded, preprocessed images
     t = time.perf_counter()
@@ -108,6 +121,22 @@ def measure(bench, spec: str, device: str, precision: str, batch_size: int, work
     return out
 
 
+def _variant_summary(results: list[dict]) -> None:
+    """Each variant's best pipeline rate over the contiguous fp32 pipeline of the same backbone (issue 13's
+    "today"), and over its own raw forward."""
+    base = {r["spec"]: max(p["img_s"] for p in r["pipeline"]) for r in results
+            if r["precision"] == "fp32" and r["memory_format"] == "contiguous"}
+    if not base or len(results) < 2:
+        return
+    print(f"  {'backbone':32} {'variant':22} {'raw img/s':>9} {'pipeline':>9} {'÷ raw':>6} {'÷ fp32 contiguous':>18}")
+    for r in results:
+        if r["spec"] not in base:
+            continue
+        best = max(p["img_s"] for p in r["pipeline"])
+        print(f"  {r['spec']:32} {r['precision'] + ', ' + r['memory_format']:22} {r['raw_forward_img_s']:9.1f} "
+              f"{best:9.1f} {best / r['raw_forward_img_s']:6.2f} {best / base[r['spec']]:18.2f}")
+
+
 def _synthetic(n: int, folder: Path):
     """n random 224 × 224 JPEGs (quality 90) in ``folder`` as a 2-class benchmark."""
     import numpy as np
@@ -130,7 +159,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbone", default="bundled:efficientnet-lite0")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--precision", default="auto", help="precision when --variants is not given")
+    ap.add_argument("--variants", default=None,
+                    help="comma list of fp32, fp32-cl, bf16, bf16-cl (precision, -cl = channels-last); default: "
+                    "--precision in clipcal's own layout")
     ap.add_argument("--n", type=int, default=800, help="images from the demo benchmark (default 800)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", default="default",
@@ -161,15 +193,21 @@ def main(argv=None) -> int:
     load1, load5, _ = os.getloadavg()
     report = {"cpu_count": os.cpu_count(), "loadavg_1m_at_start": round(load1, 2),
               "loadavg_5m_at_start": round(load5, 2), "results": []}
-    specs = [(args.backbone, args.precision)]
+    import clipcal.backbones.devices as devices
+
+    report["cpu_bf16_native"] = devices.cpu_bf16_native()
+    if args.variants:
+        specs = [(args.backbone, v.split("-")[0], v.endswith("-cl")) for v in args.variants.split(",")]
+    else:
+        specs = [(args.backbone, args.precision, True)]
     if args.device.startswith("cuda"):
-        specs += [("open_clip:ViT-B-32:random", "bf16"), ("open_clip:ViT-L-14:random", "bf16")]
-    for spec, prec in specs:
-        r = measure(bench, spec, args.device, prec, args.batch_size, workers, args.naive_n)
+        specs += [("open_clip:ViT-B-32:random", "bf16", True), ("open_clip:ViT-L-14:random", "bf16", True)]
+    for spec, prec, cl in specs:
+        r = measure(bench, spec, args.device, prec, args.batch_size, workers, args.naive_n, channels_last=cl)
         report["results"].append(r)
         best = max(r["pipeline"], key=lambda p: p["img_s"])
-        print(f"{r['spec']} on {r['device']} ({r['precision']}), {r['n_images']} images, batch {r['batch_size']}, "
-              f"{r['torch_threads']} torch threads")
+        print(f"{r['spec']} on {r['device']} ({r['precision']}, {r['memory_format']}), {r['n_images']} images, "
+              f"batch {r['batch_size']}, {r['torch_threads']} torch threads")
         print(f"  raw forward (pre-decoded): {r['raw_forward_img_s']:8.1f} img/s")
         for p in r["pipeline"]:
             print(f"  pipeline, {p['workers']} worker(s){' (default)' if p['default'] else ''}: "
@@ -181,6 +219,7 @@ def main(argv=None) -> int:
               f"{r['peak_rss']['children_mb']} MB")
         print(f"  goals: pipeline ≥ 0.8 × raw: {'met' if best['ratio_to_raw'] >= 0.8 else 'MISSED'}; "
               f"≥ 5 × naive: {'met' if r.get('pipeline_over_naive', 0) >= 5 else 'MISSED'}")
+    _variant_summary(report["results"])
     l1, l5, _ = os.getloadavg()
     report["loadavg_1m_at_end"] = round(l1, 2)
     print(f"load average (1 min) at start {load1:.2f}, at end {l1:.2f}, on {os.cpu_count()} cores")

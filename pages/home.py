@@ -48,7 +48,9 @@ def _done(job) -> None:
     story_ui.demo_story(bench, spec, job)  # what happened, in numbers (issue 12.5)
 
 
-jobs.job_status(demo_key, show_done=_done)
+job = jobs.job_status(demo_key, show_done=_done, watch_runs=True)
+if job is not None and job.is_running:  # the fast methods' run is stored first: show it while the rest trains
+    story_ui.demo_story(bench, spec, job)
 cols = st.columns(6)
 for col, (page, label, icon) in zip(cols, [
     ("data", "Data", "🗂️"), ("embed", "Embed", "🧮"), ("calibrate", "Calibrate", "🎯"),

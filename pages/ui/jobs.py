@@ -8,6 +8,8 @@ model, leased for the job's length: :func:`pages.ui.resources.model_lease`; the 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from typing import Any, Callable
 
 import streamlit as st
@@ -42,8 +44,10 @@ def start_demo_build(options: dict):
 
 
 def _demo_worker(bench_spec: dict, backbone: str, progress=None, cancel=None) -> str:
-    # the shared model, leased for the job: no second copy on the device, and nobody closes it under the job
-    with resources.model_lease(backbone) as model:
+    # the shared model, leased for the job (no second copy on the device, nobody closes it under the job) and
+    # loaded while the benchmark builds; the pool's exit waits for the load, then the stack releases the lease
+    with ExitStack() as stack, ThreadPoolExecutor(1, thread_name_prefix="clipcal-load") as pool:
+        model = pool.submit(stack.enter_context, resources.model_lease(backbone))
         summary = pipeline.demo_path(bench_spec, model, progress=progress, cancel=cancel)
     resources.forget("emb")
     resources.forget("run")
@@ -182,7 +186,7 @@ def live_curves_figure(job, cache, key: str):
 
 
 @st.fragment(run_every=1.0)
-def _job_fragment(key: str, live: str | None = None) -> None:
+def _job_fragment(key: str, live: str | None = None, watch_runs: bool = False) -> None:
     job = resources.get_jobs().get(key)
     if job is None:
         return
@@ -192,12 +196,18 @@ def _job_fragment(key: str, live: str | None = None) -> None:
             fig = live_curves_figure(job, st.session_state, f"_live.{key}")
             if fig is not None:  # drawn on every run: a fragment drops what it does not draw again
                 st.plotly_chart(fig, key=f"live.{key}")
+        if watch_runs:  # a run stored while the job goes on (the demo path's first results): show it now
+            stamp, seen = resources.store_stamp("runs"), st.session_state.get(f"_runs.{key}")
+            st.session_state[f"_runs.{key}"] = stamp
+            if seen is not None and seen != stamp:
+                st.rerun(scope="app")
     else:  # finished while we polled: rerun the whole page once so it shows the result
         st.session_state.pop(f"_live.{key}", None)
         st.rerun(scope="app")
 
 
-def job_status(key: str, show_done: Callable | None = None, live: str | None = None) -> Any:
+def job_status(key: str, show_done: Callable | None = None, live: str | None = None,
+               watch_runs: bool = False) -> Any:
     """Show the job under ``key``: live progress + Cancel while running, the error if it failed, a note if
     cancelled.
 
@@ -205,6 +215,8 @@ def job_status(key: str, show_done: Callable | None = None, live: str | None = N
         key: job key (:mod:`clipcal.pipeline` builds them).
         show_done: called with the job when it finished successfully (e.g. a summary).
         live: ``"curves"`` to draw the training metrics reported so far under the progress bar.
+        watch_runs: rerun the whole page when a run is stored while the job runs (one ``stat`` per poll), so
+            the page can show results the job stored on its way (the demo path's first run).
 
     Returns:
         The job (or ``None`` if there is none).
@@ -213,7 +225,7 @@ def job_status(key: str, show_done: Callable | None = None, live: str | None = N
     if job is None:
         return None
     if job.is_running:
-        _job_fragment(key, live)
+        _job_fragment(key, live, watch_runs)
     elif job.status == "failed":
         show_job_error(job)
     elif job.status == "cancelled":

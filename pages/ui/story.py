@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from clipcal import pipeline, story, views
+from clipcal import catalog, pipeline, story, views
 from pages.ui import resources, state, widgets
 
 
@@ -44,20 +44,41 @@ def story_block(bench, run, method: str | None = None, key: str = "story") -> No
         st.caption(line)
 
 
+def _job_runs(runs: list[dict], job) -> list[dict]:
+    """The runs (newest first) stored since ``job`` started (a run's ``created`` is ISO time, to the second)."""
+    from datetime import datetime
+
+    def stamp(created) -> float:
+        try:
+            return datetime.fromisoformat(str(created).replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return float("-inf")
+
+    return [r for r in runs if stamp(r["created"]) >= int(job.started or 0)]
+
+
 def demo_story(bench_spec: dict, spec: str, job) -> None:
-    """Home, once the demo path is done: the story of its run (the newest of this benchmark and backbone), which
-    becomes the run the result pages show — only in the session that started the job (the job manager is shared
-    by every session of the server: another user's finished demo must not replace this user's choice) and once
-    per job, so a later choice in the sidebar stands."""
+    """Home, once the demo path stored a run: the story of its newest run (of this benchmark and backbone) — while
+    the job still runs, the story of its first results (the fast methods, :data:`clipcal.pipeline.FIRST_METHODS`),
+    said to be partial. Each new run of the job becomes the run the result pages show — only in the session that
+    started the job (the job manager is shared by every session of the server: another user's demo must not
+    replace this user's choice) and once per run, so a later choice in the sidebar stands."""
     with widgets.guarded("telling what happened"):
         bench = resources.load_bench(bench_spec)
         runs = resources.runs_for(bench, spec) if bench is not None else []
+        if job.is_running:
+            runs = _job_runs(runs, job)
         if not runs:
             return
         seen = st.session_state.setdefault("story.seen_jobs", set())
-        if id(job) not in seen:
-            seen.add(id(job))
+        if (id(job), runs[0]["id"]) not in seen:
+            seen.add((id(job), runs[0]["id"]))
             if st.session_state.get(state.K_DEMO_JOB) == pipeline.demo_job_key(bench_spec, spec):
                 st.session_state[state.K_RUN] = runs[0]["id"]
-        st.subheader("What happened")
+        if job.is_running:
+            st.subheader("First results")
+            st.caption(f"{', '.join(catalog.method_short(m) for m in runs[0]['methods'])} done; the other "
+                       "methods are still training — this becomes the full comparison when they finish.")
+        else:
+            st.subheader("What happened")
         story_block(bench, resources.get_run(runs[0]["id"]), key="home.story")

@@ -199,8 +199,8 @@ def resolve_hparams(methods: list[str], hparams: dict | None, seed: int, selecti
 
 
 def resolve_devices(full: dict) -> dict:
-    """Replace each method's requested ``device`` in ``full`` (from :func:`resolve_hparams`) by the device it
-    will use — ``"auto"`` → ``"cuda:0"`` or ``"cpu"`` (:func:`clipcal.methods._train.resolved_device_name`) — so the
+    """Replace each method's requested ``device`` (and ``precision``: ``"auto"`` → ``"fp32"`` / ``"bf16"``) in
+    ``full`` (from :func:`resolve_hparams`) by the device (precision) it will use — ``"auto"`` → ``"cuda:0"`` or ``"cpu"`` (:func:`clipcal.methods._train.resolved_device_name`) — so the
     run key says where the numbers were computed (issue 15.5: a CPU and a GPU run of the same request differ in
     the last bits and were stored under one key). Runs stored before keep their key and load as they are.
 
@@ -212,10 +212,12 @@ def resolve_devices(full: dict) -> dict:
     """
     requested = {m: p["device"] for m, p in full.items() if isinstance(p.get("device"), str)}
     if requested:
-        from clipcal.methods._train import resolved_device_name
+        from clipcal.methods._train import resolve_calibration_precision, resolved_device_name
 
         for m, dev in requested.items():
             full[m]["device"] = resolved_device_name(dev)
+            if isinstance(full[m].get("precision"), str):  # "auto" → what ran: a bf16 run is another result
+                full[m]["precision"] = resolve_calibration_precision(full[m]["precision"], full[m]["device"])
     return requested
 
 
@@ -226,9 +228,10 @@ def _device_meta(full: dict, requested: dict) -> dict:
         return {}
     from clipcal.methods._train import device_manifest
 
-    used = sorted({full[m]["device"] for m in requested})
-    return {"methods": {m: {"requested": requested[m], "resolved": full[m]["device"]} for m in requested},
-            "used": {d: device_manifest(d) for d in used}}
+    used = sorted({(full[m]["device"], full[m].get("precision", "fp32")) for m in requested})
+    return {"methods": {m: {"requested": requested[m], "resolved": full[m]["device"],
+                            "precision": full[m].get("precision", "fp32")} for m in requested},
+            "used": {f"{d} {p}": device_manifest(d, p) for d, p in used}}
 
 
 def _method_progress(progress, i: int, n: int, label: str):
@@ -522,7 +525,8 @@ def latest_run(store=None, benchmark=None, backbone: str | None = None) -> Run |
 
 def _changed_hparams(hparams: dict) -> str:
     """``"cfr.lr=0.001, cfr.calibration_errors=cross-fit"``: values that differ from each method's defaults
-    (seed, selection and device are shown elsewhere)."""
+    (seed, selection and device are shown elsewhere; a precision equal to what ``"auto"`` resolves to is not a
+    change)."""
     from clipcal.methods import get_method
 
     out = []
@@ -535,6 +539,10 @@ def _changed_hparams(hparams: dict) -> str:
             if k in ("seed", "selection", "device") or k not in defaults:
                 continue
             d = defaults[k]
+            if k == "precision":  # keys hold the resolved precision ("auto" → "fp32")
+                from clipcal.methods._train import resolve_calibration_precision
+
+                d = resolve_calibration_precision(d, "cpu")
             same = (list(v) == list(d)) if isinstance(v, (list, tuple)) and isinstance(d, (list, tuple)) else v == d
             if not same:
                 out.append(f"{m}.{k}={v}")

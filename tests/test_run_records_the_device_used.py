@@ -19,21 +19,24 @@ def _pretend_gpu(monkeypatch, name="NVIDIA Pretend 80GB"):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: name)
     monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 90100)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (9, 0))
 
 
 def test_auto_resolves_to_the_indexed_gpu_and_the_manifest_names_it(monkeypatch):
     _pretend_gpu(monkeypatch)
-    full = {"erm": {"device": "auto", "lr": 0.01}, "cfr": {"device": "cuda"}, "dfr": {"C": 1.0}}
+    full = {"erm": {"device": "auto", "lr": 0.01, "precision": "auto"}, "cfr": {"device": "cuda", "precision": "bf16"},
+            "dfr": {"C": 1.0}}
     requested = runs.resolve_devices(full)
     assert requested == {"erm": "auto", "cfr": "cuda"}
     assert full["erm"]["device"] == full["cfr"]["device"] == "cuda:0"
+    assert (full["erm"]["precision"], full["cfr"]["precision"]) == ("fp32", "bf16")   # part of the key
     assert "device" not in full["dfr"]
     meta = runs._device_meta(full, requested)
-    assert meta["methods"]["erm"] == {"requested": "auto", "resolved": "cuda:0"}
-    gpu = meta["used"]["cuda:0"]
-    assert gpu["gpu_name"] == "NVIDIA Pretend 80GB" and gpu["cudnn"] == 90100
-    assert gpu["tf32_matmul"] is bool(torch.backends.cuda.matmul.allow_tf32)
-    assert set(gpu) >= {"deterministic_algorithms", "cudnn_deterministic", "float32_matmul_precision"}
+    assert meta["methods"]["erm"] == {"requested": "auto", "resolved": "cuda:0", "precision": "fp32"}
+    gpu = meta["used"]["cuda:0 bf16"]
+    assert gpu["gpu"] == "NVIDIA Pretend 80GB" and gpu["cudnn"] == "90100" and gpu["device"] == "cuda:0"
+    assert gpu["precision"] == "bf16" and isinstance(gpu["tf32_matmul"], bool)
+    assert set(gpu) >= {"deterministic_algorithms", "cudnn_deterministic", "capability"}
 
 
 def test_a_stored_run_keys_the_resolved_device_and_old_auto_runs_still_load(tmp_path):
@@ -43,8 +46,9 @@ def test_a_stored_run_keys_the_resolved_device_and_old_auto_runs_still_load(tmp_
                                hparams={"erm": {"epochs": 1}})
     kf = run.manifest["key_fields"]
     assert kf["hparams"]["erm"]["device"] == "cpu"            # was "auto"
-    assert run.manifest["meta"]["devices"]["methods"]["erm"] == {"requested": "auto", "resolved": "cpu"}
-    assert run.manifest["meta"]["devices"]["used"]["cpu"]["gpu_name"] is None
+    assert run.manifest["meta"]["devices"]["methods"]["erm"] == {"requested": "auto", "resolved": "cpu",
+                                                                 "precision": "fp32"}
+    assert run.manifest["meta"]["devices"]["used"]["cpu fp32"]["gpu"] == "n/a"
     # a run stored before (its key says "auto") is still found and read
     old_fields = {**kf, "hparams": {"erm": {**kf["hparams"]["erm"], "device": "auto"}}}
     arrays = {n: store.get(runs.KIND, kf).array(n, mmap=False) for n in store.get(runs.KIND, kf).names}

@@ -46,6 +46,10 @@ from torch import nn
 from clipcal.errors import MethodError
 from clipcal.methods.base import (OOM_HINT, DeviceOutOfMemoryError, FeatureData, NonFiniteError, Progress,
                                   ProgressFn, check_cancel, empty_curves, is_out_of_memory, report)
+# device and precision helpers live next door (one concern); re-exported for the methods that import them from here
+from clipcal.methods._device import (CALIBRATION_PRECISIONS, PRECISION_HELP, bf16_native,  # noqa: F401
+                                     device_manifest, resolve_calibration_precision, resolved_device_name,
+                                     to_device)
 from clipcal.methods.fitted import FittedLastLayer
 from clipcal.methods.params import Boolean, InstanceOf, Integral, Interval, Real, StrOptions
 
@@ -95,50 +99,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     from clipcal.backbones.devices import resolve_device as check_device
 
     return torch.device(check_device(str(device) if device is not None else "auto"))
-
-
-def resolved_device_name(device: str | torch.device = "auto") -> str:
-    """The name of the device a method given ``device`` runs on, with its index: ``"auto"`` → ``"cuda:0"`` (the
-    current CUDA device) or ``"cpu"`` — what a run's key records (issue 15.5). Raises BackboneError like
-    :func:`resolve_device`."""
-    dev = resolve_device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    return str(dev)
-
-
-def device_manifest(device: str | torch.device) -> dict:
-    """What a run on ``device`` should record beyond its name (issue 15.5): the GPU's name, the CUDA / cuDNN
-    versions and the numerics flags in effect — TF32 for fp32 matrix products and convolutions, deterministic
-    algorithms, cuDNN's deterministic / benchmark switches. Meta, not key: the resolved device name is the key.
-
-    Returns:
-        ``{"device", "type", "gpu_name", "cuda", "cudnn", "tf32_matmul", "tf32_cudnn",
-        "deterministic_algorithms", "cudnn_deterministic", "cudnn_benchmark", "float32_matmul_precision"}``
-        (GPU fields ``None`` on the CPU).
-    """
-    dev = torch.device(device)
-    cuda = dev.type == "cuda"
-    return {
-        "device": str(dev), "type": dev.type,
-        "gpu_name": torch.cuda.get_device_name(dev) if cuda else None,
-        "cuda": torch.version.cuda if cuda else None,
-        "cudnn": torch.backends.cudnn.version() if cuda else None,
-        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32) if cuda else None,
-        "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32) if cuda else None,
-        "deterministic_algorithms": bool(torch.are_deterministic_algorithms_enabled()),
-        "cudnn_deterministic": bool(torch.backends.cudnn.deterministic) if cuda else None,
-        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if cuda else None,
-        "float32_matmul_precision": torch.get_float32_matmul_precision(),
-    }
-
-
-def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on ``device`` without making the host wait: pinned memory and a non-blocking copy on CUDA
-    (a copy from pageable memory waits for the device's queue to drain); unchanged on the CPU."""
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
@@ -245,6 +205,7 @@ class LastLayer(nn.Module):
                                       requires_grad=learn_scale)
         self.dropout = float(dropout)
         self.generator: torch.Generator | None = None
+        self.bf16 = False  # training-mode projections in bf16 (autocast); set by the trainer
 
     @property
     def scale(self) -> float:
@@ -252,7 +213,15 @@ class LastLayer(nn.Module):
         return float(self.log_scale.detach().exp())
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
-        """[B, d] features → [B, e] unit embeddings ``normalize(h W)`` (no dropout)."""
+        """[B, d] features → [B, e] unit embeddings ``normalize(h W)`` (no dropout), float32.
+
+        With :attr:`bf16` set and in training mode the product ``h W`` runs in bf16 (``torch.autocast``; W stays
+        the fp32 master copy and its gradient is accumulated in fp32); normalisation, losses and every evaluation
+        (selection, stored results) stay fp32."""
+        if self.bf16 and self.training:
+            with torch.autocast(device_type=h.device.type, dtype=torch.bfloat16):
+                z = h @ self.weight
+            return F.normalize(z.float(), dim=-1)
         return F.normalize(h @ self.weight, dim=-1)
 
     def feature_dropout(self, z: torch.Tensor) -> torch.Tensor:
@@ -687,7 +656,8 @@ def train_last_layer(data: FeatureData, *, train_idx: np.ndarray | None = None,
                      momentum: float = ERM_DEFAULTS["momentum"], batch_size: int = ERM_DEFAULTS["batch_size"],
                      scale: float = DEFAULT_SCALE, learn_scale: bool = False,
                      dropout: float = ERM_DEFAULTS["dropout"], selection: str = "worst-class", seed: int = 0,
-                     device: str = "auto", train_weight: bool = True, train_head: bool = True,
+                     device: str = "auto", precision: str = "fp32", train_weight: bool = True,
+                     train_head: bool = True,
                      curve_splits: tuple[str, ...] = ("val",), progress: ProgressFn | None = None,
                      cancel=None, select: bool = True) -> TrainedLastLayer:
     """Train W and T with (weighted) cross-entropy, selecting the epoch by the validation score.
@@ -707,6 +677,8 @@ def train_last_layer(data: FeatureData, *, train_idx: np.ndarray | None = None,
         selection: ``"worst-class"`` or ``"worst-group"``.
         seed: seeds the batch order (CPU generator) and dropout (device generator).
         device: ``"auto"`` / ``"cpu"`` / ``"cuda"``.
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (:func:`resolve_calibration_precision`): the training
+            projections' matrix products.
         train_weight / train_head: which of W, T learn.
         curve_splits: splits evaluated for the curves each epoch.
         select: keep the best validation epoch (default) or, if False, the last epoch.
@@ -742,6 +714,7 @@ def train_last_layer(data: FeatureData, *, train_idx: np.ndarray | None = None,
     init_info = {"weight": wsrc, "head": hsrc}
     model = LastLayer(W0, T0, scale=scale, learn_scale=learn_scale, dropout=dropout, train_weight=train_weight,
                       train_head=train_head).to(dev)
+    model.bf16 = resolve_calibration_precision(precision, dev) == "bf16"
     model.generator = torch.Generator(device=dev).manual_seed(int(seed) * 1000 + 1)
     order_gen = torch.Generator().manual_seed(int(seed))
     opt = make_optimizer(model, lr=lr, momentum=momentum, weight_decay=weight_decay)

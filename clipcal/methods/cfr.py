@@ -226,6 +226,7 @@ class CFR(Method):
         "erm_lr": (T.ERM_DEFAULTS["lr"], "stage-1 ERM learning rate"),
         "seed": (0, "random seed (batches, sampling, dropout)"),
         "device": ("auto", "'auto' (CUDA when present), 'cpu' or 'cuda'"),
+        "precision": ("auto", T.PRECISION_HELP),
     }
 
     #: domains (clipcal.methods.params); the SGD / stage-1 ones are the shared last-layer declarations
@@ -246,6 +247,7 @@ class CFR(Method):
         "calibration_errors": [StrOptions(CALIBRATION_ERRORS)],
         "calibration_min_per_class": [Interval(Integral, 1, None, closed="left")],
         "cross_fit_folds": [Interval(Integral, 2, None, closed="left")],
+        "precision": [StrOptions(T.CALIBRATION_PRECISIONS)],
     }
 
     def __init__(self, epochs: int = 100, lr: float = 1e-4, momentum: float = 0.9, weight_decay: float = 1e-5,
@@ -257,7 +259,7 @@ class CFR(Method):
                  selection: str = "worst-class", calibration_errors: str = "auto",
                  calibration_min_per_class: int = MIN_PER_CLASS, cross_fit_folds: int = 2,
                  erm_epochs: int = T.ERM_DEFAULTS["epochs"], erm_lr: float = T.ERM_DEFAULTS["lr"], seed: int = 0,
-                 device: str = "auto"):
+                 device: str = "auto", precision: str = "auto"):
         self.epochs = epochs
         self.lr = lr
         self.momentum = momentum
@@ -287,6 +289,7 @@ class CFR(Method):
         self.erm_lr = erm_lr
         self.seed = seed
         self.device = device
+        self.precision = precision
 
     # -- checks ---------------------------------------------------------------------------------------------
     def check_params(self) -> None:
@@ -366,6 +369,8 @@ class CFR(Method):
         if wsrc == "exact" and carried.get("source", "exact") != "exact":
             wsrc = carried["source"]  # e.g. the bundled backbone's fixed random projection
         record = self._base_record(data, dev, erm, choice, wsrc)
+        if record["precision"] == "bf16" and not T.bf16_native(dev):
+            notes.append(f"precision bf16 is emulated on {dev} (no native bf16 units): slower than fp32 here")
         if choice.used is None or len(choice.cal) == 0:
             return self._erm_fallback(data, erm, choice, record, notes, t0)
 
@@ -414,7 +419,8 @@ class CFR(Method):
         erm_kwargs = dict(stage="erm", epochs=int(self.erm_epochs), lr=float(self.erm_lr),
                           weight_decay=float(self.weight_decay), momentum=float(self.momentum),
                           batch_size=int(self.batch_size), learn_scale=bool(self.learn_scale),
-                          dropout=float(self.dropout), selection=self.selection, device=str(dev))
+                          dropout=float(self.dropout), selection=self.selection, device=str(dev),
+                          precision=str(self.precision))
         erm = T.train_last_layer(data, **erm_kwargs, seed=int(self.seed),
                                  progress=T.stage_progress(progress, 0, grand), cancel=cancel)
         return erm, erm_kwargs
@@ -440,6 +446,7 @@ class CFR(Method):
             "seed": int(self.seed),
             "loss_terms": self.loss_terms(),
             "device": str(dev),
+            "precision": T.resolve_calibration_precision(self.precision, dev),
             "last_layer": T.WEIGHT_SOURCES.get(wsrc, carried.get("description", wsrc)),
             "erm": {"chosen_epoch": erm.chosen_epoch, "best_score": erm.best_score, "converged": erm.converged,
                     "final_train_loss": erm.train_losses[-1] if erm.train_losses else None,
@@ -499,6 +506,7 @@ class CFR(Method):
             notes = T.init_notes({"weight": wsrc, "head": "text" if data.text_head is not None else "erm"}, data)
         model = T.LastLayer(W_start, T_start, learn_scale=bool(self.learn_scale), dropout=float(self.dropout),
                             train_head=bool(self.train_head)).to(dev)
+        model.bf16 = T.resolve_calibration_precision(self.precision, dev) == "bf16"
         return model, init_desc, notes
 
     def _stage2_samplers(self, data: FeatureData, choice: CalibrationChoice, erm_pred: np.ndarray,

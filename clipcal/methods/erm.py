@@ -42,6 +42,7 @@ class ERM(LastLayerMethod):
                     "chosen_epoch": tr.chosen_epoch, "val_score": tr.best_score,
                     "train_loss_first": tr.train_losses[0], "train_loss_last": tr.train_losses[-1],
                     "converged": tr.converged, "init": tr.init, "device": str(tr.evaluator.device),
+                    "precision": "bf16" if tr.model.bf16 else "fp32",
                     "fit_seconds": round(tr.seconds, 3), "error_set_size": int(len(errors)),
                     "notes": init_notes(tr.init, data) + tr.notes},
             curves=tr.curves, fitted=tr.fitted())

@@ -3,7 +3,10 @@
 UMAP (McInnes, Healy & Melville 2018, arXiv 1802.03426; library ``umap-learn``) is fitted ONCE on the
 concatenation ``[before; after]`` so both halves live in the same coordinates. Projecting "after" into a
 map fitted on "before" (``UMAP.transform``) is avoided on purpose: transform results depend on the batch
-and the new points are squeezed onto the old manifold (field-notes.md, pitfall 5).
+and the new points are squeezed onto the old manifold (field-notes.md, pitfall 5). Maps of more than
+:data:`clipcal.sampled_map.LARGE_MAP_THRESHOLD` samples are fitted jointly on a stratified sample of the samples
+(before and after rows together) and only the other points are placed with ``transform``, in fixed chunks
+(:mod:`clipcal.sampled_map`); :class:`JointMap` ``.info`` says how many points were fitted and how many placed.
 
 Facts this module is built around (offline.md): ``import umap`` and the first fit compile with numba
 (tens of seconds cold); numba's JIT cache is pointed at ``<cache>/numba`` by
@@ -107,13 +110,17 @@ def _check(name: str, arr: np.ndarray) -> np.ndarray:
 
 
 def projection_key(before: np.ndarray, after: np.ndarray | None, key_fields: Mapping[str, Any] | None,
-                   params: Mapping[str, Any]) -> dict:
-    """The store key of a projection: caller's key fields + input content hash + UMAP parameters.
+                   params: Mapping[str, Any], strata=None) -> dict:
+    """The store key of a projection: caller's key fields + input content hash + UMAP parameters, and above
+    :data:`clipcal.sampled_map.LARGE_MAP_THRESHOLD` samples the sample's parameters and the strata's hash
+    (:func:`clipcal.sampled_map.large_map_params`; nothing is added for smaller maps, whose keys stay as they were).
 
     Arrays are hashed as float32 (what :func:`joint_umap` fits), so float64 inputs give the same key.
     ``params``: ``{"seed", "n_neighbors", "min_dist", "metric"}``; prefer :func:`stored_joint_umap` for
     look-ups, which builds them exactly as :func:`joint_umap` does.
     """
+    from clipcal.sampled_map import large_map_params  # noqa: PLC0415 - it imports this module
+
     before = np.asarray(before, dtype=np.float32)
     after = None if after is None else np.asarray(after, dtype=np.float32)
     key = {str(k): (v if isinstance(v, (str, int, float, bool)) or v is None else str(v))
@@ -128,6 +135,7 @@ def projection_key(before: np.ndarray, after: np.ndarray | None, key_fields: Map
         "duplicates": f"merged where 1 - cos <= {DUPLICATE_TOL:g}",
     })
     key.update({k: v for k, v in params.items()})
+    key.update(large_map_params(int(before.shape[0]), strata))
     return key
 
 
@@ -137,22 +145,28 @@ def _params(seed, n_neighbors, min_dist, metric) -> dict:
 
 
 def stored_joint_umap(before: np.ndarray, after: np.ndarray | None, store, key_fields: Mapping[str, Any] | None = None,
-                      seed: int | None = 0, n_neighbors: int = 15, min_dist: float = 0.1, metric: str = "cosine"
-                      ) -> tuple[np.ndarray, np.ndarray | None] | None:
+                      seed: int | None = 0, n_neighbors: int = 15, min_dist: float = 0.1, metric: str = "cosine",
+                      strata=None) -> JointMap | None:
     """The stored result of :func:`joint_umap` for these inputs, or ``None`` if not computed yet.
 
     Never fits (no numba, no lock): for a page that shows the map when it exists and otherwise starts a
     background job running :func:`joint_umap` with the same arguments.
     """
-    n = len(before)
-    key = projection_key(before, after, key_fields, _params(seed, n_neighbors, min_dist, metric))
+    key = projection_key(before, after, key_fields, _params(seed, n_neighbors, min_dist, metric), strata)
+    return _read(store, key, len(before), after is not None)
+
+
+def _read(store, key: dict, n: int, has_after: bool) -> JointMap | None:
+    """The stored map under ``key`` if it has the expected shape ([N or 2N, 2]), else ``None``."""
     entry = store.get(KIND, key)
     if entry is None:
         return None
     xy = np.asarray(entry.array("xy", mmap=False), dtype=np.float32)
-    if xy.shape != (n * (2 if after is not None else 1), 2):
+    total = n * (2 if has_after else 1)
+    if xy.shape != (total, 2):
         return None
-    return xy[:n], (xy[n:] if after is not None else None)
+    info = entry.meta.get("map") or {"n": n, "points": total, "fitted_points": total, "placed_points": 0}
+    return JointMap(xy[:n], xy[n:] if has_after else None, info)
 
 
 #: Up to this many rows (before + after), neighbours are computed exactly with blockwise BLAS (seconds for
@@ -211,7 +225,12 @@ def _cos_change(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _same_point(x: np.ndarray, i: np.ndarray, j: np.ndarray, metric: str, tol: float) -> np.ndarray:
     """Whether rows ``i`` and ``j`` of ``x`` are one point: 1 − cos ≤ tol (cosine), or for euclidean
     ‖a − b‖² ≤ 2·tol·‖a‖‖b‖ (the same for unit vectors, and also needs equal lengths)."""
-    a, b = np.asarray(x[i], np.float64), np.asarray(x[j], np.float64)
+    return _same_rows(x[i], x[j], metric, tol)
+
+
+def _same_rows(a: np.ndarray, b: np.ndarray, metric: str, tol: float) -> np.ndarray:
+    """Whether ``a[r]`` and ``b[r]`` are one point, row by row ([R, e], [R, e] → [R] bool; :func:`_same_point`)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if metric == "cosine":
         return _cos_change(a, b) <= tol
     d2 = ((a - b) ** 2).sum(axis=1)
@@ -307,12 +326,14 @@ def _few_points_layout(x: np.ndarray, metric: str) -> np.ndarray:
 
 
 def _fit(x: np.ndarray, seed: int | None, n_neighbors: int, min_dist: float, metric: str,
-         force_approximation: bool = False) -> np.ndarray:
+         force_approximation: bool = False, return_model: bool = False):
     """Run one UMAP fit on ``x`` [M, e] → [M, 2] float32. Caller holds ``_UMAP_LOCK``.
 
     Rows that are one point (:func:`merge_duplicates`) are fitted once and share their coordinates, so
     identical rows — in a joint map, a sample whose "after" equals its "before" — land on the same point.
-    ``force_approximation`` makes UMAP use its own NN-descent (used only to warm that path up).
+    ``force_approximation`` makes UMAP use its own NN-descent (to warm that path up, and for a sampled map, whose
+    model must keep NN-descent's search index to place the other points). ``return_model``: return
+    ``(xy, fitted umap.UMAP)`` instead of ``xy`` (the model is fitted on the distinct rows ``x[keep]``).
     """
     global FIT_COUNT
     umap = _umap_module()
@@ -321,7 +342,8 @@ def _fit(x: np.ndarray, seed: int | None, n_neighbors: int, min_dist: float, met
     m = xu.shape[0]
     if m < 4:  # UMAP needs a few distinct points; 1-3 are placed by their exact distances
         FIT_COUNT += 1
-        return _few_points_layout(xu, metric)[inverse]
+        xy = _few_points_layout(xu, metric)[inverse]
+        return (xy, None) if return_model else xy
     k = int(max(2, min(n_neighbors, m - 1)))
     kw: dict[str, Any] = dict(
         n_components=2,
@@ -343,15 +365,33 @@ def _fit(x: np.ndarray, seed: int | None, n_neighbors: int, min_dist: float, met
         # "precomputed_knn[2] is not an NNDescent object": we never call transform (module docstring)
         warnings.filterwarnings("ignore", message=".*knn_search_index.*")
         warnings.filterwarnings("ignore", message=".*n_jobs value.*overridden.*")
-        xy = umap.UMAP(**kw).fit_transform(xu)
+        model = umap.UMAP(**kw)
+        xy = model.fit_transform(xu)
     FIT_COUNT += 1
-    return np.asarray(xy, dtype=np.float32)[inverse]
+    xy = np.asarray(xy, dtype=np.float32)[inverse]
+    return (xy, model) if return_model else xy
+
+
+class JointMap(tuple):
+    """``(xy_before, xy_after | None)`` — what :func:`joint_umap` returns — with ``info``: how the map was made.
+
+    ``info`` keys: ``n`` (samples), ``points`` (rows mapped), ``fitted_samples`` / ``fitted_points`` (rows UMAP
+    was fitted on; all of them for a small map), ``placed_points`` (rows placed with ``umap.UMAP.transform``),
+    ``stratified_by`` (``"group"``, or ``None`` without strata), ``seed``. A plain tuple for every other use.
+    """
+
+    info: dict
+
+    def __new__(cls, xy_before, xy_after, info: Mapping[str, Any] | None = None):
+        obj = super().__new__(cls, (xy_before, xy_after))
+        obj.info = dict(info or {})
+        return obj
 
 
 def joint_umap(before: np.ndarray, after: np.ndarray | None = None, store=None,
                key_fields: Mapping[str, Any] | None = None, seed: int | None = 0, n_neighbors: int = 15,
                min_dist: float = 0.1, metric: str = "cosine",
-               progress: Callable[[str], None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+               progress: Callable[[str], None] | None = None, strata=None) -> JointMap:
     """2-D UMAP coordinates of the same N samples before and after calibration, in ONE shared map.
 
     Args:
@@ -365,9 +405,13 @@ def joint_umap(before: np.ndarray, after: np.ndarray | None = None, store=None,
             not repeatable.
         n_neighbors, min_dist, metric: UMAP parameters (``umap.UMAP``); ``n_neighbors`` is clipped to N-1.
         progress: optional callable receiving short status messages.
+        strata: optional [N] group label of each sample; used only above
+            :data:`clipcal.sampled_map.LARGE_MAP_THRESHOLD` samples, where the map is fitted on a sample
+            stratified by it and the other points are placed into it (:func:`clipcal.sampled_map.sampled_map`).
 
     Returns:
-        ``(xy_before [N, 2] float32, xy_after [N, 2] float32 | None)``; rows follow the input rows.
+        :class:`JointMap` ``(xy_before [N, 2] float32, xy_after [N, 2] float32 | None)``, rows following the
+        input rows, with ``.info`` saying how many points were fitted and how many placed.
 
     Raises:
         MethodError: arrays are not 2-D, shapes differ, fewer than 4 samples, or NaN/inf present.
@@ -385,18 +429,20 @@ def joint_umap(before: np.ndarray, after: np.ndarray | None = None, store=None,
     total = n * (2 if after is not None else 1)
     if total < 4:
         raise MethodError(f"UMAP needs at least 4 points, got {total}", hint="select more samples")
-    key = projection_key(before, after, key_fields, _params(seed, n_neighbors, min_dist, metric)) \
+    key = projection_key(before, after, key_fields, _params(seed, n_neighbors, min_dist, metric), strata) \
         if store is not None else None
 
-    def split(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        return xy[:n], (xy[n:] if after is not None else None)
-
     def from_store():
-        entry = store.get(KIND, key)
-        if entry is None:
-            return None
-        xy = np.asarray(entry.array("xy", mmap=False), dtype=np.float32)
-        return split(xy) if xy.shape == (total, 2) else None
+        return _read(store, key, n, after is not None)
+
+    def fit() -> tuple[np.ndarray, dict]:
+        from clipcal.sampled_map import LARGE_MAP_THRESHOLD, sampled_map  # noqa: PLC0415 - it imports this module
+
+        if n > LARGE_MAP_THRESHOLD:
+            return sampled_map(before, after, strata, seed, n_neighbors, min_dist, metric, progress)
+        x = before if after is None else np.concatenate([before, after])
+        return _fit(x, seed, n_neighbors, min_dist, metric), {"n": n, "points": total, "fitted_points": total,
+                                                               "fitted_samples": n, "placed_points": 0}
 
     if store is not None:
         hit = from_store()
@@ -406,8 +452,8 @@ def joint_umap(before: np.ndarray, after: np.ndarray | None = None, store=None,
         progress("waiting for another projection to finish" if _UMAP_LOCK.locked() else "fitting UMAP")
     with _UMAP_LOCK:
         if store is None:
-            x = before if after is None else np.concatenate([before, after])
-            return split(_fit(x, seed, n_neighbors, min_dist, metric))
+            xy, info = fit()
+            return JointMap(xy[:n], xy[n:] if after is not None else None, info)
         with store.lock(KIND, key):  # another process may be computing the same map
             hit = from_store()
             if hit is not None:
@@ -415,12 +461,11 @@ def joint_umap(before: np.ndarray, after: np.ndarray | None = None, store=None,
             if progress:
                 progress("fitting UMAP")
             t0 = time.perf_counter()
-            x = before if after is None else np.concatenate([before, after])
-            xy = _fit(x, seed, n_neighbors, min_dist, metric)
+            xy, info = fit()
             meta = {"fit_seconds": round(time.perf_counter() - t0, 3), "n_points": int(total),
-                    "rows": "before then after" if after is not None else "before"}
+                    "rows": "before then after" if after is not None else "before", "map": info}
             store.put(KIND, key, {"xy": xy}, meta)
-    return split(xy)
+    return JointMap(xy[:n], xy[n:] if after is not None else None, info)
 
 
 def warm_up(approximate: bool = False) -> float:

@@ -38,6 +38,10 @@ SEMANTIC_COLOURS = {
 }
 #: Point count above which scatters use WebGL (``go.Scattergl``).
 WEBGL_THRESHOLD = 1000
+#: Above this many points in a map, each point carries only its ``sample_id`` (``customdata`` one string, not a row
+#: of hover fields) and its hover card names the id and the colour: the hover fields cost ~60 bytes a point in the
+#: chart's JSON, which at CelebA's 2 × 202,599 points made a 36 MB message serialised on every rerun (3.5 s).
+COMPACT_THRESHOLD = 50_000
 SCATTER_CONFIG = {"scrollZoom": True, "displaylogo": False}
 _FONT = dict(size=13)
 
@@ -251,7 +255,7 @@ def umap_figure(points: pd.DataFrame, color: str, mode: str = "side_by_side", ho
                 title: str | None = None, color_label: str | None = None, category_order: Sequence | None = None,
                 colors: Mapping | None = None, lines: int = 200, line_order: str | None = None,
                 webgl: bool | None = None, marker_size: float | None = None, opacity: float = 0.75,
-                seed: int = 0) -> go.Figure:
+                seed: int = 0, compact: bool | None = None) -> go.Figure:
     """The joint UMAP map before vs after calibration, coloured by any column.
 
     Args:
@@ -272,9 +276,12 @@ def umap_figure(points: pd.DataFrame, color: str, mode: str = "side_by_side", ho
             :func:`clipcal.projection.displacement`, not ``move_2d`` (the map can show movement the
             embeddings do not have); default a seeded random subset.
         webgl: force ``Scattergl`` on/off; default on above :data:`WEBGL_THRESHOLD` points.
+        compact: ``customdata`` = the ``sample_id`` alone and a hover card of id and colour only (``hover`` is
+            not drawn); default on above :data:`COMPACT_THRESHOLD` points (before + after).
 
     Returns:
-        Figure whose marker traces all carry ``customdata[:, 0] = sample_id`` (then the hover columns);
+        Figure whose marker traces all carry ``customdata[:, 0] = sample_id`` (then the hover columns; compact:
+        ``customdata[i] = sample_id``, which :func:`clipcal.plot_selection.ids_from_selection` reads the same);
         ``dragmode="lasso"``; ``uirevision`` fixed so zoom survives reruns.
     """
     p = points.reset_index(drop=True)
@@ -285,9 +292,12 @@ def umap_figure(points: pd.DataFrame, color: str, mode: str = "side_by_side", ho
     gl = (n * (2 if has_after else 1) > WEBGL_THRESHOLD) if webgl is None else webgl
     Trace = go.Scattergl if gl else go.Scatter
     size = marker_size or (4 if n > 5000 else 6 if n > 1000 else 8)
-    hover = [h for h in hover if h in p and h not in ("sample_id", color)]
+    n_points = n * (2 if has_after else 1)
+    compact = n_points > COMPACT_THRESHOLD if compact is None else compact
+    hover = [] if compact else [h for h in hover if h in p and h not in ("sample_id", color)]
     hv = [color] + hover
-    cd = np.column_stack([p["sample_id"].astype(str).to_numpy()] + [_hover_strings(p[h]) for h in hv])
+    ids = p["sample_id"].astype(str).to_numpy(dtype=object)
+    cd = ids if compact else np.column_stack([ids] + [_hover_strings(p[h]) for h in hv])
     label = color_label or color
     panels = [("before", "x_before", "y_before")] + ([("after", "x_after", "y_after")] if has_after else [])
     side = has_after and mode == "side_by_side"
@@ -309,8 +319,10 @@ def umap_figure(points: pd.DataFrame, color: str, mode: str = "side_by_side", ho
             if overlay_before:  # a ring larger than the dot: an unmoved point is a dot inside its ring
                 marker.update(symbol="circle-open", size=size + 3, opacity=min(1.0, opacity + 0.15),
                               line=dict(width=1.5))
+            tmpl_c = (f"<b>%{{customdata}}</b><br>{label}: %{{marker.color:.3g}}<extra>{name}</extra>" if compact
+                      else _hover_template([label] + hover, panel=name))
             tr = Trace(x=p[xc], y=p[yc], mode="markers", name=name, marker=marker, customdata=cd,
-                       hovertemplate=_hover_template([label] + hover, panel=name))
+                       hovertemplate=tmpl_c)
             if overlay_before:
                 rings.append(tr)
             else:
@@ -329,9 +341,10 @@ def umap_figure(points: pd.DataFrame, color: str, mode: str = "side_by_side", ho
                                   line=dict(color=cmap[c], width=1.5))
                 show = (i == 0) if side else True
                 tname = str(c) if (side or not has_after or name == "after") else f"{c} (before)"
+                tmpl_c = (f"<b>%{{customdata}}</b><br>{label}: {c}<extra>{name}</extra>" if compact
+                          else _hover_template([label] + hover, panel=name))
                 tr = Trace(x=p.loc[m, xc], y=p.loc[m, yc], mode="markers", name=tname, legendgroup=str(c),
-                           showlegend=show, marker=marker, customdata=cd[m],
-                           hovertemplate=_hover_template([label] + hover, panel=name))
+                           showlegend=show, marker=marker, customdata=cd[m], hovertemplate=tmpl_c)
                 if overlay_before:
                     rings.append(tr)
                 else:

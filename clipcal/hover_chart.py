@@ -19,6 +19,10 @@ from clipcal.figures import WEBGL_THRESHOLD, color_map, _categories, _hover_stri
 #: Most points of a hover map that carry a thumbnail; above it a seeded random subset does (bounds the payload:
 #: every thumbnail travels inside the chart's data, ~2 KB of base64 each at the defaults below).
 HOVER_THUMB_CAP = 3000
+#: Most points a hover map draws; above it a seeded random subset (:func:`hover_subsample`) is drawn. A Vega-Lite
+#: spec carries every point as a JSON record (~200 bytes with its card), so CelebA's 2 × 202,599 points would be an
+#: ~80 MB message; the selectable plotly map (WebGL) draws them all.
+HOVER_MAP_POINTS_CAP = 20_000
 #: Longest side in pixels and JPEG quality of hover thumbnails.
 HOVER_THUMB_SIZE = 80
 HOVER_THUMB_QUALITY = 70

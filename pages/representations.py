@@ -45,6 +45,7 @@ if run is not None and emb is not None:
         xy = ui.projection_or_job(run, bench, method)
 
     if xy is not None:
+        ui.map_note(xy)
         view = st.radio("Map", ui.MAP_VIEWS, key="repr.view", horizontal=True,
                         help="Selection: drag a box or lasso to list the points and their images below. "
                              "Hover thumbnails: hover a point to see its image (no selection in this view).")

@@ -38,8 +38,23 @@ def projection_or_job(run, bench, method: str | None):
         jobs.start_projection(run_id, method)
         st.rerun()
     st.info("The shared UMAP map of this run is computed once and then kept in the store.")
+    from clipcal.sampled_map import LARGE_MAP_FIT_SAMPLES, LARGE_MAP_THRESHOLD
+
+    if fd.n > LARGE_MAP_THRESHOLD:
+        st.caption(f"{fd.n:,} samples is more than UMAP fits here in minutes: the map is fitted on a seeded sample "
+                   f"of {LARGE_MAP_FIT_SAMPLES:,} samples (their before and after) and the other points are placed "
+                   "into it; the page will say how.")
     jobs.job_status(jkey)
     return None
+
+
+def map_note(xy) -> None:
+    """How the map was made, when it was not fitted on every point (:func:`clipcal.sampled_map.map_note`)."""
+    from clipcal.sampled_map import map_note as note
+
+    text = note(getattr(xy, "info", None))
+    if text:
+        st.caption(text)
 
 
 def points_table(run, bench, method: str | None, xy) -> pd.DataFrame:
@@ -67,8 +82,14 @@ def selectable_map(run, method: str | None, shown: pd.DataFrame, color: str, lay
     (:func:`clipcal.plot_selection.ids_from_selection`)."""
     from clipcal.plot_selection import ids_from_selection
 
+    from clipcal.figures import COMPACT_THRESHOLD
+
     fig = resources.memo(("umap_fig", pipeline.run_key(run), method, color, layout, tuple(splits)),
                          lambda: umap_figure(shown, color, layout))
+    if len(shown) * (2 if method else 1) > COMPACT_THRESHOLD:
+        st.caption(f"{len(shown) * (2 if method else 1):,} points: hovering a point names its sample id and colour "
+                   "only (the other fields would make the chart too heavy for the browser); select points to see "
+                   "all their fields in the table below.")
     event = st.plotly_chart(fig, key="repr.umap", on_select="rerun", selection_mode=("lasso", "box"),
                             config={"scrollZoom": True, "displaylogo": False})
     ids = ids_from_selection(event)
@@ -113,7 +134,15 @@ def _hover_spec(run, bench, shown: pd.DataFrame, color: str, layout: str, method
 
 
 def hover_map(run, bench, shown: pd.DataFrame, color: str, layout: str, method: str | None) -> None:
-    """The map with an image on hover, and how many points have one."""
+    """The map with an image on hover (at most :data:`clipcal.hover_chart.HOVER_MAP_POINTS_CAP` samples, a seeded
+    random subset beyond), and how many points are drawn and have an image."""
+    from clipcal.hover_chart import HOVER_MAP_POINTS_CAP, hover_subsample
+
+    n_all = len(shown)
+    if n_all > HOVER_MAP_POINTS_CAP:
+        shown = shown.iloc[hover_subsample(n_all, HOVER_MAP_POINTS_CAP)]
+        st.caption(f"This view draws {len(shown):,} of the {n_all:,} samples, a fixed random sample: a hover map "
+                   "carries every point inside the chart. The Selection view draws them all.")
     with st.spinner("Making thumbnails (once per image)…"):
         spec, n_img, n_want = _hover_spec(run, bench, shown, color, layout, method)
     st.vega_lite_chart(spec=spec, key="repr.hover")

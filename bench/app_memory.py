@@ -88,9 +88,9 @@ def checkpoint_spec(work: Path) -> str:
 # ---------------------------------------------------------------------------------------------------------
 # seeding
 # ---------------------------------------------------------------------------------------------------------
-def write_images(folder: Path, fd) -> Path:
-    """One 64×64 JPEG per sample (colour by class and background, plus noise; kept if already there) and
-    ``metadata.csv`` with string labels (sorted, they map to 0 / 1 as in ``fd``)."""
+def write_images(folder: Path, fd, px: int = IMAGE_PX, class_names=CLASS_NAMES, attr_names=ATTR_NAMES) -> Path:
+    """One ``px``×``px`` JPEG per sample (colour by class and background, plus noise; kept if already there) and
+    ``metadata.csv`` with string labels (``class_names`` / ``attr_names`` must sort as 0 / 1, as in ``fd``)."""
     import pandas as pd
     from PIL import Image
 
@@ -99,15 +99,15 @@ def write_images(folder: Path, fd) -> Path:
     rows = []
     for i, (sid, y, a, split) in enumerate(zip(fd.sample_ids, fd.y, fd.a, fd.split)):
         rel = f"images/{split}/{sid}.jpg"
-        px = base[y, a] + rng.normal(0, 25, (IMAGE_PX, IMAGE_PX, 3))
         path = folder / rel
         if not path.exists():
+            img = base[y, a] + rng.normal(0, 25, (px, px, 3))
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.clip(px, 0, 255).astype(np.uint8)).save(path, quality=85)
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, quality=85)
         # names, not integers + --class-names: the dashboard reopens a csv benchmark from its manifest without
         # the class/attribute names (clipcal.catalog.bench_spec_from_meta), which would change its fingerprint
-        rows.append({"id": sid, "filename": rel, "split": split, "y": CLASS_NAMES[y], "a": ATTR_NAMES[a]})
-        if (i + 1) % 2000 == 0:
+        rows.append({"id": sid, "filename": rel, "split": split, "y": class_names[y], "a": attr_names[a]})
+        if (i + 1) % 20000 == 0:
             print(f"  images: {i + 1} / {len(fd.y)}", file=sys.stderr)
     pd.DataFrame(rows).to_csv(folder / "metadata.csv", index=False)
     return folder / "metadata.csv"
@@ -309,15 +309,29 @@ def main(argv=None) -> int:
                     "'…:checkpoint' = random ViT-L/14 weights saved to a file in the work folder")
     ap.add_argument("--keep", metavar="DIR", help="seed into DIR and keep it (reused if already seeded)")
     ap.add_argument("--umap-timeout", type=float, default=1800, help="seconds to wait for the server's UMAP")
+    ap.add_argument("--size", choices=["waterbirds", "celeba"], default="waterbirds",
+                    help="celeba: the CelebA-shaped store of bench/celeba_shaped.py (202,599 images, stand-in "
+                    "methods; --keep defaults to /tmp/h-dash-cache); its goal is 4 GB")
+    ap.add_argument("--warm-map", action="store_true",
+                    help="keep the stored UMAP (e.g. from bench/umap_speed.py --size celeba): measure the pages, "
+                    "not the server's fit")
     args = ap.parse_args(argv)
+    if args.size == "celeba":
+        from celeba_shaped import SPEC, seed as seed_celeba
+
+        args.keep = args.keep or "/tmp/h-dash-cache"
 
     from tests.fixtures_browser import chromium_page, streamlit_server
 
-    out: dict = {"load_before": _uptime(), "goal_mb": GOAL_MB}
+    goal_mb = 4 * 1024 if args.size == "celeba" else GOAL_MB
+    out: dict = {"load_before": _uptime(), "goal_mb": goal_mb, "size": args.size}
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="clipcal-appmem-"))
     try:
         marker = work / "seeded.json"
-        if marker.exists() and any((work / "store" / "embeddings").glob("*/manifest.json")):
+        if args.size == "celeba":
+            out["data"] = seed_celeba(work)
+            assert out["data"]["backbone"] == SPEC
+        elif marker.exists() and any((work / "store" / "embeddings").glob("*/manifest.json")):
             out["data"] = json.loads(marker.read_text())
             print(f"reusing the seeded store in {work}", file=sys.stderr)
         else:
@@ -328,7 +342,7 @@ def main(argv=None) -> int:
         print(json.dumps(out["data"]), file=sys.stderr)
         # the server must fit the joint UMAP and encode the concept prompts itself, cold, as for a new user:
         # drop the map, numba's compiled code and the text embeddings left by an earlier run on this store
-        for kind in ("projections", "numba", "text"):
+        for kind in ("numba", "text") if args.warm_map else ("projections", "numba", "text"):
             shutil.rmtree(work / "store" / kind, ignore_errors=True)
         log = work / "streamlit.log"
         with streamlit_server(work / "store", log=log, start_timeout_s=180) as url:
@@ -356,7 +370,7 @@ def main(argv=None) -> int:
         out["peak_rss_mb"] = round(max(sampler.peaks.values()), 1)
         out["drive_s"] = round(time.monotonic() - t0, 1)
         out["samples"] = sampler.samples
-        out["under_goal"] = max(out["peak_rss_mb"], out["vm_hwm_mb"]) < GOAL_MB
+        out["under_goal"] = max(out["peak_rss_mb"], out["vm_hwm_mb"]) < goal_mb
         out["load_after"] = _uptime()
         print(json.dumps(out, indent=2))
     finally:

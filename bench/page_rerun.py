@@ -12,6 +12,15 @@ rerun time and their median, and the machine load before and after. Usage::
     .venv/bin/python bench/app_memory.py --keep /tmp/appmem          # once: seeds the store (10–20 min)
     .venv/bin/python bench/page_rerun.py --store /tmp/appmem/store
 
+At CelebA size (issue 14 item 3)::
+
+    .venv/bin/python bench/celeba_shaped.py /tmp/h-dash-cache                 # once: the CelebA-shaped store
+    .venv/bin/python bench/umap_speed.py --size celeba --store /tmp/h-dash-cache/store   # its map, timed
+    .venv/bin/python bench/page_rerun.py --size celeba                       # = --store /tmp/h-dash-cache/store
+
+Each page also reports ``chart_bytes``: the length of every chart's spec as the app sends it (the JSON string in
+the element's forward message: ``plotly.io.to_json`` of a plotly figure, the Vega-Lite spec with its data).
+
 A page whose data is missing (no run, no projection) renders its notice instead; the output says which
 pages raised. Time is wall clock on a shared machine: compare the medians, not single runs.
 """
@@ -54,17 +63,29 @@ def time_page(page: str, repeats: int, timeout_s: float) -> dict:
     return {"cold_s": round(cold, 3), "reruns_s": [round(x, 3) for x in reruns],
             "median_rerun_s": round(statistics.median(reruns), 3),
             "charts": len(at.get("plotly_chart")) + len(at.get("vega_lite_chart")), "tables": len(at.dataframe),
+            "slowest_rerun_s": round(max(reruns), 3),
+            "chart_bytes": [len(getattr(getattr(e, "proto", None), "spec", "") or "")
+                            for e in [*at.get("plotly_chart"), *at.get("vega_lite_chart")]],
             "images": sum(type(e).__name__ == "Image" for e in at.main), "exception": [e.value[:300] for e in at.exception] or None,
             "errors_shown": [e.value[:200] for e in at.error] or None}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="re-render time of each dashboard page over a seeded store")
-    ap.add_argument("--store", required=True, help="the store folder (CLIPCAL_CACHE), e.g. DIR/store")
+    ap.add_argument("--store", help="the store folder (CLIPCAL_CACHE), e.g. DIR/store")
+    ap.add_argument("--size", choices=["celeba"], help="celeba: the CelebA-shaped store (bench/celeba_shaped.py), "
+                    "default --store /tmp/h-dash-cache/store, seeded first if missing")
     ap.add_argument("--repeats", type=int, default=5, help="timed reruns per page (default 5)")
     ap.add_argument("--pages", nargs="*", default=PAGES, choices=PAGES)
     ap.add_argument("--timeout", type=float, default=900, help="seconds one script run may take (cold UMAP …)")
     args = ap.parse_args(argv)
+    if args.size == "celeba":
+        from celeba_shaped import seed
+
+        args.store = args.store or "/tmp/h-dash-cache/store"
+        seed(Path(args.store).parent)
+    if not args.store:
+        ap.error("--store is required (or --size celeba)")
     os.environ["CLIPCAL_CACHE"] = str(Path(args.store).resolve())
     out: dict = {"store": os.environ["CLIPCAL_CACHE"], "load_before": _uptime(), "goal_s": 1.0, "pages": {}}
     for page in args.pages:
@@ -72,6 +93,8 @@ def main(argv=None) -> int:
         print(f"  {page}: cold {r['cold_s']:.2f} s, reruns {r['reruns_s']}", file=sys.stderr)
     out["load_after"] = _uptime()
     out["worst_median_rerun_s"] = max(p["median_rerun_s"] for p in out["pages"].values())
+    out["slowest_rerun_s"] = max(p["slowest_rerun_s"] for p in out["pages"].values())
+    out["largest_chart_bytes"] = max((b for p in out["pages"].values() for b in p["chart_bytes"]), default=0)
     print(json.dumps(out, indent=2))
     return 0
 

@@ -63,6 +63,18 @@ def _linear_params(clf, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     return coef, b
 
 
+def standardised_logits(x: np.ndarray, scaler, coef: np.ndarray, bias: np.ndarray, block_bytes: int = 1 << 23
+                        ) -> np.ndarray:
+    """``scaler.transform(x) @ coefᵀ + bias`` [N, K] float64 for embeddings ``x`` [N, e] (float32), a block of
+    rows at a time: float64 copies of at most ``block_bytes`` (8 MiB), never of all N rows.
+    ``scaler``: a fitted ``sklearn.preprocessing.StandardScaler``; ``coef`` [K, e], ``bias`` [K]."""
+    out = np.empty((len(x), coef.shape[0]), dtype=np.float64)
+    block = max(1, block_bytes // (8 * max(x.shape[1], 1)))
+    for s in range(0, len(x), block):
+        out[s:s + block] = scaler.transform(x[s:s + block].astype(np.float64)) @ coef.T + bias
+    return out
+
+
 class DFR(Method):
     """Deep Feature Reweighting: group-balanced logistic regression on validation embeddings (uses group labels)."""
 
@@ -108,17 +120,20 @@ class DFR(Method):
         if len(np.unique(data.y[first])) < 2:
             raise MethodError("the labelled validation split has fewer than 2 classes; DFR cannot fit",
                               hint="add validation samples of every class")
-        x_all = data.embeddings.astype(np.float64)
-        scaler = StandardScaler().fit(x_all[val])
-        xs = scaler.transform(x_all)
+        # only validation rows are fitted on: standardise those (float64), never a float64 copy of all N rows
+        # (2 × 0.8 GB at CelebA size); every row is predicted in blocks at the end
+        scaler = StandardScaler()
+        xs = scaler.fit_transform(data.embeddings[val].astype(np.float64))
+        at = np.full(data.n, -1, dtype=np.int64)
+        at[val] = np.arange(len(val))                  # row index → row of xs
         total = len(Cs) + (int(self.n_retrain) if self.refit == "full-val" else 0)
         best, rows = None, []
         for i, C in enumerate(Cs):
             check_cancel(cancel)
             sub = balanced_subsample(g, first, rng)
-            clf = _fit_lr(xs[sub], data.y[sub], C, int(self.seed), data.n_classes)
+            clf = _fit_lr(xs[at[sub]], data.y[sub], C, int(self.seed), data.n_classes)
             ev = second if len(second) else first
-            correct = clf.predict(xs[ev]) == data.y[ev]
+            correct = clf.predict(xs[at[ev]]) == data.y[ev]
             acc = accuracy_by(g[ev], correct, data.n_groups)
             wg = float(np.nanmin(acc))
             rows += [{"epoch": i, "stage": "dfr", "split": "val", "metric": "C", "value": C},
@@ -136,13 +151,13 @@ class DFR(Method):
             for j in range(int(self.n_retrain)):
                 check_cancel(cancel)
                 sub = balanced_subsample(g, val, rng)
-                cj, bj = _linear_params(_fit_lr(xs[sub], data.y[sub], C, int(self.seed) + j, data.n_classes),
-                                        data.n_classes)
+                clf_j = _fit_lr(xs[at[sub]], data.y[sub], C, int(self.seed) + j, data.n_classes)
+                cj, bj = _linear_params(clf_j, data.n_classes)
                 coefs.append(cj)
                 bs.append(bj)
                 report(progress, len(Cs) + j + 1, total, f"DFR final fit {j + 1}/{self.n_retrain}", "dfr")
             coef, b = np.mean(coefs, axis=0), np.mean(bs, axis=0)
-        probs = softmax(xs @ coef.T + b)
+        probs = softmax(standardised_logits(data.embeddings, scaler, coef, b))
         # the same model on the backbone's embeddings z: the standardisation folded into the head and bias
         inv = 1.0 / scaler.scale_
         fitted = backbone_last_layer(data, head=coef * inv, scale=1.0, bias=b - coef @ (scaler.mean_ * inv))

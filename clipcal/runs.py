@@ -200,9 +200,10 @@ def resolve_hparams(methods: list[str], hparams: dict | None, seed: int, selecti
 
 def resolve_devices(full: dict) -> dict:
     """Replace each method's requested ``device`` (and ``precision``: ``"auto"`` → ``"fp32"`` / ``"bf16"``) in
-    ``full`` (from :func:`resolve_hparams`) by the device (precision) it will use — ``"auto"`` → ``"cuda:0"`` or ``"cpu"`` (:func:`clipcal.methods._train.resolved_device_name`) — so the
-    run key says where the numbers were computed (issue 15.5: a CPU and a GPU run of the same request differ in
-    the last bits and were stored under one key). Runs stored before keep their key and load as they are.
+    ``full`` (from :func:`resolve_hparams`) by the device (precision) it will use — ``"auto"`` → ``"cuda:0"`` or
+    ``"cpu"`` (:func:`clipcal.methods._train.resolved_device_name`) — so the run key says where and how the numbers
+    were computed (issue 15.5: a CPU and a GPU run of the same request differ in the last bits and were stored
+    under one key). Runs stored before keep their key and load as they are.
 
     Returns:
         ``{method: requested device}`` of the methods that have one.

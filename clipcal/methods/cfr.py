@@ -24,11 +24,13 @@ Where this departs from the authors' code (commit e9e61bd), on purpose:
   z (which are re-normalised before the contrastive terms), never the positives / negatives.
 
 Speed (issue 3): the frozen trunk means everything runs on cached features. Each step projects every
-*distinct* row (batch ∪ anchors ∪ positives ∪ negatives) through W once (:func:`~clipcal.methods.cfr_losses.
-row_plan` + one matrix product + a gather whose gradient is a segment sum), hard negatives are mined once with a chunked, bounded-memory top-k, and validation is
-the only per-epoch evaluation. The recipe (epochs, P, N, batch) is never changed for speed. What remains is
-two matrix products per step over the distinct rows (≈ 2,600 of 4,352 on Waterbirds-shaped data, ≈ 8 GFLOP
-at 1,024 → 768): ~31 TFLOP for 100 epochs, minutes on a CPU, seconds on a GPU.
+*distinct* row (batch ∪ anchors ∪ positives ∪ negatives) through W once (a row plan drawn on the host, one
+matrix product, a gather whose gradient is a segment sum), hard negatives are mined once with a chunked,
+bounded-memory top-k, and validation is the only per-epoch evaluation (≈ 0.6 % of an epoch's FLOPs on
+Waterbirds-shaped data). The recipe (epochs, P, N, batch) is never changed for speed. What remains is two matrix
+products per step over the distinct rows (≈ 2,600 of 4,352 on Waterbirds-shaped data, ≈ 8 GFLOP at 1,024 →
+768; 65–70 % of an epoch's CPU time in torch.profiler): ~31 TFLOP for 100 epochs, minutes on a CPU, faster with
+``precision="bf16"`` where bf16 is native. The GPU time is not measured yet (bench/gpu_check.py measures it).
 
 Determinism policy (issue 15.2; the same on the CPU and on CUDA): for one seed, device and precision a fit is
 reproducible bit for bit. Batch order and sampling draw from a CPU ``torch.Generator``, dropout from a generator

@@ -18,7 +18,8 @@ PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 #: whether ``--precision auto`` picks bf16 on a CPU with native bf16 (AVX-512 BF16 / AMX). Decided by
 #: bench/precision_fidelity.py against issue 13's rule (mean cosine ≥ 0.999 to fp32 and every method's test
 #: worst-group within ±1 point, mean of 3 seeds, on the demo with Lite0 and tiny:clip). 2026-11-30: not met —
-#: tiny:clip's embeddings agree (mean cosine 0.99999) but JTT's worst-group moved −7.3 points, AFR +2.5, DFR +1.5.
+#: Lite0's bf16 embeddings have mean cosine 0.99856 (min 0.9887) to fp32 (800-image stratified subset of the
+#: demo); tiny:clip's agree (0.99999) but JTT's worst-group moved −7.3 points, AFR +2.5, DFR +1.5.
 CPU_AUTO_BF16 = False
 
 #: what each precision means, for ``--precision`` and the Embed page (each precision is its own store entry)
@@ -27,9 +28,9 @@ PRECISION_HELP = (
     "fp32 (TF32 off on GPUs, so the same embeddings as the CPU); tf32 = fp32 weights with TF32 tensor-core math "
     "(GPU only); bf16 / fp16 = autocast. Part of the store key. On the CPU bf16 is opt-in: about 2× faster than "
     "fp32 where the CPU has native bf16 (AVX-512 BF16 / AMX; Lite0 channels-last 338 vs 144 img/s) and emulated, "
-    "several times slower, elsewhere; its embeddings match fp32 closely (mean cosine 0.99999 on the demo with "
-    "tiny:clip) but methods' test worst-group moved by up to 7 points (JTT, tiny:clip, mean of 3 seeds) "
-    "against fp32 (bench/precision_fidelity.py), beyond the ±1 point that would make it the default.")
+    "several times slower, elsewhere. Measured against fp32 on the demo (bench/precision_fidelity.py): Lite0 "
+    "embeddings' mean cosine 0.9986 (min 0.989), below the 0.999 that would make bf16 the default; tiny:clip "
+    "0.99999, but JTT's test worst-group moved 7 points (mean of 3 seeds).")
 
 
 def resolve_device(device: str | None = "auto") -> str:

@@ -47,17 +47,18 @@ def _ray_processes() -> dict[int, str]:
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A 2-CPU local cluster for the module; at the end, none of its processes may be left."""
+    """A 2-CPU local cluster for the module; at the end, none of its processes may be left (its own: those started
+    under its temp folder or below this process — other Ray clusters on the machine are not its business)."""
     temp = tempfile.mkdtemp(prefix="cr", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    before = set(_ray_processes())
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR", _temp_dir=temp,
              object_store_memory=256 * 2**20)
     yield ray.get_runtime_context().gcs_address
+    ours = {p.pid for p in psutil.Process().children(recursive=True)}  # gcs, raylet, its workers and actors
     ray.shutdown()
     left = {}
     for _ in range(40):
-        left = {p: c for p, c in _ray_processes().items() if p not in before}
+        left = {p: c for p, c in _ray_processes().items() if p in ours or temp in c}
         if not left:
             break
         time.sleep(0.5)

@@ -71,6 +71,8 @@ apt_install() {
   echo "[clipcal] The dashboard still runs; the built-in demo and the page 'Data' say what is missing and how to add it." >&2
 }
 
+# venv_setup REQ [EXTRA...]: install requirement files; the stamp (named after REQ) hashes requirements.txt and
+# every file given, so a change to any of them reinstalls.
 venv_setup() {
   local req=$1 py
   py=$(command -v python3.11 || command -v python3)
@@ -80,11 +82,13 @@ venv_setup() {
   fi
   local stamp=".venv/.clipcal-$(basename "$req" .txt)"
   local want
-  want=$(cat requirements.txt "$req" | sha256sum | cut -c1-16)
+  want=$(cat requirements.txt "$@" | sha256sum | cut -c1-16)
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    echo "[clipcal] installing Python packages from $req (torch is large: a few minutes the first time)"
+    echo "[clipcal] installing Python packages from $* (torch is large: a few minutes the first time)"
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -r "$req"
+    local f args=()
+    for f in "$@"; do args+=(-r "$f"); done
+    .venv/bin/python -m pip install -q "${args[@]}"
     echo "$want" > "$stamp"
   fi
 }
@@ -107,7 +111,7 @@ main() {
       ;;
     test)
       apt_install "${DEMO_DEBS[@]}" "${TEST_DEBS[@]}"
-      venv_setup requirements-dev.txt
+      venv_setup requirements-dev.txt requirements-scale.txt  # the Ray engine's tests run in CI too
       export HF_HUB_OFFLINE=1
       exec .venv/bin/python -m pytest "${@:2}"
       ;;

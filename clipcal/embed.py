@@ -452,7 +452,8 @@ def _acquire(lock, cancel: threading.Event | None, on_wait: Callable[[], None]) 
 def embed_benchmark(benchmark, backbone, store: Store | None = None, batch_size: int = 64,
                     num_workers: int | None = None, device: str = "auto", precision: str = "auto",
                     progress: Callable[[Progress], Any] | None = None, cancel: threading.Event | None = None,
-                    shard_size: int = SHARD_SIZE) -> EmbeddingSet:
+                    shard_size: int = SHARD_SIZE, engine: str = "local", address: str | None = None,
+                    max_retries: int | None = None) -> EmbeddingSet:
     """Embed every image of a benchmark (or return the stored result), resumably.
 
     Args:
@@ -467,6 +468,12 @@ def embed_benchmark(benchmark, backbone, store: Store | None = None, batch_size:
         progress: called with a :class:`Progress` after each batch (and on resume / wait / OOM messages).
         cancel: a ``threading.Event``; when set, the run stops after the current batch.
         shard_size: table rows per shard (resume granularity).
+        engine: ``"local"`` (this process) or ``"ray"`` (Ray actors encode the shards; this process plans, holds
+            the lock and writes the entry, which is the same: :mod:`clipcal.embed_ray`, docs/scale.md). With
+            ``"ray"``, ``device`` says which devices the workers use (``"cpu"``, else GPUs where the cluster has
+            them) and ``num_workers`` is per worker.
+        address: ``"ray"`` only: ``HOST:PORT`` of a running cluster; ``None`` starts a local one for the job.
+        max_retries: ``"ray"`` only: how often a failed shard is submitted again (default 2).
 
     Returns:
         :class:`EmbeddingSet` (from the store; ``n_computed`` says how many images this call encoded).
@@ -477,11 +484,17 @@ def embed_benchmark(benchmark, backbone, store: Store | None = None, batch_size:
             every row's reason); nothing is stored.
         BackboneError / WeightsUnavailableError: loading the backbone failed, or out of memory at batch 1.
         StoreError: the store cannot be written.
-        MissingDependencyError: torch or Pillow is not installed (before any work).
+        MissingDependencyError: torch or Pillow (or, for ``engine="ray"``, ray) is not installed (before any work).
+        ShardFailedError: ``engine="ray"``: a shard failed more than ``max_retries`` times (finished shards kept).
     """
     from clipcal.deps import require_all
 
     require_all([("torch", "embedding images"), ("PIL", "reading images")])
+    run_shards = _run_shards
+    if (engine, address, max_retries) != ("local", None, None):  # checked (ray installed?) before any work
+        from clipcal.embed_ray import shard_runner
+
+        run_shards = shard_runner(engine, address, max_retries, device)
     import torch
 
     if isinstance(backbone, str):  # load it for this call only, and free it afterwards
@@ -490,7 +503,8 @@ def embed_benchmark(benchmark, backbone, store: Store | None = None, batch_size:
         bb = load_backbone(backbone, device=device, precision=precision)
         try:
             return embed_benchmark(benchmark, bb, store=store, batch_size=batch_size, num_workers=num_workers,
-                                   progress=progress, cancel=cancel, shard_size=shard_size)
+                                   device=device, progress=progress, cancel=cancel, shard_size=shard_size,
+                                   engine=engine, address=address, max_retries=max_retries)
         finally:
             bb.close()
     store = store if store is not None else Store()
@@ -517,13 +531,13 @@ def embed_benchmark(benchmark, backbone, store: Store | None = None, batch_size:
             report(total, message="already embedded (from the store)")
             return EmbeddingSet.from_entry(entry)
         return _embed_locked(benchmark, backbone, store, key_fields, batch_size, num_workers, report, cancel,
-                             shard_size, torch)
+                             shard_size, torch, run_shards)
     finally:
         lock.release()
 
 
 def _embed_locked(benchmark, backbone, store, key_fields, batch_size, num_workers, report, cancel, shard_size,
-                  torch) -> EmbeddingSet:
+                  torch, run_shards=None) -> EmbeddingSet:
     t_start = time.monotonic()
     table = benchmark.table
     total = len(table)
@@ -545,8 +559,8 @@ def _embed_locked(benchmark, backbone, store, key_fields, batch_size, num_worker
 
     n_computed = 0
     if todo:
-        n_computed = _run_shards(backbone, paths, ids, todo, folder, batch_size, num_workers, report, cancel,
-                                 done, torch)
+        n_computed = (run_shards or _run_shards)(backbone, paths, ids, todo, folder, batch_size, num_workers,
+                                                 report, cancel, done, torch)
 
     # assemble
     shards = [_read_shard(folder, *b, d, e) for b in bounds]  # verified again: they may have changed since

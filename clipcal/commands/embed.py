@@ -36,6 +36,8 @@ examples:
   python -m clipcal embed --benchmark waterbirds --root data/waterbirds \\
       --backbone open_clip:ViT-L-14:openai --device cuda --batch-size 256
   python -m clipcal embed --list-backbones
+  python -m clipcal embed --benchmark demo --engine ray                      # a local Ray cluster
+  python -m clipcal embed --benchmark demo --engine ray --address HEAD:6379  # join a cluster (docs/scale.md)
 """
 
 
@@ -58,6 +60,14 @@ def register(subparsers) -> None:
                    help="images per forward pass (default 64; halved automatically if the GPU runs out of memory)")
     g.add_argument("--workers", type=_count(0), default=None, metavar="N",
                    help="processes decoding images (default: half the CPU cores on CPU, up to 8 on GPU; 0 = none)")
+    r = p.add_argument_group("engine (docs/scale.md)")
+    r.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local = this process (default); ray = workers on a Ray cluster write the same store entry "
+                        "(needs: pip install -r requirements-scale.txt)")
+    r.add_argument("--address", metavar="HOST:PORT", default=None,
+                   help="ray: join this running cluster (`ray start --head`); default: start a local cluster")
+    r.add_argument("--max-retries", type=_count(0), default=None, metavar="N",
+                   help="ray: how often a failed shard is tried again before the job fails (default 2)")
     p.add_argument("--list-backbones", action="store_true",
                    help="list the known backbones and whether their weights are available here, then exit")
     p.set_defaults(func=run)
@@ -101,11 +111,18 @@ def run(args: argparse.Namespace) -> int:
     from clipcal.backbones import ModelSettingsWarning, check_weights, load_backbone, resolve_device
     from clipcal.commands.data import benchmark_from_args
     from clipcal.embed import embed_benchmark
+    from clipcal.errors import ClipcalError
     from clipcal.store import Store
 
     t0 = time.monotonic()
     check_weights(args.backbone)  # seconds (spec syntax, weights); the benchmark (a demo build) may take minutes
     resolve_device(args.device)
+    if args.engine == "local" and (args.address is not None or args.max_retries is not None):
+        raise ClipcalError("--address and --max-retries apply to --engine ray only", hint="add --engine ray")
+    if args.engine == "ray":  # before the benchmark and the model: the missing extra is said first
+        from clipcal.embed_ray import require_ray
+
+        require_ray()
     bench = benchmark_from_args(args)
     print(f"benchmark: {bench.name} ({len(bench.table)} images)", file=sys.stderr)
     with warnings.catch_warnings():  # printed below in the summary's words, not as a Python warning
@@ -120,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
     bar = embed_progress()
     try:
         es = embed_benchmark(bench, backbone, store=store, batch_size=args.batch_size, num_workers=args.workers,
-                             progress=bar)
+                             progress=bar, device=args.device, engine=args.engine, address=args.address,
+                             max_retries=args.max_retries)
     finally:
         bar.close()
         backbone.close()

@@ -126,7 +126,7 @@ class _ShardWorker:
         _fault(index)
         n = stop - start
         batches = [list(range(s, min(n, s + batch_size))) for s in range(0, n, batch_size)]
-        loader = DataLoader(_ImageDataset(list(paths), self.backbone.preprocess), batch_sampler=batches,
+        loader = DataLoader(_ImageDataset(list(paths), self.backbone.transform), batch_sampler=batches,
                             num_workers=self.num_workers, collate_fn=_collate,
                             pin_memory=self.backbone.device.startswith("cuda"))
         messages: list[str] = []

@@ -16,7 +16,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from clipcal.methods import DFR, ZeroShot
+from clipcal.methods import AFR, DFR, ZeroShot
 from clipcal.methods.base import FeatureData
 
 E = 256
@@ -59,3 +59,16 @@ def test_peak_grows_by_the_output_per_row_not_by_a_copy_of_the_features(make):
     growth = _fit_peak(make(), large) - _fit_peak(make(), small)
     float64_copy = added * E * 8                    # one float64 copy of the added rows' embeddings: 61 MB
     assert growth < 0.15 * float64_copy, f"peak grew by {growth / 2**20:.1f} MiB for {added} rows"
+
+
+def test_afr_applies_its_head_without_a_float64_copy_of_every_embedding():
+    """AFR's final ``z @ Vᵀ`` (z float32, V float64) upcast all N rows of z; it is applied in blocks now. The
+    bound leaves room for what the shared ERM stage returns (clipcal.methods._train: the [N, e] float32
+    embeddings, concatenated from blocks: half a float64 copy) — not for a float64 copy on top of it."""
+    small, large = _data(5_000), _data(35_000)
+    added = large.n - small.n
+    make = lambda: AFR(epochs=1, gammas=[0.0], regs=[0.1])  # noqa: E731
+    make().fit(small)
+    growth = _fit_peak(make(), large) - _fit_peak(make(), small)
+    float64_copy = added * E * 8
+    assert growth < 0.8 * float64_copy, f"peak grew by {growth / 2**20:.1f} MiB for {added} rows"

@@ -107,6 +107,17 @@ def fit_linear_head(z: np.ndarray, y: np.ndarray, w: np.ndarray, V0: np.ndarray,
     return res.x[: k * e].reshape(k, e).copy(), res.x[k * e:].copy()
 
 
+def head_logits(z: np.ndarray, V: np.ndarray, b: np.ndarray, block_bytes: int = 1 << 23) -> np.ndarray:
+    """``z Vᵀ + b`` [N, K] float64 for embeddings ``z`` [N, e] (float32) and a float64 head ``V`` [K, e], a block
+    of rows at a time: ``z @ V.T`` on all rows at once upcast a float64 copy of every row of z (0.8 GB at CelebA
+    size); per block the copy is at most ``block_bytes`` (8 MiB) and the arithmetic per row is the same."""
+    out = np.empty((len(z), V.shape[0]), dtype=np.float64)
+    block = max(1, block_bytes // (8 * max(z.shape[1], 1)))
+    for s in range(0, len(z), block):
+        out[s:s + block] = z[s:s + block] @ V.T + b
+    return out
+
+
 class AFR(LastLayerMethod):
     """Automatic Feature Reweighting: ERM on part of train, then a reweighted final layer on the held-out part."""
 
@@ -174,7 +185,7 @@ class AFR(LastLayerMethod):
             report(progress, int(self.epochs) + i + 1, total,
                    f"AFR γ={gamma:g} λ={reg:g} · val {self.selection} {score:.3f}", "afr", val_score=score)
         _, gamma, reg, V, b = best
-        probs = softmax(z @ V.T + b)
+        probs = softmax(head_logits(z, V, b))
         curves = pd.concat([erm.curves, pd.DataFrame(rows)], ignore_index=True)
         return MethodResult(
             method=self.name, probs=probs, pred=probs.argmax(1), embeddings_after=z, calibration_set=None,

@@ -266,19 +266,28 @@ def projection_key_fields(fingerprint: str, backbone: str, run_id: str, method: 
     return {"benchmark": fingerprint, "backbone": backbone, "run": run_id, "method": method or "before"}
 
 
+def projection_strata(fd) -> np.ndarray | None:
+    """The strata of a run's map: ``fd.group`` ([N] int64, -1 where unknown), or ``None`` if ``fd`` has none.
+    Used only by maps above :data:`clipcal.sampled_map.LARGE_MAP_THRESHOLD` samples, whose fit sample keeps every
+    group (and whose store key holds the strata's hash); smaller maps ignore it."""
+    return getattr(fd, "group", None)
+
+
 def stored_projection(run, fd, method: str | None, fingerprint: str, backbone: str, store):
     """``(xy_before, xy_after | None)`` of the run's joint UMAP if it is in the store, else ``None`` (never fits;
-    :func:`clipcal.projection.stored_joint_umap`)."""
+    :func:`clipcal.projection.stored_joint_umap`, stratified by :func:`projection_strata`)."""
     from clipcal.projection import stored_joint_umap
 
     before, after = projection_inputs(run, fd, method)
     return stored_joint_umap(before, after, store,
-                             projection_key_fields(fingerprint, backbone, run_key(run), method), **UMAP_PARAMS)
+                             projection_key_fields(fingerprint, backbone, run_key(run), method), **UMAP_PARAMS,
+                             strata=projection_strata(fd))
 
 
 def project(run, fd, method: str | None, fingerprint: str, backbone: str, store, progress=None):
     """Fit (or read) and store the joint UMAP of the run's before / ``method``'s after embeddings
-    (:func:`clipcal.projection.joint_umap`). Returns ``(xy_before [N, 2], xy_after [N, 2] | None)``."""
+    (:func:`clipcal.projection.joint_umap`; a large map's fit sample stratified by :func:`projection_strata`).
+    Returns ``(xy_before [N, 2], xy_after [N, 2] | None)`` (a :class:`clipcal.projection.JointMap`)."""
     from clipcal.projection import joint_umap
 
     before, after = projection_inputs(run, fd, method)
@@ -286,7 +295,8 @@ def project(run, fd, method: str | None, fingerprint: str, backbone: str, store,
         progress(0, 1, f"UMAP of {len(before) * (2 if after is not None else 1):,} points "
                  "(the first fit in a process compiles numba: ~15–30 s)")
     xy = joint_umap(before, after, store=store, progress=progress,
-                    key_fields=projection_key_fields(fingerprint, backbone, run_key(run), method), **UMAP_PARAMS)
+                    key_fields=projection_key_fields(fingerprint, backbone, run_key(run), method), **UMAP_PARAMS,
+                    strata=projection_strata(fd))
     if progress:
         progress(1, 1, "done")
     return xy

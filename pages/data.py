@@ -9,7 +9,7 @@ import streamlit as st
 
 from clipcal import catalog, pipeline
 from pages.ui import jobs, resources, state, widgets
-from pages.ui.data import reading_options
+from pages.ui.data import csv_head, reading_options
 
 st.title("Data")
 st.caption("Pick a benchmark and check it before any GPU work: group counts per split, unreadable files, "
@@ -77,9 +77,7 @@ elif name == "csv":
         path = path if path.is_absolute() else Path(root) / path
         head = None
         with widgets.guarded("reading the metadata CSV"):  # the reader the benchmark uses: encodings, `;` files
-            from clipcal.data.csvdata import read_metadata
-
-            head = read_metadata(path, "csv", encoding=reading.get("encoding")).head(200)
+            head = csv_head(path, reading.get("encoding"))  # read once per file version, not on every rerun
         if head is not None:
             cols = list(head.columns)
             for note in head.attrs.get("notes") or []:  # e.g. the encoding it guessed

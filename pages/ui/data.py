@@ -2,13 +2,43 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
+import pandas as pd
 import streamlit as st
 
 #: why paths leaving the benchmark folder are refused unless allowed (clipcal.data.base.refuse_outside_root)
 OUTSIDE_ROOT_WHY = ("Off by default: a dashboard may be shared by a team, and a metadata file must not make it "
                     "read (and show) images from anywhere on this machine.")
+
+
+#: Rows of a metadata CSV the column-mapping form shows and guesses from.
+HEAD_ROWS = 200
+
+
+def csv_head(path: Path, encoding: str | None) -> pd.DataFrame:
+    """The first :data:`HEAD_ROWS` rows of the metadata CSV at ``path`` as the benchmark reads it
+    (:func:`clipcal.data.csvdata.read_metadata`: every cell text, ``attrs["notes"]`` says a guessed encoding),
+    read once per version of the file (path, encoding, size, mtime) and kept by ``st.cache_data``: the Data page
+    reruns on every click, and reading CelebA's 202,599-row CSV takes about a second.
+
+    Raises:
+        DataError: as ``read_metadata`` (missing, undecodable, unparseable file); errors are not cached.
+    """
+    try:
+        stat = path.stat()
+        version = (stat.st_size, stat.st_mtime_ns)
+    except OSError:  # missing: read_metadata says so in its own words (and nothing is cached)
+        version = None
+    return _csv_head(str(path), encoding, version)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _csv_head(path: str, encoding: str | None, version) -> pd.DataFrame:
+    from clipcal.data.csvdata import read_metadata
+
+    return read_metadata(Path(path), "csv", encoding=encoding).head(HEAD_ROWS)
 
 
 def reading_options(name: str, prev: dict, fk: Callable[[str], str]) -> dict:

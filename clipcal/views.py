@@ -398,7 +398,7 @@ def run_points(run, fd, table: pd.DataFrame, has_attributes: bool, method: str |
         has_attributes: the benchmark has attribute labels (else no ``attribute`` / ``group`` columns).
         method: the method whose embeddings are the "after" (or None); xy: ``(xy_before, xy_after | None)``.
     """
-    from clipcal.projection import crossed_boundary, displacement
+    from clipcal.projection import crossed_boundary
 
     extra: dict = {"path": table["path"].to_numpy()}
     for m in run_methods(run):
@@ -418,10 +418,28 @@ def run_points(run, fd, table: pd.DataFrame, has_attributes: bool, method: str |
         extra["crossed"] = np.full(len(fd.y), "unknown", dtype=object)
     if xy[1] is not None:
         after = np.asarray(method_result(run, method).embeddings_after, dtype=np.float32)
-        d = displacement(xy[0], xy[1], fd.embeddings, after)
-        extra["move_2d"], extra["cos_change"] = d["move_2d"].to_numpy(), d["cos_change"].to_numpy()
+        extra["move_2d"], extra["cos_change"] = _row_movement(xy, fd.embeddings, after)
     t = table if has_attributes else table.drop(columns=["a"])
     return umap_points(t, xy[0], xy[1], fd.class_names, fd.attr_names, extra=extra)
+
+
+#: Bytes of one float64 [rows, e] block in :func:`_row_movement` (displacement works in float64: three [N, e]
+#: float64 temporaries on all rows were 3.7 GB at CelebA size, 2 × 202,599 × 768).
+MOVEMENT_BLOCK_BYTES = 32 * 2**20
+
+
+def _row_movement(xy, before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(move_2d [N] float64, cos_change [N] float64)`` of :func:`clipcal.projection.displacement`, computed in
+    row blocks of :data:`MOVEMENT_BLOCK_BYTES` (both columns are per row, so the blocks give the same numbers)."""
+    from clipcal.projection import displacement
+
+    n = len(before)
+    rows = max(1, MOVEMENT_BLOCK_BYTES // (8 * max(1, before.shape[1])))
+    move, cos = np.empty(n), np.empty(n)
+    for s in range(0, n, rows):
+        d = displacement(xy[0][s:s + rows], xy[1][s:s + rows], before[s:s + rows], after[s:s + rows])
+        move[s:s + rows], cos[s:s + rows] = d["move_2d"].to_numpy(), d["cos_change"].to_numpy()
+    return move, cos
 
 
 def hover_cards(run, shown: pd.DataFrame, class_names: Sequence[str], method: str | None

@@ -156,6 +156,31 @@ def save_npy(path: str | os.PathLike, arr: Any) -> dict:
             "sha256": sha256_file(path)}
 
 
+def release_pages(*arrays: Any) -> int:
+    """Drop this process's resident pages of read-only memory-mapped store arrays (:meth:`Entry.array` with
+    ``mmap=True``), so that data already copied elsewhere stops counting in the process's RSS.
+
+    ``madvise(MADV_DONTNEED)`` on the whole file mapping (``mmap.mmap.madvise``): for a read-only shared file
+    mapping the pages only leave this process's page tables — the array stays valid and a later read faults them
+    back in from the page cache or the file. Anything else (in-memory arrays, copy-on-write maps, ``None``, a
+    platform without ``MADV_DONTNEED``) is left alone.
+
+    Returns:
+        How many of ``arrays`` were released.
+    """
+    import mmap
+
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    done = 0
+    for a in arrays:
+        m = getattr(a, "_mmap", None)  # np.memmap (and its views) keep the mapping of the file
+        if advice is None or getattr(a, "mode", None) != "r" or not isinstance(m, mmap.mmap) or m.closed:
+            continue
+        m.madvise(advice)
+        done += 1
+    return done
+
+
 def _versions() -> dict:
     out = {"format": FORMAT_VERSION, "python": platform.python_version(), "numpy": np.__version__}
     try:

@@ -5,34 +5,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from clipcal import catalog
 from clipcal.data import csvdata
 from clipcal.data.base import Benchmark
 from pages.ui import state
+from tests.test_app_setup_pages import _png_csv_dataset
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-
-
-def _own_csv(root: Path, n: int = 12) -> None:
-    from PIL import Image
-
-    (root / "img").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for k in range(n):
-        Image.fromarray(np.full((8, 8, 3), 20 * k, np.uint8)).save(root / "img" / f"{k}.png")
-        rows.append({"id": f"i{k}", "filename": f"img/{k}.png", "split": ("train", "val", "test")[k % 3],
-                     "y": ("cat", "dog")[k % 2], "a": ("in", "out")[(k // 2) % 2]})
-    pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
 
 
 def test_data_page_reads_the_csv_head_once_per_file_version(tmp_path, tmp_store_root, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
     root = tmp_path / "own"
-    _own_csv(root)
+    _png_csv_dataset(root, csv_name="metadata.csv")
     calls: list[str] = []
     real = csvdata.read_metadata
 
@@ -41,8 +29,8 @@ def test_data_page_reads_the_csv_head_once_per_file_version(tmp_path, tmp_store_
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(csvdata, "read_metadata", counting)
-    spec = {"name": "csv", "root": str(root), "options": {"id_col": "id", "path_col": "filename",
-                                                          "split_col": "split", "y_col": "y", "a_col": "a"}}
+    spec = {"name": "csv", "root": str(root), "options": {"id_col": "image_id", "path_col": "file",
+                                                          "split_col": "part", "y_col": "label", "a_col": "place"}}
     at = AppTest.from_file(APP, default_timeout=120)
     at.session_state[state.K_BENCH] = spec
     at.run()
@@ -50,7 +38,7 @@ def test_data_page_reads_the_csv_head_once_per_file_version(tmp_path, tmp_store_
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     key = state.choice_key("data.map.a_col", catalog.spec_key(spec))
-    assert at.selectbox(key=key).value == "a"  # the form was built from the head
+    assert at.selectbox(key=key).value == "place"  # the form was built from the head
     first = len(calls)
     assert first >= 1
     at.run()
@@ -58,9 +46,9 @@ def test_data_page_reads_the_csv_head_once_per_file_version(tmp_path, tmp_store_
     assert not at.exception, [e.value for e in at.exception]
     assert len(calls) == first, f"the metadata CSV was read again on a rerun: {calls[first:]}"
     # a new version of the file is read again
-    pd.read_csv(root / "metadata.csv").rename(columns={"a": "place"}).to_csv(root / "metadata.csv", index=False)
+    pd.read_csv(root / "metadata.csv").rename(columns={"place": "spot"}).to_csv(root / "metadata.csv", index=False)
     at.run()
-    assert len(calls) > first and "place" in at.selectbox(key=key).options
+    assert len(calls) > first and "spot" in at.selectbox(key=key).options
 
 
 def test_has_attributes_scans_the_table_once_per_table():

@@ -73,8 +73,10 @@ def demo_story(bench_spec: dict, spec: str, job) -> None:
         seen = st.session_state.setdefault("story.seen_jobs", set())
         if (id(job), runs[0]["id"]) not in seen:
             seen.add((id(job), runs[0]["id"]))
-            if st.session_state.get(state.K_DEMO_JOB) == pipeline.demo_job_key(bench_spec, spec):
+            if (st.session_state.get(state.K_DEMO_JOB) == pipeline.demo_job_key(bench_spec, spec)
+                    and st.session_state.get(state.K_RUN) != runs[0]["id"]):
                 st.session_state[state.K_RUN] = runs[0]["id"]
+                st.rerun()  # the sidebar was drawn before this switch: draw it again with the run now shown
         if job.is_running:
             st.subheader("First results")
             st.caption(f"{', '.join(catalog.method_short(m) for m in runs[0]['methods'])} done; the other "

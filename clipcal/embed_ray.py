@@ -180,8 +180,21 @@ class _Cluster:
 
     def close(self) -> None:
         if self.opened:
-            self.ray.shutdown()
+            shutdown(self.ray)
             self.opened = False
+
+
+def shutdown(ray) -> None:
+    """``ray.shutdown()``, then put Python's own ``print`` back: Ray 2.60's shutdown leaves
+    ``builtins.print`` replaced by ``ray.experimental.tqdm_ray.safe_print``, after which numba cannot compile
+    anything that prints — UMAP / pynndescent fail later in the same process with "Untyped global name 'print'"."""
+    import builtins
+
+    original = builtins.print
+    try:
+        ray.shutdown()
+    finally:
+        builtins.print = original
 
 
 def _error_text(err: BaseException) -> str:

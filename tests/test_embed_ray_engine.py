@@ -24,6 +24,7 @@ ray = pytest.importorskip("ray", reason="the optional extra is not installed: pi
 psutil = pytest.importorskip("psutil")
 
 from clipcal.embed import _read_shard, embed_benchmark  # noqa: E402
+from clipcal import embed_ray  # noqa: E402
 from clipcal.embed_ray import FAULT_ENV, ShardFailedError  # noqa: E402
 from clipcal.errors import Cancelled  # noqa: E402
 from clipcal.store import Store  # noqa: E402
@@ -55,7 +56,7 @@ def cluster():
              object_store_memory=256 * 2**20)
     yield ray.get_runtime_context().gcs_address
     ours = {p.pid for p in psutil.Process().children(recursive=True)}  # gcs, raylet, its workers and actors
-    ray.shutdown()
+    embed_ray.shutdown(ray)  # and Python's print put back (numba-compiled code after this needs it)
     left = {}
     for _ in range(40):
         left = {p: c for p, c in _ray_processes().items() if p in ours or temp in c}

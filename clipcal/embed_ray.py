@@ -162,6 +162,7 @@ class _Cluster:
         if ray.is_initialized():
             return
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report from offline machines
+        os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")  # keep builtins.print (see shutdown)
         kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         try:
             if address:
@@ -185,16 +186,18 @@ class _Cluster:
 
 
 def shutdown(ray) -> None:
-    """``ray.shutdown()``, then put Python's own ``print`` back: Ray 2.60's shutdown leaves
-    ``builtins.print`` replaced by ``ray.experimental.tqdm_ray.safe_print``, after which numba cannot compile
-    anything that prints — UMAP / pynndescent fail later in the same process with "Untyped global name 'print'"."""
+    """``ray.shutdown()``, with Python's own ``print`` in place afterwards: Ray 2.60 replaces ``builtins.print`` by
+    ``ray.experimental.tqdm_ray.safe_print`` whenever its progress-bar manager starts in this process (at the
+    latest at shutdown), after which numba cannot compile anything that prints — UMAP / pynndescent then fail in
+    the same process with "Untyped global name 'print'". :class:`_Cluster` also sets ``RAY_TQDM_PATCH_PRINT=0``."""
     import builtins
 
-    original = builtins.print
     try:
         ray.shutdown()
     finally:
-        builtins.print = original
+        tqdm_ray = sys.modules.get("ray.experimental.tqdm_ray")
+        if tqdm_ray is not None and builtins.print is getattr(tqdm_ray, "safe_print", None):
+            builtins.print = tqdm_ray._print  # the print it saved on import
 
 
 def _error_text(err: BaseException) -> str:

@@ -2,10 +2,10 @@
 ``_fit`` split into its stages, fitted attributes) changes no number.
 
 Kind-level rule: a seeded fit gives bit-identical probabilities, predictions, calibrated embeddings and
-calibration sets before and after a refactor. The golden file ``tests/golden/methods_before_estimator_refactor.npz``
+calibration sets before and after a refactor. The golden file ``tests/assets/golden/methods_before_estimator_refactor.npz``
 was recorded from the code *before* the refactor (commit 01d96de) by running this module as a script::
 
-    HF_HUB_OFFLINE=1 .venv/bin/python tests/test_methods_refactor_keeps_predictions.py tests/golden/methods_before_estimator_refactor.npz
+    HF_HUB_OFFLINE=1 .venv/bin/python tests/test_methods_refactor_keeps_predictions.py tests/assets/golden/methods_before_estimator_refactor.npz
 
 The cases cover every CFR path (auto / paper's rule / cross-fit; hard and random-other-class negatives; the
 pretrained and the ERM start; fixed and learnt scale; each selection outcome ERM / CFR epoch) and ERM, JTT, AFR.
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-GOLDEN = Path(__file__).parent / "golden" / "methods_before_estimator_refactor.npz"
+GOLDEN = Path(__file__).parent / "assets" / "golden" / "methods_before_estimator_refactor.npz"
 
 CASES = {
     "cfr_auto": ("cfr", dict(erm_epochs=4, epochs=3, lr=1e-3, seed=0)),

@@ -7,7 +7,8 @@ over a group. A spurious representation puts a minority-group image (a landbird 
 other class (waterbirds on water): low purity. A calibration that recovers the class raises it.
 
 Neighbours: :class:`sklearn.neighbors.NearestNeighbors` (brute force, exact), ``kneighbors()`` without a query,
-which leaves each point out of its own neighbours.
+which leaves each point out of its own neighbours; the distances are computed in chunks of
+:data:`KNN_WORKING_MEMORY_MB` (sklearn's ``working_memory``), so memory stays flat at CelebA size.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from clipcal.errors import MethodError
+from clipcal.rowblocks import take_rows
 
 #: neighbours per image (the issue's k = 10): enough to average out single near-duplicates, few enough that a
 #: neighbourhood stays local in groups of a few dozen test images
@@ -28,6 +30,10 @@ PURITY_DEFINITION = (
     "in the embedding itself, not the map) that belong to its own class, averaged over the group. Low purity = "
     "the group sits among the other class (the representation follows the spurious attribute); a rise after "
     "calibration = the group moved toward its own class.")
+#: MiB of one chunk of the distance matrix (``sklearn.config_context(working_memory=…)``, default 1,024): at
+#: CelebA's 19,962 test images sklearn's default chunk, its ranking and the copies around them raised the
+#: server's RSS by 3.2 GB; 64 MiB chunks give the same neighbours (each row's distances are computed whole).
+KNN_WORKING_MEMORY_MB = 64
 #: columns of :func:`neighbourhood_purity`
 PURITY_COLUMNS = ["group", "name", "n", "purity_before", "purity_after", "change"]
 
@@ -46,6 +52,7 @@ def knn_class_purity(embeddings: np.ndarray, y: np.ndarray, k: int = DEFAULT_K) 
     Raises:
         MethodError: fewer than 2 rows, or shapes that disagree.
     """
+    import sklearn
     from sklearn.neighbors import NearestNeighbors
 
     x = np.asarray(embeddings, dtype=np.float64)
@@ -56,8 +63,11 @@ def knn_class_purity(embeddings: np.ndarray, y: np.ndarray, k: int = DEFAULT_K) 
     if len(x) < 2:
         raise MethodError(f"neighbourhood purity needs at least 2 images, got {len(x)}")
     k = int(min(k, len(x) - 1))
-    idx = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute").fit(x).kneighbors(
-        return_distance=False)
+    # sklearn computes the cosine distances of a chunk of rows to all rows at a time
+    # (pairwise_distances_chunked); its default chunk is 1 GB, with two more of its size for the ranking
+    with sklearn.config_context(working_memory=KNN_WORKING_MEMORY_MB):
+        idx = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute").fit(x).kneighbors(
+            return_distance=False)
     return (yy[idx] == yy[:, None]).mean(axis=1)
 
 
@@ -85,13 +95,16 @@ def neighbourhood_purity(before: np.ndarray, after: np.ndarray, y: np.ndarray, g
     Raises:
         MethodError: row counts disagree, or fewer than 2 rows.
     """
-    b, a = np.asarray(before), np.asarray(after)
+    b, a = np.asarray(before), np.asarray(after)  # views: a memory map stays one (rowblocks.mapped_base)
     y, g = np.asarray(y), np.asarray(groups)
     if not (len(b) == len(a) == len(y) == len(g)):
         raise MethodError(f"neighbourhood purity: before {len(b)}, after {len(a)}, labels {len(y)}, groups "
                           f"{len(g)} rows", hint="pass the arrays of the same images")
     r = np.arange(len(y)) if rows is None else np.asarray(rows, dtype=np.int64)
-    pb, pa = knn_class_purity(b[r], y[r], k), knn_class_purity(a[r], y[r], k)
+    # the rows as the float64 copy sklearn works on, gathered in blocks: no float32 copy beside it, and a
+    # memory-mapped "after" (a stored run's) is not left resident after its scattered rows are read
+    pb = knn_class_purity(take_rows(b, r), y[r], k)
+    pa = knn_class_purity(take_rows(a, r), y[r], k)
     gr = g[r]
     out = []
     for lab in sorted(pd.unique(gr)):

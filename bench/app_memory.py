@@ -29,6 +29,7 @@ goal (3,072 MB) and machine load (``uptime``) before and after. Usage::
     .venv/bin/python bench/app_memory.py                                      # ViT-L/14 weights from a file, text tower
     .venv/bin/python bench/app_memory.py --backbone bundled:efficientnet-lite0
     .venv/bin/python bench/app_memory.py --keep /tmp/appmem     # keep the seeded store (+ screenshots) there
+    .venv/bin/python bench/app_memory.py --size celeba --warm-map --pages spurious   # one page, fresh server
 
 Takes about 10–20 minutes on the shared 2-core build machine (most of it the calibration run and the UMAP).
 """
@@ -246,10 +247,14 @@ class Sampler(threading.Thread):
 # ---------------------------------------------------------------------------------------------------------
 # driving the pages
 # ---------------------------------------------------------------------------------------------------------
+#: The steps :func:`drive` takes, in order (``--pages`` picks some; representations-hover needs representations).
+PAGES = ["home", "data", "embed", "calibrate", "groups", "representations", "representations-hover", "spurious"]
+
+
 def drive(page, url: str, sampler: Sampler, umap_timeout_s: float, walls: dict, has_text: bool,
-          shots: Path | None = None) -> None:
-    """Open every page as a user would, filling ``walls`` with ``{page: wall seconds}`` (each page's peak RSS is
-    in ``sampler``); a screenshot of each page in ``shots`` if given."""
+          shots: Path | None = None, pages: list[str] | None = None) -> None:
+    """Open every page (or ``pages``, in :data:`PAGES` order) as a user would, filling ``walls`` with
+    ``{page: wall seconds}`` (each page's peak RSS is in ``sampler``); a screenshot of each page in ``shots``."""
     from tests.fixtures_browser import box_select, goto, images_loaded, no_exception, wait_settled
 
     def step(name: str, fn) -> None:
@@ -291,15 +296,16 @@ def drive(page, url: str, sampler: Sampler, umap_timeout_s: float, walls: dict, 
             page.get_by_text(intro).first.wait_for(state="visible", timeout=300_000)
             images_loaded(page, 120, 300)
 
-    step("home", lambda: goto(page, url, "Calibration runs", settle_s=300))
-    step("data", lambda: (goto(page, f"{url}/data", "Samples per group", settle_s=600),
-                          images_loaded(page, 120, 300)))
-    step("embed", lambda: goto(page, f"{url}/embed", "Next: Calibrate", settle_s=300))
-    step("calibrate", lambda: goto(page, f"{url}/calibrate", "Training curves", settle_s=300))
-    step("groups", lambda: goto(page, f"{url}/groups", "How each method was trained", settle_s=300))
-    step("representations", representations)
-    step("representations-hover", hover_map)
-    step("spurious", spurious)
+    steps = {"home": lambda: goto(page, url, "Calibration runs", settle_s=300),
+             "data": lambda: (goto(page, f"{url}/data", "Samples per group", settle_s=600),
+                              images_loaded(page, 120, 300)),
+             "embed": lambda: goto(page, f"{url}/embed", "Next: Calibrate", settle_s=300),
+             "calibrate": lambda: goto(page, f"{url}/calibrate", "Training curves", settle_s=300),
+             "groups": lambda: goto(page, f"{url}/groups", "How each method was trained", settle_s=300),
+             "representations": representations, "representations-hover": hover_map, "spurious": spurious}
+    assert list(steps) == PAGES
+    for name in pages or PAGES:
+        step(name, steps[name])
 
 
 def main(argv=None) -> int:
@@ -315,7 +321,18 @@ def main(argv=None) -> int:
     ap.add_argument("--warm-map", action="store_true",
                     help="keep the stored UMAP (e.g. from bench/umap_speed.py --size celeba): measure the pages, "
                     "not the server's fit")
+    ap.add_argument("--pages", help=f"comma-separated steps to drive, of {','.join(PAGES)} (default all; "
+                    "'spurious' alone measures that page from a fresh server)")
     args = ap.parse_args(argv)
+    pages = None
+    if args.pages:
+        pages = [p.strip() for p in args.pages.split(",") if p.strip()]
+        unknown = sorted(set(pages) - set(PAGES))
+        if unknown:
+            ap.error(f"unknown page(s) {unknown}; choose from {PAGES}")
+        pages = [p for p in PAGES if p in pages]
+        if "representations-hover" in pages and "representations" not in pages:
+            ap.error("representations-hover switches the Representations page's map: add representations")
     if args.size == "celeba":
         from celeba_shaped import SPEC, seed as seed_celeba
 
@@ -324,7 +341,7 @@ def main(argv=None) -> int:
     from tests.fixtures_browser import chromium_page, streamlit_server
 
     goal_mb = 4 * 1024 if args.size == "celeba" else GOAL_MB
-    out: dict = {"load_before": _uptime(), "goal_mb": goal_mb, "size": args.size}
+    out: dict = {"load_before": _uptime(), "goal_mb": goal_mb, "size": args.size, "pages_driven": pages or PAGES}
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="clipcal-appmem-"))
     try:
         marker = work / "seeded.json"
@@ -355,7 +372,7 @@ def main(argv=None) -> int:
                     try:
                         drive(page, url, sampler, args.umap_timeout, walls,
                               has_text=not out["data"]["backbone"].startswith("bundled:"),
-                              shots=work / "shots" if args.keep else None)
+                              shots=work / "shots" if args.keep else None, pages=pages)
                     except Exception:
                         page.screenshot(path=str(work / "failed.png"), full_page=True)
                         raise

@@ -107,12 +107,18 @@ def array_digest(*arrays: np.ndarray | None) -> str:
 
 
 def _check(name: str, arr: np.ndarray) -> np.ndarray:
+    from clipcal.rowblocks import release, row_blocks  # noqa: PLC0415
+
     a = np.asarray(arr)
     if a.ndim != 2:
         raise MethodError(f"{name} embeddings must be a 2-D array [N, e], got shape {a.shape}",
                           hint="pass one row per sample")
-    if not np.isfinite(a).all():
-        bad = np.flatnonzero(~np.isfinite(a).all(axis=1))[:5].tolist()
+    finite = np.ones(a.shape[0], bool)
+    for sl in row_blocks(a.shape[0], a.shape[1], itemsize=1):  # no [N, e] bool mask; a store map's pages released
+        finite[sl] = np.isfinite(a[sl]).all(axis=1)
+        release(a)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)[:5].tolist()
         raise MethodError(f"{name} embeddings contain NaN or inf in rows {bad}",
                           hint="re-embed the benchmark or check the calibration run that produced them")
     return a.astype(np.float32, copy=False)

@@ -1,7 +1,7 @@
 """A stored run's ``embeddings_after`` (622 MB at CelebA size) is a plain ndarray over a store memory map
 (``MethodResult`` takes ``np.asarray`` of it), so ``store.release_pages`` of the array itself did nothing; the
-Representations page's readers — the map's key hash, the purity's split rows, the per-row movement and the group
-centroid shifts — read it in blocks and release the map's pages after each (``clipcal.rowblocks.release`` finds
+Representations page's readers — the map's key hash, the purity's split rows, the per-row movement, the group
+centroid shifts and the map job's input check — read it in blocks and release the map's pages after each (``clipcal.rowblocks.release`` finds
 the map behind the view), so reading it does not leave the whole file resident. Numbers unchanged: the hash equals
 sha256 of the whole array's bytes."""
 
@@ -11,7 +11,7 @@ import hashlib
 
 import numpy as np
 
-from clipcal import rowblocks, views
+from clipcal import projection, rowblocks, views
 from clipcal.projection import array_digest, group_centroid_shifts
 from clipcal.separation import neighbourhood_purity
 from clipcal.store import Store
@@ -60,6 +60,7 @@ def test_dashboard_readers_release_the_after_map(tmp_path, monkeypatch):
         "neighbourhood_purity": lambda: neighbourhood_purity(x, view, y, g, rows=np.arange(0, N, 3)),
         "group_centroid_shifts": lambda: group_centroid_shifts(xy, xy, x, view, g),
         "run_points movement": lambda: views._row_movement((xy, xy), x, view),
+        "joint_umap's input check": lambda: projection._check("after", view),
     }
     for name, read in readers.items():
         rowblocks.release(view)

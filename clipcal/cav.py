@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from clipcal.concepts import float_rows
 from clipcal.errors import DataError, MethodError
 
 #: (title, markdown) shown on the Spurious attributes page next to the section.
@@ -192,26 +193,38 @@ def recover_linear_head(rep: np.ndarray, probs: np.ndarray, holdout_every: int =
         probs: [N, K] the method's stored class probabilities.
         holdout_every: every this-many-th row is held out for the check.
 
+    Memory: the [fit rows, e + 1] float64 design matrix (and ``lstsq``'s own copy of it), built a block at a time;
+    no float64 copy of all N rows.
+
     Returns:
         :class:`HeadFit`; ``ok`` when the held-out RMSE is ≤ 1 % of the log ratios' spread (or ≤ 1e-4 nats).
     """
-    r = np.asarray(rep, dtype=np.float64)
+    r = rep if hasattr(rep, "shape") else np.asarray(rep)
     p = np.asarray(probs, dtype=np.float64)
     if r.shape[0] != p.shape[0]:
         raise MethodError(f"representation has {r.shape[0]} rows, probabilities {p.shape[0]}")
-    k = p.shape[1]
+    k, e = p.shape[1], r.shape[1]
     usable = (p > 0).all(axis=1) & np.isfinite(p).all(axis=1)
     lr = np.log(np.where(usable[:, None], p, 1.0))
     target = lr[:, 1:] - lr[:, :1]  # [N, K-1]
-    x = np.c_[r, np.ones(len(r))]
     ho = _holdout(len(r), holdout_every)
     fit, test = usable & ~ho, usable & ho
-    grad = np.zeros((k, r.shape[1]))
+    grad = np.zeros((k, e))
     if fit.sum() < 2 or test.sum() < 1:
         return HeadFit(grad, False, float("nan"), "too few rows with usable probabilities to recover the head")
-    coef, *_ = np.linalg.lstsq(x[fit], target[fit], rcond=None)
+
+    from clipcal import rowblocks
+
+    def design(rows):  # [rows, e + 1] float64 = [r, 1] of those rows only, read a block at a time
+        idx = np.flatnonzero(rows)
+        x = np.ones((len(idx), e + 1))
+        for sl in rowblocks.row_blocks(len(idx), e + 1):
+            x[sl, :e] = float_rows(r, idx[sl])
+        return x
+
+    coef, *_ = np.linalg.lstsq(design(fit), target[fit], rcond=None)
     grad[1:] = coef[:-1].T
-    err = x[test] @ coef - target[test]
+    err = design(test) @ coef - target[test]
     rmse = float(np.sqrt(np.mean(err ** 2)))
     spread = float(target[test].std())
     ok = rmse <= max(1e-2 * spread, 1e-4)
@@ -673,8 +686,12 @@ def cav_report(fd, result, concept: ConceptImages, n_random: int = DEFAULT_N_RAN
         notes.append(f"each run uses {m} images of each set (sets of equal size)")
 
     # spaces: before = backbone embedding z; after = the method's calibrated z' (if it changes the embeddings)
+    if counter is None:  # only the pool rows the draws use are read; the draws renumbered into them
+        used = np.unique(np.concatenate([np.r_[ki, ra, rb] for _, ki, ra, rb in draws]))
+        draws = [(ci, *(np.searchsorted(used, r) for r in (ki, ra, rb))) for ci, ki, ra, rb in draws]
+
     def pool_of(x_bench, counter_x):
-        return np.asarray(x_bench, dtype=np.float64)[pool_rows] if counter is None else counter_x
+        return float_rows(x_bench, pool_rows[used]) if counter is None else counter_x
 
     spaces = {"before": (fd.embeddings, concept.embeddings, pool_of(fd.embeddings, getattr(counter, "embeddings", None)))}
     if result.embeddings_after is None:
@@ -723,9 +740,9 @@ def _group_scores(fd, rows: np.ndarray, spaces: dict, cavs: dict) -> pd.DataFram
         rec = {"group": g, "name": names[g] if g < len(names) else str(g), "n": int(m.sum())}
         for name in ("before", "after"):
             if name in spaces and cavs[name][2]:
-                x = np.asarray(spaces[name][0], dtype=np.float64)[m]
-                con = cavs[name][0]
-                rec[f"score_{name}"] = float(np.mean([(_unit(x) @ c.vector).mean() for c in con]))
+                x = float_rows(spaces[name][0], m)  # this group's rows only, not a float64 copy of all N
+                xu, con = _unit(x), cavs[name][0]
+                rec[f"score_{name}"] = float(np.mean([(xu @ c.vector).mean() for c in con]))
                 rec[f"share_{name}"] = float(np.mean([c.concept_side(x).mean() for c in con]))
             else:
                 rec[f"score_{name}"] = rec[f"share_{name}"] = float("nan")

@@ -61,6 +61,32 @@ def _unit(x) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
+def float_rows(x, rows=None, unit: bool = False) -> np.ndarray:
+    """``float64`` copy of ``x[rows]``, each row L2-normalised when ``unit`` (as ``_unit``), built a row block at a
+    time (:func:`clipcal.rowblocks.take_rows`, which releases the pages of a memory-mapped store array such as a
+    run's ``embeddings_after`` after each block).
+
+    The result is the only array of its size: ``_unit(x)[rows]`` held two [N, e] float64 arrays plus the norms'
+    temporaries. Every operation is per row, so the values equal ``np.asarray(x, float64)[rows]`` (``_unit`` of it).
+
+    Args:
+        x: [N, e] array (any float dtype; a memory map welcome).
+        rows: ``None`` (all rows), a [N] bool mask or int positions (order kept).
+        unit: L2-normalise each row (norm floored at 1e-12).
+
+    Returns:
+        float64 array [len(rows), e].
+    """
+    from clipcal import rowblocks
+
+    x = x if hasattr(x, "shape") else np.asarray(x)
+    out = rowblocks.take_rows(x, rows)
+    if unit:
+        for sl in rowblocks.row_blocks(len(out), out.shape[1]):
+            out[sl] /= np.maximum(np.linalg.norm(out[sl], axis=-1, keepdims=True), 1e-12)
+    return out
+
+
 def concept_scores(image_emb: np.ndarray, y, pred, text_emb_of_concepts: np.ndarray,
                    concept_names: Sequence[str], class_names: Sequence[str]) -> pd.DataFrame:
     """Score text concepts per class by how much more they match misclassified than correct images.
@@ -85,16 +111,20 @@ def concept_scores(image_emb: np.ndarray, y, pred, text_emb_of_concepts: np.ndar
     Raises:
         MethodError: dimensions disagree.
     """
-    x = _unit(image_emb)
+    from clipcal import rowblocks
+
+    x = image_emb if hasattr(image_emb, "shape") else np.asarray(image_emb)
     t = _unit(text_emb_of_concepts)
     y, pred = np.asarray(y).astype(int), np.asarray(pred).astype(int)
-    if t.ndim != 2 or t.shape[1] != x.shape[1]:
+    if t.ndim != 2 or x.ndim != 2 or t.shape[1] != x.shape[1]:
         raise MethodError(f"concept embeddings {t.shape} do not match image embeddings {x.shape}",
                           hint="embed the concepts with the same backbone's text tower")
     if len(concept_names) != t.shape[0] or not (len(y) == len(pred) == x.shape[0]):
         raise MethodError(f"lengths disagree: {len(concept_names)} names for {t.shape[0]} concepts; "
                           f"{x.shape[0]} images, {len(y)} labels, {len(pred)} predictions")
-    sim = x @ t.T  # [N, C] cosine similarities
+    sim = np.empty((x.shape[0], t.shape[0]))  # [N, C] cosine similarities, unit image rows a block at a time
+    for sl in rowblocks.row_blocks(x.shape[0], x.shape[1]):
+        sim[sl] = float_rows(x[sl], unit=True) @ t.T
     frames = []
     for k, cname in enumerate(class_names):
         m = y == k
@@ -148,10 +178,11 @@ def attribute_decodability(emb_before: np.ndarray, emb_after: np.ndarray | None,
                            C: float = 1.0) -> DecodabilityResult:
     """How well a linear probe predicts the spurious attribute from the embeddings, before vs after.
 
-    A ``sklearn`` pipeline ``StandardScaler → LogisticRegression(C, class_weight="balanced")`` is fitted
-    on the train and val rows and scored on the test rows; rows with ``a = -1`` are excluded. Balanced
-    accuracy (chance = 1 / number of attribute values) and AUROC (one-vs-rest macro for > 2 values,
-    chance 0.5) are reported. Calibration that removes the attribute should bring both towards chance.
+    ``sklearn``'s ``StandardScaler`` (``partial_fit`` over row blocks) then ``LogisticRegression(C,
+    class_weight="balanced")`` are fitted on the train and val rows and scored on the test rows; rows with
+    ``a = -1`` are excluded. Balanced accuracy (chance = 1 / number of attribute values) and AUROC (one-vs-rest
+    macro for > 2 values, chance 0.5) are reported. Calibration that removes the attribute should bring both towards chance.
+    Memory: one float64 copy of the fit rows (standardised in place), none of all N rows (:func:`float_rows`).
 
     Args:
         emb_before: [N, e] embeddings before calibration.
@@ -170,8 +201,9 @@ def attribute_decodability(emb_before: np.ndarray, emb_after: np.ndarray | None,
     require("sklearn", "the attribute decodability probe (logistic regression)")
     from sklearn.linear_model import LogisticRegression  # noqa: PLC0415 - sklearn import is slowish
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score  # noqa: PLC0415
-    from sklearn.pipeline import make_pipeline  # noqa: PLC0415
     from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
+
+    from clipcal import rowblocks
 
     a = np.asarray(a).astype(int)
     split = np.asarray(split).astype(str)
@@ -191,14 +223,20 @@ def attribute_decodability(emb_before: np.ndarray, emb_after: np.ndarray | None,
     reps = [("before", emb_before)] + ([("after", emb_after)] if emb_after is not None else [])
     rows = []
     for name, emb in reps:
-        x = np.asarray(emb, dtype=np.float64)
-        if x.shape[0] != len(a):
-            raise MethodError(f"{name} embeddings have {x.shape[0]} rows, attributes {len(a)}")
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, class_weight="balanced", max_iter=2000,
-                                                                 random_state=seed))
-        clf.fit(x[fit_rows], a[fit_rows])
+        if len(emb) != len(a):
+            raise MethodError(f"{name} embeddings have {len(emb)} rows, attributes {len(a)}")
+        # float64 copies of the fit and test rows only, scaled in place a block at a time: one [n_fit, e] float64
+        # array, where StandardScaler.fit_transform on a float64 copy of all rows held four (all rows, the fit
+        # rows, the scaled rows, the variance's temporary); partial_fit's streamed mean and variance agree with
+        # fit's to ~1e-15 relative
+        x_fit, scaler = float_rows(emb, fit_rows), StandardScaler(copy=False)
+        for sl in rowblocks.row_blocks(len(x_fit), x_fit.shape[1]):
+            scaler.partial_fit(x_fit[sl])
+        clf = LogisticRegression(C=C, class_weight="balanced", max_iter=2000, random_state=seed)
+        clf.fit(_scale_in_place(scaler, x_fit), a[fit_rows])
+        del x_fit
         at = a[test_rows]
-        proba = clf.predict_proba(x[test_rows])
+        proba = clf.predict_proba(_scale_in_place(scaler, float_rows(emb, test_rows)))
         bacc = float(balanced_accuracy_score(at, clf.classes_[proba.argmax(1)]))
         present = np.unique(at)
         if len(present) < 2:
@@ -235,14 +273,24 @@ class ClusterResult:
     labels: np.ndarray
 
 
+def _scale_in_place(scaler, x: np.ndarray) -> np.ndarray:
+    """``x`` [n, e] float64 standardised by a fitted ``StandardScaler(copy=False)``, a row block at a time, in place."""
+    from clipcal import rowblocks
+
+    for sl in rowblocks.row_blocks(len(x), x.shape[1]):
+        x[sl] = scaler.transform(x[sl])
+    return x
+
+
 def discover_clusters(emb: np.ndarray, y, correct, k: int = 4, seed: int = 0, a=None, sample_ids=None,
                       class_names: Sequence[str] | None = None, attr_names: Sequence[str] | None = None,
                       n_init: int = 4) -> ClusterResult:
     """Find hidden groups without labels: k-means within each class, with per-cluster accuracy.
 
     Embeddings are L2-normalised before ``sklearn.cluster.KMeans(n_clusters=k, n_init=n_init,
-    random_state=seed)`` (12,000 × 768, k = 4, n_init = 4: ≈ 6 s of CPU). A cluster with low accuracy is a
-    candidate hidden group; when attribute labels exist, ``majority_attribute`` and ``purity`` (share of the
+    random_state=seed)`` (12,000 × 768, k = 4, n_init = 4: ≈ 6 s of CPU). Memory: one float64 array of the largest
+    class's unit rows (:func:`float_rows`, clustered with ``copy_x=False``), none of all N rows. A cluster with
+    low accuracy is a candidate hidden group; when attribute labels exist, ``majority_attribute`` and ``purity`` (share of the
     cluster's labelled rows with that attribute) show whether it matches the known spurious attribute.
 
     Args:
@@ -266,7 +314,6 @@ def discover_clusters(emb: np.ndarray, y, correct, k: int = 4, seed: int = 0, a=
 
     if k < 1:
         raise MethodError(f"k must be ≥ 1, got {k}")
-    x = _unit(emb)
     y = np.asarray(y).astype(int)
     correct = np.asarray(correct).astype(bool)
     a = np.full(len(y), -1) if a is None else np.asarray(a).astype(int)
@@ -276,8 +323,10 @@ def discover_clusters(emb: np.ndarray, y, correct, k: int = 4, seed: int = 0, a=
     for cls in np.unique(y):
         idx = np.flatnonzero(y == cls)
         kk = int(min(k, len(idx)))
-        lab = KMeans(n_clusters=kk, n_init=n_init, random_state=seed).fit_predict(x[idx]) if kk > 1 \
-            else np.zeros(len(idx), dtype=int)
+        # the class's unit rows are the only [n, e] float64 array: built a block at a time, clustered without
+        # KMeans' own copy (copy_x=False centres them in place; the labels are those of the copying fit)
+        lab = KMeans(n_clusters=kk, n_init=n_init, random_state=seed, copy_x=False).fit_predict(
+            float_rows(emb, idx, unit=True)) if kk > 1 else np.zeros(len(idx), dtype=int)
         accs = np.array([correct[idx[lab == c]].mean() if (lab == c).any() else np.nan for c in range(kk)])
         order = np.argsort(accs, kind="stable")  # renumber: 0 = worst cluster
         remap = np.empty(kk, dtype=int)

@@ -293,7 +293,9 @@ def drive(page, url: str, sampler: Sampler, umap_timeout_s: float, walls: dict, 
                            ("(d) Calibration set vs groups", "Which training samples a method singled out"),
                            ("(e) Worst-group gallery", "Test images of the group where")]:
             page.get_by_role("tab", name=tab).click()
-            page.get_by_text(intro).first.wait_for(state="visible", timeout=300_000)
+            # the page's one script run computes every tab before it shows any: at CelebA size on the loaded 2-core
+            # machine (b) and (c) took more than the 5 minutes this wait had
+            page.get_by_text(intro).first.wait_for(state="visible", timeout=umap_timeout_s * 1000)
             images_loaded(page, 120, 300)
 
     steps = {"home": lambda: goto(page, url, "Calibration runs", settle_s=300),

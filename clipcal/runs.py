@@ -42,6 +42,7 @@ from clipcal.methods import METHODS, get_method, make_method
 from clipcal.methods.applicability import not_applicable_reason
 from clipcal._json import jsonable as _jsonable
 from clipcal.methods.base import DeviceOutOfMemoryError, FeatureData, MethodResult, NonFiniteError, Progress
+from clipcal.methods.fit_memo import fit_memo
 from clipcal.methods.fitted import FittedLastLayer
 from clipcal.metrics import METRIC_DEFINITIONS, group_table, method_table
 
@@ -315,34 +316,37 @@ def run_calibration(benchmark, embedding_set, methods, hparams: dict | None = No
     failures: dict[str, str] = {}
     labels: dict[str, str] = {}
     timings: dict[str, float] = {}
-    for i, name in enumerate(methods):
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("calibration run cancelled", hint="nothing of this run was stored")
-        t0 = time.perf_counter()
-        try:
-            cls = get_method(name)
-            labels[name] = cls.label
-            why = not_applicable_reason(cls, data.has_text, data.has_attributes, full[name].get("selection"))
-            if why is not None:  # the rule the CLI and the dashboard use, asked before any work
-                raise MethodError(f"not applicable: {why.short()}")
-            est = make_method(name, **full[name])
-            est.fit(data, progress=_method_progress(progress, i, len(methods), cls.label), cancel=cancel)
-            results[name] = est.result_
-        except Cancelled:
-            raise
-        except ClipcalError as err:
-            msg = err.message
-            if isinstance(err, (NonFiniteError, DeviceOutOfMemoryError)):  # it applied, and failed: say what to change
-                not_applicable[name] = f"failed: {msg} ({err.hint})"
-            else:
-                not_applicable[name] = msg if msg.startswith("not applicable") else f"not applicable: {msg}"
-        except Exception as err:  # a bug in one method must not lose the others' results
-            not_applicable[name] = f"failed: {type(err).__name__}: {err}"
-            failures[name] = traceback.format_exc()
-        timings[name] = round(time.perf_counter() - t0, 3)
-        if progress is not None:
-            progress(Progress(done=i + 1, total=len(methods), message=f"{labels.get(name, name)} done",
-                              stage=name))
+    # fit once, reuse (issue 13): ERM, JTT's identification model and CFR's stage 1 make the identical call
+    with fit_memo():  # one run; the demo path's two runs can share one by opening it around both
+        for i, name in enumerate(methods):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("calibration run cancelled", hint="nothing of this run was stored")
+            t0 = time.perf_counter()
+            try:
+                cls = get_method(name)
+                labels[name] = cls.label
+                why = not_applicable_reason(cls, data.has_text, data.has_attributes, full[name].get("selection"))
+                if why is not None:  # the rule the CLI and the dashboard use, asked before any work
+                    raise MethodError(f"not applicable: {why.short()}")
+                est = make_method(name, **full[name])
+                est.fit(data, progress=_method_progress(progress, i, len(methods), cls.label), cancel=cancel)
+                results[name] = est.result_
+            except Cancelled:
+                raise
+            except ClipcalError as err:
+                msg = err.message
+                # it applied, and failed: say what to change
+                if isinstance(err, (NonFiniteError, DeviceOutOfMemoryError)):
+                    not_applicable[name] = f"failed: {msg} ({err.hint})"
+                else:
+                    not_applicable[name] = msg if msg.startswith("not applicable") else f"not applicable: {msg}"
+            except Exception as err:  # a bug in one method must not lose the others' results
+                not_applicable[name] = f"failed: {type(err).__name__}: {err}"
+                failures[name] = traceback.format_exc()
+            timings[name] = round(time.perf_counter() - t0, 3)
+            if progress is not None:
+                progress(Progress(done=i + 1, total=len(methods), message=f"{labels.get(name, name)} done",
+                                  stage=name))
     if not results:  # a run with no method's result would only shadow the useful runs in every list
         raise MethodError("no method could run, so nothing was stored: " + "; ".join(
             f"{labels.get(m, m)}: {why}" for m, why in not_applicable.items()),

@@ -15,6 +15,7 @@ from clipcal.methods.base import FeatureData
 from clipcal.methods.cfr import (CFR, PoolSampler, calibration_set, cfr_step_loss, contrastive_loss,
                                  cross_fit_errors, mine_hard_negatives, stratified_folds, supcon_loss)
 from clipcal.synthetic import generate
+from tests.fixtures_cfr import cfr_step_inputs
 
 
 def _feature_data(h, y, split, a=None, n_attrs=2, e=None):
@@ -173,16 +174,7 @@ def test_supcon_loss_without_positive_pairs_is_zero_and_differentiable():
 
 @pytest.mark.parametrize("supcon", [True, False])
 def test_dedup_projection_gives_the_naive_loss_and_gradients(supcon):
-    rng = np.random.default_rng(0)
-    d, e, n = 12, 6, 40
-    h = torch.as_tensor(rng.standard_normal((n, d)), dtype=torch.float32)
-    y = torch.as_tensor(rng.integers(0, 2, n))
-    W = rng.standard_normal((d, e)).astype(np.float32)
-    head = rng.standard_normal((2, e)).astype(np.float32)
-    batch = torch.tensor([0, 3, 5, 5, 7, 9, 11, 12])
-    anchors = torch.tensor([3, 4, 4, 20])                     # repeats across and within sets on purpose
-    pos = torch.as_tensor(rng.integers(0, n, (4, 5)))
-    neg = torch.as_tensor(rng.integers(0, n, (4, 3)))
+    h, y, W, head, (batch, anchors, pos, neg) = cfr_step_inputs()   # rows repeat within and across sets
     out = []
     for dedup in (True, False):
         model = T.LastLayer(W, head, dropout=0.1)

@@ -35,8 +35,9 @@ products per step over the distinct rows (≈ 2,600 of 4,352 on Waterbirds-shape
 Determinism policy (issue 15.2; the same on the CPU and on CUDA): for one seed, device and precision a fit is
 reproducible bit for bit. Batch order and sampling draw from a CPU ``torch.Generator``, dropout from a generator
 on the training device; no training op accumulates with atomics — the gradient of the deduplicated projection's
-gather is a segment sum over a stable sort (``torch.segment_reduce``), not ``index_add_``, and SupCon weights its
-anchors instead of indexing with a boolean mask. cuBLAS matrix products are deterministic for a fixed shape,
+gather is a segment sum over a stable sort (``torch.segment_reduce``) off the CPU and, on the CPU, ``index_add_``
+(serial there, bit-identical to the segment sum), and SupCon weights its anchors instead of indexing with a
+boolean mask. cuBLAS matrix products are deterministic for a fixed shape,
 GPU and library version on one stream (what the methods use); fp32 matrix products do not use TF32 (torch's
 default ``allow_tf32 = False``, recorded in the run's manifest with the GPU name). What stays different: the CPU
 and a GPU (or two GPU models, or two CUDA / cuBLAS versions) sum in different orders, so their results agree to
@@ -100,6 +101,7 @@ from clipcal.methods.cfr_calibration import (CALIBRATION_ERRORS, CALIBRATION_RUL
 from clipcal.methods.cfr_losses import (RowPlan, cfr_step_loss, contrastive_loss, project_unique,  # noqa: F401
                                         row_plan, supcon_loss)
 from clipcal.methods.cfr_sampling import PoolSampler, mine_hard_negatives  # noqa: F401
+from clipcal.methods.fit_memo import reuse_notes
 from clipcal.methods.fitted import FittedLastLayer
 from clipcal.methods.params import Boolean, Integral, Interval, Real, StrOptions
 
@@ -365,7 +367,7 @@ class CFR(Method):
                                     record={"chosen_epoch": erm.chosen_epoch, "selection_rule": self.selection,
                                             "converged": erm.converged}, curves=erm.curves, fitted=erm.fitted())
         choice = self._calibration_stage(data, erm_pred, erm_kwargs, progress, cancel)
-        notes = erm.notes + choice.notes
+        notes = erm.notes + reuse_notes(erm, "stage 1 (ERM)") + choice.notes
         W0, wsrc = T.initial_weight(data)
         carried = data.last_layer or {}  # where the backbone's layer comes from, recorded with the embeddings
         if wsrc == "exact" and carried.get("source", "exact") != "exact":
@@ -452,7 +454,9 @@ class CFR(Method):
             "last_layer": T.WEIGHT_SOURCES.get(wsrc, carried.get("description", wsrc)),
             "erm": {"chosen_epoch": erm.chosen_epoch, "best_score": erm.best_score, "converged": erm.converged,
                     "final_train_loss": erm.train_losses[-1] if erm.train_losses else None,
-                    "seconds": round(erm.seconds, 3), "init": erm.init},
+                    "seconds": round(erm.seconds, 3), "init": erm.init,
+                    # reused: an identical earlier fit answered stage 1 (fit memo); seconds is then the look-up
+                    "reused": erm.reused, "trained_seconds": round(erm.trained_seconds or erm.seconds, 3)},
             "calibration_rule": choice.rule,
             "calibration_set": {**calibration_summary(data, choice.cal, data.indices("train")),
                                 "source": CALIBRATION_RULES[choice.used or "train"] + (

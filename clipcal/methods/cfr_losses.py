@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from clipcal.errors import MethodError
 from clipcal.methods import _train as T
+from clipcal.methods._fused import anchor_scores
 
 
 def contrastive_loss(anchor: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
@@ -32,8 +33,8 @@ def contrastive_loss(anchor: torch.Tensor, positives: torch.Tensor, negatives: t
         scalar tensor (differentiable w.r.t. all three inputs).
     """
     a = anchor.unsqueeze(-1)                                   # [A, e, 1]; batched mat-vec, no transposed copies
-    sp = torch.matmul(positives, a).squeeze(-1) / tau          # [A, P]
-    sn = torch.matmul(negatives, a).squeeze(-1) / tau          # [A, N]
+    sp = anchor_scores(positives, a).squeeze(-1) / tau         # [A, P] (= torch.matmul, lighter backward)
+    sn = anchor_scores(negatives, a).squeeze(-1) / tau         # [A, N]
     neg_lse = torch.logsumexp(sn, dim=1, keepdim=True)  # [A, 1]
     # −log(e^{sp} / (e^{sp} + Σ e^{sn})) = log(e^{sp} + e^{lse_n}) − sp
     return (torch.logaddexp(sp, neg_lse.expand_as(sp)) - sp).mean()
@@ -100,24 +101,48 @@ def row_plan(*index_sets: torch.Tensor) -> RowPlan:
     return RowPlan(uniq, inv, order, counts, tuple(tuple(i.shape) for i in index_sets))
 
 
+def index_add_is_deterministic(device: torch.device) -> bool:
+    """Whether ``index_add_`` with repeated indices sums in a fixed order on ``device``: the CPU's kernel does
+    (``torch.use_deterministic_algorithms`` lists ``index_add_`` / ``scatter_add_`` as non-deterministic only "when
+    called on CUDA tensor"; on the CPU torch 2.x sorts the indices stably and sums each row in that order); CUDA's
+    adds with atomics."""
+    return device.type == "cpu"
+
+
 class _GatherRows(torch.autograd.Function):
-    """``z_u[inv]`` whose backward sums the gradient rows of each distinct row with a segment sum over the stable
-    sort of ``inv`` (``torch.segment_reduce``: one reduction per output element, a fixed order, no atomics).
+    """``z_u[inv]`` split into the index sets (one output per set, ``sizes`` rows each) whose backward sums the
+    gradient rows of each distinct row in request order, without atomics.
 
     ``index_select``'s own backward is ``index_add_`` with repeated indices, which uses atomic adds on CUDA: the
-    summation order — and so the last bits of W's gradient — changes from run to run (issue 15.2). On the CPU both
-    add in request order, so the values agree with ``index_select`` (to float rounding)."""
+    summation order — and so the last bits of W's gradient — changes from run to run (issue 15.2). Off the CPU
+    the sum is a segment sum over the stable sort of ``inv`` (``torch.segment_reduce``: one reduction per output
+    element, a fixed order). On the CPU ``index_add_`` (:func:`index_add_is_deterministic`) adds the same values
+    in the same order — bit-identical to the segment sum at any thread count
+    (tests/test_cfr_projection_is_deterministic.py) — without the sorted copy of the gradient and the concatenation
+    of the sets' gradients (issue 13). A set whose output is unused gets no gradient."""
 
     @staticmethod
-    def forward(ctx, z_u, inv, order, counts):
-        ctx.save_for_backward(order, counts)
-        return z_u.index_select(0, inv)
+    def forward(ctx, z_u, inv, order, counts, sizes):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(inv, order, counts)
+        ctx.sizes = sizes
+        return tuple(z_u.index_select(0, part) for part in torch.split(inv, sizes))
 
     @staticmethod
-    def backward(ctx, grad):
-        order, counts = ctx.saved_tensors
-        g = torch.segment_reduce(grad.index_select(0, order), "sum", lengths=counts, axis=0)
-        return g, None, None, None
+    def backward(ctx, *grads):
+        inv, order, counts = ctx.saved_tensors
+        e = next(g.shape[-1] for g in grads if g is not None)
+        like = next(g for g in grads if g is not None)
+        if index_add_is_deterministic(like.device):
+            g = like.new_zeros((len(counts), e))
+            for part, gp in zip(torch.split(inv, ctx.sizes), grads):
+                if gp is not None:
+                    g.index_add_(0, part, gp.reshape(-1, e))
+        else:
+            full = torch.cat([gp.reshape(-1, e) if gp is not None else like.new_zeros((n, e))
+                              for gp, n in zip(grads, ctx.sizes)])
+            g = torch.segment_reduce(full.index_select(0, order), "sum", lengths=counts, axis=0)
+        return g, None, None, None, None
 
 
 def project_unique(model: T.LastLayer, h: torch.Tensor, *index_sets: torch.Tensor,
@@ -139,11 +164,10 @@ def project_unique(model: T.LastLayer, h: torch.Tensor, *index_sets: torch.Tenso
         one tensor per index set, shape ``index.shape + (e,)``, unit rows, no dropout.
     """
     p = plan if plan is not None else row_plan(*index_sets)
-    # h has no gradient: its gather needs no backward; split's backward is one cat
-    z = _GatherRows.apply(model.project(h.index_select(0, p.uniq)), p.inv, p.order, p.counts)
+    # h has no gradient: its gather needs no backward
     sizes = [math.prod(s) for s in p.shapes]
-    parts = torch.split(z, sizes)
-    return [part.view(*s, z.shape[-1]) for part, s in zip(parts, p.shapes)]
+    parts = _GatherRows.apply(model.project(h.index_select(0, p.uniq)), p.inv, p.order, p.counts, sizes)
+    return [part.view(*s, part.shape[-1]) for part, s in zip(parts, p.shapes)]
 
 
 def cfr_step_loss(model: T.LastLayer, h: torch.Tensor, y: torch.Tensor, batch: torch.Tensor,

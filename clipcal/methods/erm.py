@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from clipcal.methods._train import SELECTION_RULES, init_notes
 from clipcal.methods.base import MethodResult
+from clipcal.methods.fit_memo import reuse_notes
 from clipcal.methods.last_layer import LAST_LAYER_HPARAMS, LastLayerMethod, uses_groups
 
 __all__ = ["ERM", "LAST_LAYER_HPARAMS", "uses_groups"]
@@ -44,5 +45,6 @@ class ERM(LastLayerMethod):
                     "converged": tr.converged, "init": tr.init, "device": str(tr.evaluator.device),
                     "precision": "bf16" if tr.model.bf16 else "fp32",
                     "fit_seconds": round(tr.seconds, 3), "error_set_size": int(len(errors)),
-                    "notes": init_notes(tr.init, data) + tr.notes},
+                    "reused": tr.reused, "trained_seconds": round(tr.trained_seconds or tr.seconds, 3),
+                    "notes": init_notes(tr.init, data) + tr.notes + reuse_notes(tr, "ERM")},
             curves=tr.curves, fitted=tr.fitted())

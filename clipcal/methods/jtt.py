@@ -19,6 +19,7 @@ import pandas as pd
 
 from clipcal.methods._train import LAST_LAYER_CONSTRAINTS, SELECTION_RULES, init_notes, stage_progress
 from clipcal.methods.base import MethodResult
+from clipcal.methods.fit_memo import reuse_notes
 from clipcal.methods.last_layer import LAST_LAYER_HPARAMS, LastLayerMethod, uses_groups
 from clipcal.methods.params import Integral, Interval, Real
 
@@ -52,7 +53,7 @@ class JTT(LastLayerMethod):
         train = data.indices("train")
         wrong = probs0[train].argmax(1) != data.y[train]
         errors = train[wrong]
-        notes = init_notes(erm.init, data) + erm.notes
+        notes = init_notes(erm.init, data) + erm.notes + reuse_notes(erm, "identification model (ERM)")
         if len(errors) == 0:
             notes.append("empty error set: the ERM model classifies every training sample correctly, so JTT's "
                          "second training equals ERM")
@@ -65,7 +66,7 @@ class JTT(LastLayerMethod):
             method=self.name, probs=probs, pred=probs.argmax(1), embeddings_after=z, calibration_set=errors,
             record={"uses_group_labels": uses_groups(self.selection),
                     "selection_rule": SELECTION_RULES[self.selection], "seed": int(self.seed),
-                    "chosen_epoch": up.chosen_epoch, "erm_chosen_epoch": erm.chosen_epoch,
+                    "chosen_epoch": up.chosen_epoch, "erm_chosen_epoch": erm.chosen_epoch, "erm_reused": erm.reused,
                     "error_set_size": int(len(errors)), "val_score": up.best_score,
                     "train_loss_last": up.train_losses[-1], "converged": up.converged,
                     "device": str(up.evaluator.device), "fit_seconds": round(erm.seconds + up.seconds, 3),

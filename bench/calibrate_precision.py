@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cfr_sweep import add_data_args, data_sizes, load, split_metrics  # noqa: E402
+from _args import parse_with_threads, seeded_data  # noqa: E402
+from cfr_sweep import add_data_args, split_metrics  # noqa: E402
 
 METHODS = ("cfr",)  # the methods with a ``precision`` (ERM / JTT / AFR train in fp32 whatever it is)
 
@@ -40,16 +41,11 @@ def main(argv=None) -> int:
     add_data_args(ap)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--epochs", type=int, default=None, help="training epochs of every method (default: theirs)")
-    args = ap.parse_args(argv)
-    import torch
-
+    args = parse_with_threads(ap, argv)
     from clipcal.methods import make_method
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     rows = []
-    for seed in args.seeds:
-        data = load(args.data, seed, args.text_head, data_sizes(args))
+    for seed, data in seeded_data(args):
         for method in args.methods:
             for precision in ("fp32", "bf16"):
                 kw = {"seed": seed, "precision": precision}

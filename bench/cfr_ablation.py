@@ -34,8 +34,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cfr_sweep import (add_data_args, baselines, data_sizes, load, print_summary, split_metrics,  # noqa: E402
-                       summarize_rows)
+from _args import parse_with_threads, seeded_data  # noqa: E402
+from cfr_sweep import add_data_args, baselines, print_summary, split_metrics, summarize_rows  # noqa: E402
 
 #: ablation name → CFR loss-term switches
 VARIANTS = {
@@ -57,16 +57,11 @@ def main(argv=None) -> int:
     ap.add_argument("--calibration-errors", default="auto",
                     help="CFR's calibration-set rule (default auto, CFR's default: the paper's set when usable)")
     ap.add_argument("--selection", default="worst-class")
-    args = ap.parse_args(argv)
-
-    import torch
+    args = parse_with_threads(ap, argv)
     from clipcal.methods.cfr import CFR
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
     rows = []
-    for seed in args.seeds:
-        data = load(args.data, seed, args.text_head, data_sizes(args))
+    for seed, data in seeded_data(args):
         base = baselines(data, seed)
         for name in args.variants:
             kw = dict(lr=args.lr, epochs=args.epochs, seed=seed, selection=args.selection,

@@ -155,10 +155,11 @@ def demo_path(bench_spec: dict, backbone, methods: list[str] | None = None, stor
     method that applies (:func:`~clipcal.methods.applicability.applicable_methods`) at its defaults.
 
     Ordered for the first result: the model loads and the calibration's libraries are imported
-    (:data:`WARM_IMPORTS`) while the benchmark is built (other threads: image generation leaves the second core
-    idle), and the fast methods (:data:`FIRST_METHODS` among those) are fitted and stored first, as a run of
-    their own, so the first calibrated result is in the store while the others train; then the run of every
-    method is stored (the one the result pages compare; it fits the fast ones again, which costs seconds).
+    (:data:`WARM_IMPORTS`) while the benchmark is built (other threads, beside the demo's image threads, which
+    spend most of their time in Pillow without the GIL), and the fast methods (:data:`FIRST_METHODS` among
+    those) are fitted and stored first, as a run of their own, so the first calibrated result is in the store
+    while the others train; then the run of every method is stored (the one the result pages compare; it fits
+    the fast ones again, which costs seconds).
 
     Args:
         bench_spec: benchmark spec dict (:mod:`clipcal.catalog`).

@@ -194,6 +194,22 @@ def embedding_key(benchmark, identity: dict) -> dict:
     return {"format": EMBED_FORMAT, "benchmark": benchmark.fingerprint(), "backbone": identity}
 
 
+#: Images per forward pass on the CPU when the caller gives none. Lite0 @160 px, fp32 channels-last, on the
+#: 2-core CPU (issue 13.3; measured under load 8–11, so CPU seconds per image, not wall): 14–19 ms at batch 16
+#: against 21–26 ms at 64 for the raw forward, 20 vs 24 ms in the pipeline — a batch's activations (32 × 80 × 80
+#: floats per image in the first layers) then stay in the cache. The embeddings are the same bytes at every
+#: batch size (hashes compared at 8, 16, 32 and 64).
+CPU_BATCH_SIZE = 16
+#: Images per forward pass elsewhere (CUDA, MPS) when the caller gives none.
+DEVICE_BATCH_SIZE = 64
+
+
+def default_batch_size(device: str) -> int:
+    """Images per forward pass when the caller gives none: :data:`CPU_BATCH_SIZE` on the CPU,
+    :data:`DEVICE_BATCH_SIZE` on an accelerator (``device`` as :attr:`clipcal.backbones.Backbone.device`)."""
+    return CPU_BATCH_SIZE if str(device).split(":")[0] == "cpu" else DEVICE_BATCH_SIZE
+
+
 def default_num_workers(device: str) -> int:
     """DataLoader workers: on CUDA up to 8 (cores − 1); on the CPU ``max(1, cores // 2)``, capped at 4,
     since the forward pass itself uses the cores (measured in bench/embed_throughput.py)."""
@@ -449,7 +465,7 @@ def _acquire(lock, cancel: threading.Event | None, on_wait: Callable[[], None]) 
                 raise Cancelled("cancelled while waiting for another process embedding the same images")
 
 
-def embed_benchmark(benchmark, backbone, store: Store | None = None, batch_size: int = 64,
+def embed_benchmark(benchmark, backbone, store: Store | None = None, batch_size: int | None = None,
                     num_workers: int | None = None, device: str = "auto", precision: str = "auto",
                     progress: Callable[[Progress], Any] | None = None, cancel: threading.Event | None = None,
                     shard_size: int = SHARD_SIZE, engine: str = "local", address: str | None = None,
@@ -461,7 +477,8 @@ def embed_benchmark(benchmark, backbone, store: Store | None = None, batch_size:
         backbone: a loaded :class:`clipcal.backbones.Backbone`, or a spec string (then loaded with ``device``
             and ``precision``, which are otherwise the backbone's own).
         store: the :class:`~clipcal.store.Store` (default: ``Store()`` at ``clipcal.paths.cache_dir()``).
-        batch_size: images per forward pass (halved automatically on CUDA out-of-memory).
+        batch_size: images per forward pass (halved automatically on CUDA out-of-memory); ``None`` →
+            :func:`default_batch_size` of the backbone's device (16 on the CPU, 64 on CUDA).
         num_workers: DataLoader worker processes decoding images; ``None`` → :func:`default_num_workers`;
             0 decodes in this thread.
         device, precision: used only when ``backbone`` is a spec string.
@@ -508,6 +525,7 @@ def embed_benchmark(benchmark, backbone, store: Store | None = None, batch_size:
         finally:
             bb.close()
     store = store if store is not None else Store()
+    batch_size = default_batch_size(backbone.device) if batch_size is None else batch_size
     if batch_size < 1 or shard_size < 1:
         raise ClipcalError(f"batch_size ({batch_size}) and shard_size ({shard_size}) must be ≥ 1")
     key_fields = embedding_key(benchmark, backbone.identity())

@@ -98,7 +98,7 @@ def run_child(args) -> dict:
 
     from clipcal.errors import ClipcalError
     from clipcal.methods import make_method
-    from clipcal.metrics import summarize
+    from clipcal.metrics import summarize, train_group_weights
 
     name = args.child
     data = build_data(args.n_scale, args.dim, args.embed_dim, args.seed)
@@ -142,7 +142,7 @@ def run_child(args) -> dict:
     out["stage_epochs"] = stage_epochs(t0, ticks)
     if res is not None:
         te = data.mask("test")
-        s = summarize(data.y[te], res.pred[te], data.group[te], data.group_counts("train"), data.n_classes)
+        s = summarize(data.y[te], res.pred[te], data.group[te], train_group_weights(data), data.n_classes)
         out.update({k: round(float(s[k]), 4) for k in ("worst_group", "overall", "worst_class")})
         rec = res.record
         out["chosen_epoch"] = rec.get("chosen_epoch")

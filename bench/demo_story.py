@@ -72,7 +72,7 @@ def main(argv=None) -> int:
 
     from clipcal.commands.calibrate import parse_sets
     from clipcal.methods import make_method
-    from clipcal.metrics import summarize
+    from clipcal.metrics import summarize, train_group_weights
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     overrides = parse_sets(args.sets)
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
             if "seed" in est.get_params() and "seed" not in overrides.get(name, {}):
                 est.set_params(seed=int(seed))
             res = est.fit(data).result_
-            s = summarize(data.y[te], res.pred[te], data.group[te], data.group_counts("train"), data.n_classes)
+            s = summarize(data.y[te], res.pred[te], data.group[te], train_group_weights(data), data.n_classes)
             row = {"seed": seed, "method": name, **{k: float(s[k]) for k in METRICS},
                    "seconds": round(time.perf_counter() - t, 1)}
             rows.append(row)

@@ -39,7 +39,9 @@ METRIC_DEFINITIONS: dict[str, str] = {
     "mean_group": "Mean group accuracy: unweighted mean of the accuracies of the non-empty groups "
                   "(SubpopBench convention).",
     "train_weighted": "Train-weighted average accuracy: group accuracies weighted by the training split's group "
-                      "proportions (the Waterbirds 'average accuracy' of group_DRO/WILDS/JTT).",
+                      "proportions (the Waterbirds 'average accuracy' of group_DRO/WILDS/JTT). Not given (—) when "
+                      "some training images have no spurious-attribute label: their groups, so the proportions, "
+                      "are unknown.",
     "worst_class": "Worst-class accuracy: the lowest per-class accuracy (needs no group labels).",
     "accuracy": "Accuracy of the group: correct / n.",
     "ci": "95 % Wilson score interval of the group accuracy.",
@@ -173,6 +175,25 @@ def summarize(y, pred, group, train_group_counts=None, n_classes: int | None = N
 METRIC_COLUMNS = ("worst_group", "overall", "mean_group", "train_weighted", "worst_class")
 
 
+def train_group_weights(data) -> np.ndarray | None:
+    """The training split's group counts, the weights of ``train_weighted`` — or ``None`` when they are unknown.
+
+    Args:
+        data: a :class:`~clipcal.methods.base.FeatureData` (``group`` -1 = unknown attribute).
+
+    Returns:
+        [K·A] int64 counts of every group in the training split; ``None`` without group labels or when any
+        training row's attribute is unknown — those rows belong to some group, so the proportions cannot be
+        vouched for, and weighting by the known rows alone would silently drop (or shrink) groups whose
+        training images carry no attribute label (a whole class, in the case that was reported).
+    """
+    if not data.n_groups:
+        return None
+    if (data.group[data.mask("train")] < 0).any():
+        return None
+    return data.group_counts("train")
+
+
 def method_table(results: Mapping, data, splits: tuple[str, ...] = ("val", "test"),
                  not_applicable: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None
                  ) -> pd.DataFrame:
@@ -191,7 +212,7 @@ def method_table(results: Mapping, data, splits: tuple[str, ...] = ("val", "test
         worst_class, uses_group_labels, selection_rule, chosen_epoch, status``.
     """
     labels = dict(labels or {})
-    train_counts = data.group_counts("train") if data.n_groups else None
+    train_counts = train_group_weights(data)
     rows = []
     for name, res in results.items():
         for split in splits:

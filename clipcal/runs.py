@@ -486,6 +486,9 @@ def load_run(key: str, store=None) -> Run:
     metrics = _read_csv(entry, "metrics_csv")
     if "split" in metrics:
         metrics["split"] = metrics["split"].fillna("")
+    if "train_weighted" in metrics and (labels["group"][labels["split"] == "train"] < 0).any():
+        # runs stored before the rule of metrics.train_group_weights weighted by the labelled rows only
+        metrics["train_weighted"] = np.nan
     return Run(key=entry.key, config=meta["config"], results=results,
                not_applicable=dict(meta.get("not_applicable", {})), metrics=metrics,
                group_tables=_read_csv(entry, "group_tables_csv"), labels=labels, manifest=entry.manifest)

@@ -260,7 +260,7 @@ def compare(methods=("erm", "jtt", "afr", "dfr"), seeds=(0, 1, 2), hparams: dict
 
     from clipcal.errors import ClipcalError
     from clipcal.methods import make_method
-    from clipcal.metrics import summarize
+    from clipcal.metrics import summarize, train_group_weights
 
     rows = []
     for seed in seeds:
@@ -277,7 +277,7 @@ def compare(methods=("erm", "jtt", "afr", "dfr"), seeds=(0, 1, 2), hparams: dict
             except ClipcalError as err:
                 rows.append({"method": m, "seed": seed, "status": f"not applicable: {err.message}"})
                 continue
-            s = summarize(d.y[te], res.pred[te], d.group[te], d.group_counts("train"), d.n_classes)
+            s = summarize(d.y[te], res.pred[te], d.group[te], train_group_weights(d), d.n_classes)
             rows.append({"method": m, "seed": seed, **{k: s[k] for k in ("worst_group", "overall", "mean_group",
                                                                            "train_weighted", "worst_class")},
                          "seconds": round(time.perf_counter() - t0, 2), "status": "ok"})

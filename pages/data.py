@@ -95,13 +95,16 @@ elif name == "csv":
             # it with guesses, and "Use this benchmark" would drop its attribute column and class names)
             prev = dict(cur["options"] or {}) if cur["name"] == "csv" and cur["root"] == root and \
                 str((cur["options"] or {}).get("csv", "metadata.csv")) == str(csv_path or "metadata.csv") else {}
+            # the mapping widgets belong to this file and its header (state.choice_key): with one key per benchmark,
+            # another CSV kept the previous file's choice wherever that column name existed in it too
+            file_id = f"{catalog.spec_key(cur)}|{path}|{cols}"
             for col, (opt, label, guesses, optional) in zip(grid, wanted):
                 choices = (["(none)"] if optional else []) + cols
                 guess = next((g for g in guesses if g in cols), choices[0])
                 if prev:
                     guess = prev[opt] if prev.get(opt) in cols else ("(none)" if optional else guess)
                 mapping[opt] = col.selectbox(label, choices, index=choices.index(guess),
-                                             key=fk(f"data.map.{opt}"))
+                                             key=state.choice_key(f"data.map.{opt}", file_id))
             options = {k: v for k, v in prev.items()  # names, seed, image dir
                        if k not in mapping and k not in ("csv", "encoding", "allow_outside_root")}
             options.update({k: v for k, v in mapping.items() if v != "(none)"})

@@ -114,3 +114,11 @@ def image_only_backbone(monkeypatch):
     real = resources.load_embeddings
     monkeypatch.setattr(resources, "load_embeddings",
                         lambda bench, spec=None: dataclasses.replace(real(bench, spec), has_text=False))
+
+
+def map_key(at, opt: str) -> str:
+    """Key of the Data page's column-mapping selectbox ``opt`` (``"y_col"``, …) for the CSV shown now: those keys
+    carry a hash of the file and its header (pages/data.py), so the one present is looked up by its prefix."""
+    keys = [sb.key for sb in at.selectbox if str(sb.key).startswith(f"data.map.{opt}.")]
+    assert len(keys) == 1, f"expected one mapping selectbox for {opt}, found {keys}"
+    return keys[0]

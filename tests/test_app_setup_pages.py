@@ -11,6 +11,7 @@ import pandas as pd
 
 from clipcal import catalog, pipeline, process, views
 from pages.ui import jobs, resources, state
+from tests.fixtures_app import map_key
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
@@ -121,7 +122,7 @@ def test_data_page_own_csv_with_column_mapping(app, tmp_path):
     at.text_input(key=fk(at, "data.csv_path")).input("meta.csv").run()
     _no_exception(at)
     # the mapping is offered over the CSV's own columns
-    assert at.selectbox(key=fk(at, "data.map.id_col")).options == ["image_id", "file", "part", "label", "place"]
+    assert at.selectbox(key=map_key(at, 'id_col')).options == ["image_id", "file", "part", "label", "place"]
     _map_own_csv(at)
     at.button(key="data.use").click().run()
     _no_exception(at)
@@ -264,7 +265,7 @@ def _map_own_csv(at) -> None:
     """Map the columns of :func:`_png_csv_dataset`'s meta.csv on the Data page (id, file, split, label, place)."""
     for key, col in (("id_col", "image_id"), ("path_col", "file"), ("split_col", "part"), ("y_col", "label"),
                      ("a_col", "place")):
-        at.selectbox(key=fk(at, f"data.map.{key}")).set_value(col)
+        at.selectbox(key=map_key(at, key)).set_value(col)
     at.run()
 
 
@@ -297,12 +298,12 @@ def test_data_page_shows_the_active_csv_benchmarks_own_mapping(app, tmp_path):
         "class_names": ["a cat", "a dog"]}}  # no attribute column, ids = file names
     at = app("data", **{state.K_BENCH: spec})
     _no_exception(at)
-    got = {k: at.selectbox(key=fk(at, f"data.map.{k}")).value
+    got = {k: at.selectbox(key=map_key(at, k)).value
            for k in ("id_col", "path_col", "split_col", "y_col", "a_col")}
     assert got == {"id_col": "file", "path_col": "file", "split_col": "part", "y_col": "label", "a_col": "(none)"}
     assert not [b for b in at.button if b.key == "data.use"]  # nothing changed: nothing to apply
     # changing one column keeps the options the form does not show
-    at.selectbox(key=fk(at, "data.map.a_col")).set_value("place").run()
+    at.selectbox(key=map_key(at, 'a_col')).set_value("place").run()
     at.button(key="data.use").click().run()
     _no_exception(at)
     assert at.session_state[state.K_BENCH]["options"] == {**spec["options"], "a_col": "place"}

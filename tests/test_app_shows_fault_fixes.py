@@ -14,6 +14,7 @@ import pandas as pd
 
 from clipcal import catalog, pipeline, views
 from pages.ui import jobs, resources, state
+from tests.fixtures_app import map_key
 
 
 def _no_exception(at) -> None:
@@ -330,7 +331,7 @@ def test_data_preview_reads_utf16_and_semicolon_csvs_as_the_benchmark_does(app, 
         head = _frames_with(at, "id", "filename", "split", "y", "a")
         assert head, name
         assert head[0]["id"].tolist() == [r["id"] for r in rows[:5]] and head[0]["y"].iloc[0] == "None"
-        assert at.selectbox(key=_fk(at, "data.map.y_col")).options == ["id", "filename", "split", "y", "a"]
+        assert at.selectbox(key=map_key(at, 'y_col')).options == ["id", "filename", "split", "y", "a"]
     # a cp1252 file with a non-ASCII cell: the guess is said under the preview
     rows[1]["a"] = "café"
     (root / "latin.csv").write_bytes(pd.DataFrame(rows).to_csv(index=False).encode("cp1252"))

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from clipcal import catalog
 from clipcal.data import csvdata
 from clipcal.data.base import Benchmark
 from pages.ui import state
+from tests.fixtures_app import map_key
 from tests.test_app_setup_pages import _png_csv_dataset
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -37,8 +37,7 @@ def test_data_page_reads_the_csv_head_once_per_file_version(tmp_path, tmp_store_
     at.switch_page("pages/data.py")
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    key = state.choice_key("data.map.a_col", catalog.spec_key(spec))
-    assert at.selectbox(key=key).value == "place"  # the form was built from the head
+    assert at.selectbox(key=map_key(at, "a_col")).value == "place"  # the form was built from the head
     first = len(calls)
     assert first >= 1
     at.run()
@@ -48,7 +47,7 @@ def test_data_page_reads_the_csv_head_once_per_file_version(tmp_path, tmp_store_
     # a new version of the file is read again
     pd.read_csv(root / "metadata.csv").rename(columns={"place": "spot"}).to_csv(root / "metadata.csv", index=False)
     at.run()
-    assert len(calls) > first and "spot" in at.selectbox(key=key).options
+    assert len(calls) > first and "spot" in at.selectbox(key=map_key(at, "a_col")).options
 
 
 def test_has_attributes_scans_the_table_once_per_table():

@@ -46,8 +46,7 @@ def release(x) -> bool:
     :func:`mapped_base`); the array stays readable. Returns whether there was a mapping to release."""
     from clipcal.store import release_pages
 
-    base = mapped_base(x)
-    return base is not None and release_pages(base) > 0
+    return release_pages(x) > 0
 
 
 def take_rows(x, rows=None, dtype=np.float64, block_bytes: int | None = None) -> np.ndarray:

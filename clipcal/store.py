@@ -162,7 +162,8 @@ def release_pages(*arrays: Any) -> int:
 
     ``madvise(MADV_DONTNEED)`` on the whole file mapping (``mmap.mmap.madvise``): for a read-only shared file
     mapping the pages only leave this process's page tables — the array stays valid and a later read faults them
-    back in from the page cache or the file. Anything else (in-memory arrays, copy-on-write maps, ``None``, a
+    back in from the page cache or the file. An array viewing such a map (``np.asarray`` of it, a slice) releases
+    the map. Anything else (in-memory arrays, copy-on-write maps, ``None``, a
     platform without ``MADV_DONTNEED``) is left alone.
 
     Returns:
@@ -170,9 +171,12 @@ def release_pages(*arrays: Any) -> int:
     """
     import mmap
 
+    from clipcal.rowblocks import mapped_base
+
     advice = getattr(mmap, "MADV_DONTNEED", None)
     done = 0
     for a in arrays:
+        a = mapped_base(a)  # np.asarray of a store array is a plain ndarray over the map: release the map
         m = getattr(a, "_mmap", None)  # np.memmap (and its views) keep the mapping of the file
         if advice is None or getattr(a, "mode", None) != "r" or not isinstance(m, mmap.mmap) or m.closed:
             continue

@@ -575,6 +575,17 @@ def check_converged(losses: list[float], window: int = 5, rtol: float = 0.03) ->
     return bool(abs(prev - last) <= rtol * max(abs(prev), 1e-12))
 
 
+def unconverged_note(stage: str, losses: list[float], chosen_epoch: int, advice: str, window: int = 5) -> list[str]:
+    """``[note]`` when the training loss had not levelled off (:func:`check_converged`) *and* the chosen epoch is
+    among the last ``window`` — validation was still improving at the end, so more epochs could change the model;
+    else ``[]``: an earlier chosen epoch is validation's pick whatever the loss does after it (a note there sent
+    users to train longer for nothing)."""
+    if check_converged(losses, window) or chosen_epoch <= len(losses) - window:
+        return []
+    return [f"{stage}: training loss had not levelled off after {len(losses)} epochs (last {losses[-1]:.4f}) "
+            f"and the chosen epoch {chosen_epoch} is among the last {window}; {advice}"]
+
+
 def stage_progress(progress: ProgressFn | None, offset: float, grand_total: float) -> ProgressFn | None:
     """Wrap ``progress`` so a stage's ``done`` counts from ``offset`` out of ``grand_total`` units."""
     if progress is None:
@@ -767,10 +778,7 @@ def train_last_layer(data: FeatureData, *, train_idx: np.ndarray | None = None,
         loop = run_epochs(model, epochs=epochs, train_epoch=one_epoch, evaluator=evaluator, stage=stage,
                           progress=progress, cancel=cancel, select=select, lr=lr)
     conv = check_converged(loop.train_losses)
-    notes = []
-    if not conv:
-        notes.append(f"{stage}: training loss had not levelled off after {epochs} epochs "
-                     f"(last {loop.train_losses[-1]:.4f}); consider more epochs or a larger lr")
+    notes = unconverged_note(stage, loop.train_losses, loop.best_epoch, "consider more epochs or a larger lr")
     out = TrainedLastLayer(model=model, evaluator=evaluator, chosen_epoch=loop.best_epoch,
                            best_score=loop.best_score, curves=loop.curves, train_losses=loop.train_losses,
                            converged=conv, init=init_info, notes=notes, seconds=loop.seconds,

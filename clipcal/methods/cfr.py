@@ -396,9 +396,8 @@ class CFR(Method):
         loop, steps, uniq_counts = self._stage2_epochs(
             data, model, opt, evaluator, choice.cal, samplers, gen, dev,
             T.stage_progress(progress, pre_cfr, pre_cfr + epochs), cancel)
-        if not T.check_converged(loop.train_losses):
-            notes.append(f"cfr: training loss had not levelled off after {epochs} epochs "
-                         f"(last {loop.train_losses[-1]:.4f}); lr {self.lr} may be too small for this start")
+        notes += T.unconverged_note("cfr", loop.train_losses, loop.best_epoch,
+                                    f"lr {self.lr} may be too small for this start")
         probs, z_after, fitted = self._select(data, erm, erm_probs, erm_z, model, start_state, start_score,
                                               init_desc, loop, evaluator, record, notes)
         record.update(

@@ -94,6 +94,14 @@ def worst_of(group_tables: pd.DataFrame, method: str, split: str = "test") -> tu
     """``(name, accuracy)`` of the method's worst group on ``split`` from a run's per-group tables (columns
     ``method, split, group, class, attribute, n, accuracy``); groups with an attribute label only when there are
     any (else per class, named by the class). None when the method has no rows. Ties: the first group."""
+    r = _worst_row(group_tables, method, split)
+    if r is None:
+        return None
+    name = f"{r['class']} / {r['attribute']}" if int(r["group"]) >= 0 else str(r["class"])
+    return name, float(r["accuracy"])
+
+
+def _worst_row(group_tables: pd.DataFrame, method: str, split: str):
     t = group_tables[(group_tables["method"] == method) & (group_tables["split"] == split)
                      & (group_tables["n"] > 0)]
     t = t[t["accuracy"].notna()]
@@ -101,9 +109,29 @@ def worst_of(group_tables: pd.DataFrame, method: str, split: str = "test") -> tu
         return None
     known = t[t["group"] >= 0]
     t = known if len(known) else t
-    r = t.loc[t["accuracy"].astype(float).idxmin()]
-    name = f"{r['class']} / {r['attribute']}" if int(r["group"]) >= 0 else str(r["class"])
-    return name, float(r["accuracy"])
+    return t.loc[t["accuracy"].astype(float).idxmin()]
+
+
+def worst_interval(group_tables: pd.DataFrame, method: str, split: str = "test") -> tuple[float, float, int] | None:
+    """``(low, high, n)``: the 95 % Wilson interval (:func:`clipcal.metrics.wilson_interval`) of the accuracy of
+    the method's worst group (:func:`worst_of`) and its number of images; None when the method has no rows."""
+    from clipcal.metrics import wilson_interval
+
+    r = _worst_row(group_tables, method, split)
+    if r is None:
+        return None
+    n = int(r["n"])
+    lo, hi = wilson_interval(round(float(r["accuracy"]) * n), n)
+    return float(lo), float(hi), n
+
+
+def _within_noise(group_tables: pd.DataFrame, a: str, b: str, split: str) -> str:
+    """A clause saying the two methods' worst-group accuracies lie inside each other's 95 % intervals, or ""."""
+    ia, ib = worst_interval(group_tables, a, split), worst_interval(group_tables, b, split)
+    if ia is None or ib is None or ia[1] < ib[0] or ib[1] < ia[0]:
+        return ""
+    return (f"; the 95 % intervals of the two worst groups overlap (n = {ia[2]:,} and {ib[2]:,} {split} images), "
+            "so this is not a clear change")
 
 
 def crossing_counts(points: pd.DataFrame, split: str = "test") -> pd.DataFrame:
@@ -238,8 +266,9 @@ def build_story(metrics: pd.DataFrame, group_tables: pd.DataFrame, records: Mapp
     elif method and mchange is not None:
         did = ("kept the stage-1 ERM model" if kept_erm else "changed little" if changed_little
                else f"brings its {metric} to {_acc(value[method])}")
+        noise = "" if kept_erm or changed_little else _within_noise(group_tables, base, method, split)
         headline = (f"{label[base]} is worst on {bw or 'one ' + unit} ({_acc(value[base])}); {mlabel} {did} "
-                    f"({_points(mchange)}).")
+                    f"({_points(mchange)}){noise}.")
     else:
         best = max(changes, key=lambda c: c.value)
         headline = (f"{label[base]} is worst on {bw or 'one ' + unit} ({_acc(value[base])}); best {metric}: "

@@ -78,3 +78,4 @@ def test_runs_store_and_serve_no_train_weighted_without_training_groups(syn_smal
     monkeypatch.undo()
     assert load_run(old.key, store=store).metrics["train_weighted"].isna().all()
     assert not math.isnan(load_run(old.key, store=store).metrics["worst_group"].iloc[0])
+

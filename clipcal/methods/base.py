@@ -128,6 +128,21 @@ def _writable(arr, dtype) -> np.ndarray:
 MAX_ABS_FEATURE = 1e18
 
 
+def _selection_notes(table: pd.DataFrame, class_names: list[str]) -> list[str]:
+    """Notes when the validation split that every trained method selects on misses a class: its worst-class
+    (or worst-group) score then rests on the other classes only (new-user report: a val split of one class made
+    "validation worst-class accuracy" that class's accuracy, unsaid)."""
+    val = table["y"][table["split"].astype(str) == "val"].to_numpy()
+    if not len(val):
+        return []
+    missing = [class_names[k] if k < len(class_names) else str(k)
+               for k in sorted(set(range(len(class_names))) - set(np.unique(val).tolist()))]
+    if not missing:
+        return []
+    return [f"the validation split has no images of class(es) {missing}: model selection (best validation epoch, "
+            "hyperparameters) rests on the other class(es) only — add validation images of every class"]
+
+
 def _bad_rows(arr: np.ndarray) -> np.ndarray:
     """Row indices (int64, ascending) of a 2-D array holding NaN, ±inf or a value beyond ±``MAX_ABS_FEATURE``.
 
@@ -430,6 +445,7 @@ class FeatureData:
                 reasons = "; reasons: " + ", ".join(f"{r} ({c})" for r, c in top.items())
             notes.append(f"{int((~have).sum())} sample(s) without embeddings (skipped images) dropped{reasons}")
         t = table[have]
+        notes += _selection_notes(t, list(benchmark.class_names))
         rows = pos.loc[t["sample_id"].to_numpy()].to_numpy()
         # row blocks releasing a store map's pages as they go: no second full-size copy beside the mapped file
         # (issue 14.3: CelebA's features + embeddings were 1.45 GB of pages next to their copies)

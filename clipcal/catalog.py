@@ -200,18 +200,29 @@ def newest_reopenable(embeddings: pd.DataFrame) -> tuple[dict, str] | None:
     return (ok.iloc[0]["bench_spec"], ok.iloc[0]["backbone"]) if len(ok) else None
 
 
+def best_of(scores: dict | None) -> tuple[float, str] | None:
+    """``(value, method)`` of the highest number among a run's ``{method: test worst-group accuracy}`` (NaN and
+    None skipped; ties: the first method), or None."""
+    return max(((v, k) for k, v in (scores or {}).items() if isinstance(v, (int, float)) and v == v),
+               key=lambda t: t[0], default=None)
+
+
 def best_score(scores: dict | None) -> float | None:
     """The highest number among a run's ``{method: test worst-group accuracy}`` (NaN and None skipped)."""
-    return max((v for v in (scores or {}).values() if isinstance(v, (int, float)) and v == v), default=None)
+    best = best_of(scores)
+    return None if best is None else best[0]
 
 
 def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
     """The store's runs for display, from :func:`clipcal.runs.list_runs`: ``created`` (UTC), ``benchmark,
-    backbone, methods`` (", "-separated), ``settings changed``, ``best test worst-group``."""
+    backbone, methods`` (", "-separated), ``settings changed``, ``best test worst-group`` and ``by`` (the method
+    that reached it: a number without its method read as the run's result, e.g. DFR's, which uses group labels)."""
+    best = [best_of(wg) for wg in runs["test_worst_group"]]
     return pd.DataFrame({"created": [fmt_time(x) for x in runs["created"]], "benchmark": runs["benchmark"],
                          "backbone": runs["backbone"], "methods": runs["methods"].str.replace(",", ", "),
                          "settings changed": runs["changed"],
-                         "best test worst-group": [best_score(wg) for wg in runs["test_worst_group"]]})
+                         "best test worst-group": [b[0] if b else None for b in best],
+                         "by": [method_short(b[1]) if b else "" for b in best]})
 
 
 def run_entries(runs: pd.DataFrame) -> list[dict]:
@@ -231,8 +242,7 @@ def run_label(info: dict) -> str:
     """``"2026-11-29 08:40 UTC · ERM, CFR · cfr.lr=0.001 · best test worst-group 0.81 (CFR)"`` for a run
     entry of :func:`run_entries` (non-default settings tell otherwise identical runs apart)."""
     methods = info.get("methods") or []
-    wg = info.get("test_worst_group") or {}
-    best = max(((v, k) for k, v in wg.items() if isinstance(v, (int, float)) and v == v), default=None)
+    best = best_of(info.get("test_worst_group"))
     tail = f" · best test worst-group {best[0]:.2f} ({method_short(best[1])})" if best else ""
     changed = str(info.get("changed") or "")
     changed = f" · {changed[:57] + '…' if len(changed) > 58 else changed}" if changed else ""

@@ -104,6 +104,8 @@ def test_runs_table_and_entries_from_list_runs():
     t = catalog.runs_table(runs)
     assert t["methods"].tolist() == ["erm, cfr", "dfr"]
     assert t["best test worst-group"].iloc[0] == 0.5 and np.isnan(t["best test worst-group"].iloc[1])
+    assert t["by"].tolist() == ["ERM", ""]  # the method that reached it, never a bare number
+    assert catalog.best_of({"erm": 0.5, "dfr": 0.8, "cfr": float("nan")}) == (0.8, "dfr")
     assert t["created"].tolist() == ["2026-11-29 12:33 UTC", ""]
     entries = catalog.run_entries(runs)
     assert entries[0] == {"id": "k2", "created": "2026-11-29T12:33:00+00:00", "methods": ["erm", "cfr"],

@@ -158,8 +158,9 @@ def demo_path(bench_spec: dict, backbone, methods: list[str] | None = None, stor
     (:data:`WARM_IMPORTS`) while the benchmark is built (other threads, beside the demo's image threads, which
     spend most of their time in Pillow without the GIL), and the fast methods (:data:`FIRST_METHODS` among
     those) are fitted and stored first, as a run of their own, so the first calibrated result is in the store
-    while the others train; then the run of every method is stored (the one the result pages compare; it fits
-    the fast ones again, which costs seconds).
+    while the others train; then the run of every method is stored (the one the result pages compare). Both runs
+    share one :func:`~clipcal.methods.fit_memo.fit_memo`: the full run's ERM, JTT's identification model and
+    CFR's stage 1 are the first run's ERM fit, bit-equal, not trained again (DFR's fit of seconds is repeated).
 
     Args:
         bench_spec: benchmark spec dict (:mod:`clipcal.catalog`).
@@ -183,6 +184,7 @@ def demo_path(bench_spec: dict, backbone, methods: list[str] | None = None, stor
     """
     from clipcal.embed import embed_benchmark
     from clipcal.methods.applicability import applicable_methods
+    from clipcal.methods.fit_memo import fit_memo
     from clipcal.runs import run_calibration
 
     with ExitStack() as stack:
@@ -194,11 +196,12 @@ def demo_path(bench_spec: dict, backbone, methods: list[str] | None = None, stor
                               cancel=cancel)
     methods = methods or applicable_methods(bool(getattr(emb, "has_text", False)), bench.has_attributes)
     first = [m for m in methods if m in FIRST_METHODS]
-    if first and len(first) < len(methods):
-        run_calibration(bench, emb, methods=first, hparams={}, store=store,
-                        progress=staged(progress, "3/3 calibrating (first results)"), cancel=cancel)
-    run_calibration(bench, emb, methods=methods, hparams={}, store=store,
-                    progress=staged(progress, "3/3 calibrating"), cancel=cancel)
+    with fit_memo():  # the full run's ERM, JTT's identification model and CFR's stage 1 reuse the first run's ERM
+        if first and len(first) < len(methods):
+            run_calibration(bench, emb, methods=first, hparams={}, store=store,
+                            progress=staged(progress, "3/3 calibrating (first results)"), cancel=cancel)
+        run_calibration(bench, emb, methods=methods, hparams={}, store=store,
+                        progress=staged(progress, "3/3 calibrating"), cancel=cancel)
     return f"{len(emb.sample_ids)} images embedded, {len(methods)} methods calibrated ({', '.join(methods)})"
 
 

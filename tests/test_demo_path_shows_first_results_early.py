@@ -31,6 +31,19 @@ def test_fast_methods_are_stored_first_then_every_method(seeded_embeddings, monk
     assert calls == [["erm", "dfr"]]  # nothing slow to wait for: one run
 
 
+def test_both_runs_share_one_fit_memo(seeded_embeddings, monkeypatch):
+    """The full run's ERM (and JTT's identification model, CFR's stage 1) is the first run's ERM fit, not a second
+    training: both run_calibration calls see the same open fit memo, and none is left open afterwards."""
+    import clipcal.runs as runs
+    from clipcal.methods.fit_memo import active_memo
+
+    seen = []
+    monkeypatch.setattr(runs, "run_calibration", lambda bench, emb, methods, **kw: seen.append(active_memo()))
+    pipeline.demo_path(seeded_embeddings["bench_spec"], seeded_embeddings["emb"].backbone_spec)
+    assert len(seen) == 2 and seen[0] is not None and seen[0] is seen[1]
+    assert active_memo() is None
+
+
 def test_the_model_loads_while_the_benchmark_builds(seeded_embeddings, monkeypatch):
     """The build waits (up to 10 s) for the model load to start: before the change the load began only after
     the build returned, so it never started in time."""

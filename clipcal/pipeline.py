@@ -94,13 +94,14 @@ def load_bench(bench_spec: dict, progress=None):
 
 
 def embed(bench_spec: dict, backbone, store=None, device: str = "auto", precision: str = "auto",
-          batch_size: int = 64, progress=None, cancel=None):
+          batch_size: int | None = None, progress=None, cancel=None):
     """Load the benchmark and embed it (:func:`clipcal.embed.embed_benchmark`: resumes from the store).
 
     Args:
         bench_spec: benchmark spec dict (:mod:`clipcal.catalog`).
         backbone: a backbone spec string or a loaded :class:`clipcal.backbones.Backbone`.
         store: :class:`clipcal.store.Store` (default ``Store()``).
+        batch_size: images per forward pass (None: :func:`clipcal.embed.default_batch_size` of the device).
 
     Returns:
         The stored ``EmbeddingSet``.

@@ -113,7 +113,9 @@ a, b, d = st.columns(3)
 device = a.selectbox("Device", ["auto", "cpu", "cuda", "mps"], key="embed.device",
                      help="auto = the first GPU if there is one, else CPU")
 precision = b.selectbox("Precision", list(PRECISIONS), key="embed.precision", help=PRECISION_HELP)
-batch = d.number_input("Batch size", 1, 4096, 64, step=16, key="embed.batch")
+batch = d.number_input("Batch size", 0, 4096, 0, step=16, key="embed.batch",
+                       help="Images per forward pass; 0 = automatic: 16 on the CPU (Lite0's activations stay in the "
+                            "CPU cache), 64 on a GPU. The embeddings do not depend on it.")
 
 bench = None
 with widgets.guarded("loading the benchmark"):
@@ -131,7 +133,7 @@ if bench is not None:
     label = "Embed again (resume / refresh)" if emb is not None else "Start embedding"
     if st.button(label, type="primary" if emb is None else "secondary", disabled=running, key="embed.start"):
         with widgets.guarded("starting the embedding"):  # e.g. a read-only store: said now, before any image
-            jobs.start_embedding(bench_spec, current, device=device, precision=precision, batch_size=int(batch))
+            jobs.start_embedding(bench_spec, current, device=device, precision=precision, batch_size=int(batch) or None)
             st.rerun()
     job = jobs.job_status(key, show_done=lambda job: st.success(f"Embedding finished: {job.result.summary()}."))
     if job is not None and isinstance(job.error, NothingEmbeddedError):  # every row's reason, not only three

@@ -6,11 +6,25 @@ memoised per run and method, (f) is computed in a background job."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from clipcal import views
 from clipcal.pipeline import run_key
 from pages.ui import jobs, resources, state, widgets
+
+
+def _table(df, key: str) -> None:
+    """``st.dataframe`` with the field's words as headers ("balanced accuracy", not ``balanced_accuracy``) and every
+    fractional number to 3 decimals (the tabs mixed 0.99 and 0.9913); the frame's own columns are unchanged."""
+    cfg = {}
+    for c in df.columns:
+        label = str(c).replace("_", " ")
+        if pd.api.types.is_float_dtype(df[c].dtype) and not str(c).startswith("n_"):
+            cfg[c] = st.column_config.NumberColumn(label, format="%.3f")
+        elif label != str(c):
+            cfg[c] = st.column_config.Column(label)
+    st.dataframe(df, hide_index=True, key=key, column_config=cfg)
 
 
 def concepts_section(run, bench, emb, method: str) -> None:
@@ -58,7 +72,7 @@ def concepts_section(run, bench, emb, method: str) -> None:
     st.plotly_chart(resources.memo(("fig_concepts", *key), lambda: concept_scores_figure(scores, top=10)),
                     key="spur.concepts_fig")
     with st.expander("All scores"):
-        st.dataframe(scores.drop(columns=["class_index"]), hide_index=True, key="spur.concepts_table")
+        _table(scores.drop(columns=["class_index"]), "spur.concepts_table")
 
 
 def decodability_section(run, bench) -> None:
@@ -85,7 +99,7 @@ def decodability_section(run, bench) -> None:
     table = views.decodability_table(results)
     st.plotly_chart(resources.memo(("fig_decod", run_key(run)), lambda: decodability_figure(table)),
                     key="spur.decod_fig")
-    st.dataframe(table, hide_index=True, key="spur.decod")
+    _table(table, "spur.decod")
     if not after_methods:
         st.caption("No method of this run changed the embeddings, so there is no \"after\".")
     no_after = [m for m in views.run_methods(run) if m not in after_methods]
@@ -116,7 +130,7 @@ def clusters_section(run, bench, method: str) -> None:
     st.plotly_chart(resources.memo(("fig_clusters", *key), lambda: cluster_accuracy_figure(table)),
                     key="spur.clusters_fig")
     with st.expander("Cluster table"):
-        st.dataframe(table, hide_index=True, key="spur.clusters")
+        _table(table, "spur.clusters")
     if not bench.has_attributes:
         st.caption("No attribute labels: the clusters are the only view of hidden groups here.")
     for _, r in cl.table.sort_values("accuracy").head(2 * len(fd.class_names)).iterrows():
@@ -150,7 +164,7 @@ def calibration_set_section(run, bench, method: str | None = None) -> None:
     else:
         st.plotly_chart(resources.memo(("fig_calset", run_key(run), m), lambda: calibration_set_figure(rep.table)),
                         key="spur.calset_fig")
-    st.dataframe(rep.table, hide_index=True, key="spur.calset")
+    _table(rep.table, "spur.calset")
     st.caption(f"Pool: {', '.join(rep.pool)}. Enrichment > 1 = the group is over-represented in the set.")
 
 
@@ -232,21 +246,21 @@ def _show_cav(rep, method: str) -> None:
     st.markdown(f"**{rep.concept}** — {rep.n_concept} concept images, {rep.n_random} random runs, "
                 f"{views.method_label(method)}, {rep.split} split.")
     probe = rep.probe.assign(accuracy=rep.probe["accuracy"].round(3), accuracy_sd=rep.probe["accuracy_sd"].round(3))
-    st.dataframe(probe, hide_index=True, key="spur.cav_probe")
+    _table(probe, "spur.cav_probe")
     st.caption(f"Held-out accuracy of the concept probe (chance 0.5); below {MIN_PROBE_ACCURACY} the concept is not "
                "linearly separable in that space and its scores are not shown.")
     for note in rep.notes:
         st.caption(note)
     if rep.groups[["score_before", "score_after"]].notna().any().any():
         st.plotly_chart(cav_groups_figure(rep.groups, rep.concept), key="spur.cav_groups_fig")
-    st.dataframe(rep.groups, hide_index=True, key="spur.cav_groups")
+    _table(rep.groups, "spur.cav_groups")
     st.markdown("**TCAV per class** (does the method's score for the class rise along the concept?)")
     shown = rep.tcav[rep.tcav["shown"]]
     if len(shown):
         st.plotly_chart(tcav_figure(rep.tcav, rep.concept), key="spur.cav_tcav_fig")
     else:
         st.info("No TCAV score is shown: " + "; ".join(sorted(set(rep.tcav["reason"]))))
-    st.dataframe(rep.tcav.drop(columns=["class_index"]), hide_index=True, key="spur.cav_tcav")
+    _table(rep.tcav.drop(columns=["class_index"]), "spur.cav_tcav")
 
 
 def cav_section(run, bench, method: str) -> None:

@@ -23,6 +23,7 @@ report. The helpers here (:func:`read_metadata`, :func:`clean_paths`, :func:`req
 from __future__ import annotations
 
 import codecs
+import csv
 import io
 import re
 import unicodedata
@@ -52,6 +53,10 @@ def require_root(root: str | Path | None, benchmark: str, layout: str) -> Path:
     if root is None:
         raise DataError(f"{benchmark}: no root folder given", hint=f"expected layout:\n{layout}")
     p = Path(root).expanduser()
+    if p.is_file():
+        hint = (f"pass its folder as --root {p.parent} and the file name as --csv {p.name}" if benchmark == "csv"
+                else f"pass the folder that holds it as --root {p.parent}")
+        raise DataError(f"{benchmark}: --root {p} is a file, not a folder", hint=f"{hint}; expected layout:\n{layout}")
     if not p.is_dir():
         raise DataError(f"{benchmark}: root folder not found: {p}", hint=f"expected layout:\n{layout}")
     return p
@@ -173,7 +178,8 @@ def read_metadata(path: Path, what: str, layout: str | None = None, encoding: st
                         hint=f"read as {enc} text with separator {sep!r} (the one most used in the header line "
                         f"{first + 1}); the file must be a table with a header row and the same number of cells "
                         "on every line") from None
-    df.columns = [str(c).strip().lstrip("\ufeff").strip() for c in df.columns]
+    df.columns = _header_names(header, sep, df, path, what, first + 1)
+    df = df.loc[:, [c != "" for c in df.columns]]  # unnamed empty columns: a separator ending every line
     if re.search(r"[^\S\n\t]" if sep == "\t" else r"[^\S\n]", body):  # any cell may need stripping
         df = df.apply(lambda s: s.str.strip())
     df.index = pd.RangeIndex(len(df)) + first + 2  # header on line first + 1
@@ -187,6 +193,31 @@ def read_metadata(path: Path, what: str, layout: str | None = None, encoding: st
         raise DataError(f"{what}: {path} has no rows", hint="the metadata must list one image per row")
     df.attrs.update(encoding=enc, notes=[note] if note else [])
     return df
+
+
+def _header_names(header: str, sep: str, df: pd.DataFrame, path: Path | str, what: str, line: int) -> list[str]:
+    """The column names of ``header`` as written (pandas renames a repeated ``y`` to ``y.1`` and an empty cell
+    to ``Unnamed: N``), stripped of whitespace and a stray BOM; raise ``DataError`` for a name repeated (after
+    stripping) or an empty name over a column with values. An empty name over an empty column (a separator
+    at the end of every line) is kept as ``""``, dropped by the caller."""
+    raw = next(csv.reader([header], delimiter=sep), [])
+    if len(raw) != len(df.columns):  # a quoted header cell spanning lines: keep pandas' names
+        raw = [str(c) for c in df.columns]
+    names = [str(c).strip().lstrip("\ufeff").strip() for c in raw]
+    repeated = sorted({n for n in names if n and names.count(n) > 1})
+    if repeated:
+        where = "; ".join(f"{n!r} in columns {', '.join(str(i + 1) for i, m in enumerate(names) if m == n)}"
+                          for n in repeated)
+        raise DataError(f"{what}: {path} has repeated column name(s) in its header (line {line}): {where}",
+                        hint="each column needs its own name: rename or delete the extra column(s) so the "
+                        "loader knows which one to use (names are compared without surrounding spaces)")
+    unnamed = [i for i, n in enumerate(names) if not n and (df.iloc[:, i].astype(str).str.strip() != "").any()]
+    if unnamed:
+        raise DataError(f"{what}: {path} has column(s) without a name in its header (line {line}): column(s) "
+                        f"{', '.join(str(i + 1) for i in unnamed)}",
+                        hint="give each column a name in the header row, or delete the column (a table saved "
+                        "by pandas' to_csv has an unnamed index column: save it with index=False)")
+    return names
 
 
 def empty_cells(values: pd.Series, path: Path | str, column: str, what: str = "every row needs a value") -> None:

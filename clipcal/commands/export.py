@@ -34,10 +34,12 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     """Export; print what was written. Errors (unknown key, method without a fitted model) exit with 2."""
+    from clipcal.commands.report import load_run_cli
     from clipcal.export import export_run, zip_export
     from clipcal.store import Store
 
-    ex = export_run(args.key, str(args.method).strip().lower(), args.out, store=Store())
+    store = Store()
+    ex = export_run(load_run_cli(args.key, store), str(args.method).strip().lower(), args.out, store=store)
     print(f"exported {ex.summary()}:")
     for f in ex.files:
         print(f"  {f}")

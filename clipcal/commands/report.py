@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 from pathlib import Path
 
@@ -129,17 +130,41 @@ def write_report(run, out_dir, split: str = "test") -> list[Path]:
     return files
 
 
+#: What a CLI user runs to see the stored runs' keys (the library's hint names the Python function).
+LIST_RUNS_HINT = ("list the stored runs and their keys with `python -m clipcal report --benchmark NAME [--root PATH "
+                  "and the other benchmark options used] --backbone SPEC --list`, or make one with "
+                  "`python -m clipcal calibrate`")
+
+
+def load_run_cli(key: str, store):
+    """:func:`clipcal.runs.load_run` for a command: an unknown ``key`` raises ``StoreError`` whose hint names
+    the CLI's ``report --list`` instead of the Python ``list_runs()``.
+
+    Raises:
+        StoreError: as ``load_run``.
+    """
+    from clipcal.errors import StoreError
+    from clipcal.runs import load_run
+
+    try:
+        return load_run(key, store)
+    except StoreError as err:
+        if err.message.startswith("no calibration run with key"):
+            raise StoreError(err.message, hint=LIST_RUNS_HINT) from None
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
     """Print (and optionally write) the report. Returns 0, or 1 when no run is stored."""
     from clipcal.backbones import parse_spec
-    from clipcal.commands.data import benchmark_from_args
+    from clipcal.commands.data import benchmark_cli_args, benchmark_from_args
     from clipcal.runs import list_runs, load_run
     from clipcal.store import Store
 
     spec = str(parse_spec(args.backbone))  # a typo is an error, not "no runs stored"
     store = Store()
     if args.key and not args.list:  # the run names its benchmark: none to load (or build)
-        r = load_run(args.key, store)
+        r = load_run_cli(args.key, store)
     else:
         bench = benchmark_from_args(args)
         runs = list_runs(store, benchmark=bench, backbone=spec)
@@ -150,8 +175,9 @@ def run(args: argparse.Namespace) -> int:
             print(runs.drop(columns=["test_worst_group"]).to_string(index=False))
             return 0
         if not len(runs):
+            # every benchmark option given here (--root, --csv, column mapping…), so the command reproduces it
             print(f"no calibration runs stored for {bench.name} with {spec}; run:\n  python -m clipcal calibrate "
-                  f"--benchmark {bench.name} --backbone {args.backbone}", file=sys.stderr)
+                  f"{benchmark_cli_args(args)} --backbone {shlex.quote(spec)}", file=sys.stderr)
             return 1
         r = load_run(runs["key"].iloc[0], store)
     print(run_markdown(r, split=args.split, groups=args.groups))

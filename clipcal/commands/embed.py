@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 import warnings
+from pathlib import Path
 
 from clipcal.backbones.devices import PRECISION_HELP, PRECISIONS
 from clipcal.backbones.spec import DEFAULT_SPEC
@@ -139,6 +140,13 @@ def run(args: argparse.Namespace) -> int:
         es = embed_benchmark(bench, backbone, store=store, batch_size=args.batch_size, num_workers=args.workers,
                              progress=bar, device=args.device, engine=args.engine, address=args.address,
                              max_retries=args.max_retries)
+    except KeyboardInterrupt:
+        from clipcal.embed import KIND, embedding_key
+
+        bar.close()
+        folder = store.partial_dir(KIND, embedding_key(bench, backbone.identity()))
+        print(f"\ninterrupted: {interrupted_note(folder, len(bench.table))}", file=sys.stderr)
+        return 130
     finally:
         bar.close()
         backbone.close()
@@ -159,6 +167,29 @@ def run(args: argparse.Namespace) -> int:
         print("skipped:   none")
     print(f"time:      {elapsed:.1f} s")
     return 0
+
+
+def interrupted_note(folder: Path, total: int, shard_size: int | None = None) -> str:
+    """What an interrupted embedding keeps, in words: only finished shards (``<folder>/shard-NNNNN.json``
+    present, :func:`clipcal.embed._write_shard`) survive; the images of the shard in progress are embedded again.
+
+    Args:
+        folder: the run's partial folder (``<store>/.partial/embeddings/<key>``); may not exist.
+        total: images in the benchmark table.
+        shard_size: rows per shard (default :data:`clipcal.embed.SHARD_SIZE`, what the CLI uses).
+    """
+    from clipcal.embed import SHARD_SIZE
+
+    size = shard_size or SHARD_SIZE
+    done = sorted(int(f.stem.split("-")[1]) for f in Path(folder).glob("shard-*.json")) if Path(folder).is_dir() else []
+    kept = sum(min(total, (i + 1) * size) - i * size for i in done if i * size < total)
+    if kept == 0:
+        return (f"nothing finished yet (images are kept in shards of {size}); the next run starts again "
+                "from the first image")
+    left = total - kept
+    redo = min(left, size)
+    return (f"kept {kept} of {total} images (finished shards); the next run resumes from them"
+            + (f" and embeds the {redo} images of the unfinished shard again" if left else ""))
 
 
 def embed_progress() -> CliProgress:

@@ -66,5 +66,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: work written so far is kept and the next run resumes from it", file=sys.stderr)
+        print("interrupted: finished embedding shards and stored runs are kept (the next run resumes from them); "
+              "a calibration that had not finished is not stored", file=sys.stderr)
         return 130

@@ -137,8 +137,8 @@ with widgets.guarded("loading the benchmark"):
     bench = resources.load_bench(cur)
     if bench is None:  # demo not generated yet
         key = pipeline.demo_build_key(cur["options"])
-        st.info("The demo images are generated on this machine the first time (about a minute for the "
-                "default size).")
+        st.info("The demo images are generated on this machine the first time (about 15–20 s for the "
+                "default size on 2 cores).")
         busy = jobs.demo_building_job(cur["options"])  # also "Run the demo" from Home builds it
         if st.button("Generate the demo images", type="primary", key="data.build", disabled=busy is not None):
             jobs.start_demo_build(cur["options"])

@@ -84,7 +84,9 @@ elif source == "bundled (offline)":
     px = st.select_slider("Input resolution (px)", [128, 160, 192, 224], key=fk("embed.px"),
                           value=cur_ps.image_size if cur_ps is not None and cur_ps.image_size in (128, 160, 192, 224)
                           else LITE0_DEFAULT_PX,
-                          help="Lite0 at 160 px ≈ 90 images/s on 2 CPU cores; 224 px ≈ 28 images/s")
+                          help="Lite0 at 160 px: ≈ 68 images/s through the whole pipeline on an idle 2-core CPU "
+                               "(bench/embed_throughput.py, load 0.9); 224 px has twice the pixels, so expect about half "
+                               "that (not measured)")
     spec = str(BackboneSpec.bundled(px))
 else:
     spec = st.text_input("Backbone spec", value=current, key=fk("embed.spec"),

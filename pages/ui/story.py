@@ -26,7 +26,9 @@ def story_block(bench, run, method: str | None = None, key: str = "story") -> No
 
     method = method if method is not None else story.story_method(run)
     fd, pts, purity = _inputs(run, bench, method)
-    s = story.run_story(run, points=pts, purity=purity, method=method)
+    # a stored run never changes: its story is built once per (run, method), not on every rerun
+    s = resources.memo(("story", pipeline.run_key(run), method),
+                       lambda: story.run_story(run, points=pts, purity=purity, method=method))
     st.markdown(f"**{s.headline}**")
     st.markdown("\n".join(f"- {line}" for line in s.sentences))
     if s.purity is not None:

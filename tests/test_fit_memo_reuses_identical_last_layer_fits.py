@@ -143,3 +143,20 @@ def test_a_calibration_run_trains_the_shared_erm_fit_once(syn_small_ds, tmp_stor
     rec = run.manifest["meta"]["records"]
     assert rec["erm"]["reused"] is False and rec["jtt"]["erm_reused"] is True and rec["cfr"]["erm"]["reused"] is True
     assert T.active_memo() is None                              # the run's memo is closed with the run
+
+
+def test_each_feature_data_is_hashed_once_per_memo(data, loops, monkeypatch):
+    """The memo key hashes the whole FeatureData; a run's several fits on the same object hash it once."""
+    from clipcal.methods import fit_memo as fm
+
+    hashed = []
+    real = fm.data_digest
+    monkeypatch.setattr(fm, "data_digest", lambda d: hashed.append(id(d)) or real(d))
+    other = data.subset(np.arange(data.n))
+    with T.fit_memo() as memo:
+        for _ in range(3):
+            T.train_last_layer(data, epochs=2, device="cpu")
+        T.train_last_layer(data, epochs=3, device="cpu")       # another call on the same object: no new hash
+        T.train_last_layer(other, epochs=2, device="cpu")      # another object: hashed, and a hit by content
+    assert hashed == [id(data), id(other)]
+    assert memo.hits == 3 and loops.count("erm") == 2

@@ -52,7 +52,7 @@ from clipcal.methods._device import (CALIBRATION_PRECISIONS, PRECISION_HELP, bf1
                                      device_manifest, resolve_calibration_precision, resolved_device_name,
                                      to_device)
 from clipcal.methods._fused import unit_rows
-from clipcal.methods.fit_memo import active_memo, call_key, fit_memo  # noqa: F401 (fit_memo: re-exported)
+from clipcal.methods.fit_memo import active_memo, fit_memo  # noqa: F401 (fit_memo: re-exported)
 from clipcal.methods.fitted import FittedLastLayer
 from clipcal.methods.params import Boolean, InstanceOf, Integral, Interval, Real, StrOptions
 
@@ -720,7 +720,7 @@ def train_last_layer(data: FeatureData, *, train_idx: np.ndarray | None = None,
         check_cancel(cancel)
         call.update(device=resolved_device_name(dev), precision=resolve_calibration_precision(precision, dev),
                     threads=torch.get_num_threads() if dev.type == "cpu" else None)
-        key = call_key(data, call)
+        key = memo.key(data, call)
         hit = memo.get(key, lambda: Evaluator(data, dev, rule=selection, splits=curve_splits))
         if hit is not None:
             report(progress, epochs, epochs, f"{stage}: identical fit reused", stage)

@@ -187,11 +187,16 @@ def train_group_weights(data) -> np.ndarray | None:
         vouched for, and weighting by the known rows alone would silently drop (or shrink) groups whose
         training images carry no attribute label (a whole class, in the case that was reported).
     """
-    if not data.n_groups:
-        return None
-    if (data.group[data.mask("train")] < 0).any():
+    if not data.n_groups or training_groups_unknown(data.group, data.split):
         return None
     return data.group_counts("train")
+
+
+def training_groups_unknown(group, split) -> bool:
+    """Whether any training row's group is unknown (``group`` < 0): then the training proportions are not known
+    and ``train_weighted`` is not given (:func:`train_group_weights`; :func:`clipcal.runs.load_run` applies the
+    same rule to runs stored before it). ``group`` [N] int, ``split`` [N] str."""
+    return bool((np.asarray(group)[np.asarray(split).astype(str) == "train"] < 0).any())
 
 
 def method_table(results: Mapping, data, splits: tuple[str, ...] = ("val", "test"),

@@ -44,7 +44,7 @@ from clipcal._json import jsonable as _jsonable
 from clipcal.methods.base import DeviceOutOfMemoryError, FeatureData, MethodResult, NonFiniteError, Progress
 from clipcal.methods.fit_memo import fit_memo
 from clipcal.methods.fitted import FittedLastLayer
-from clipcal.metrics import METRIC_DEFINITIONS, group_table, method_table
+from clipcal.metrics import METRIC_DEFINITIONS, group_table, method_table, training_groups_unknown
 
 KIND = "runs"
 RUN_FORMAT = 1
@@ -486,8 +486,8 @@ def load_run(key: str, store=None) -> Run:
     metrics = _read_csv(entry, "metrics_csv")
     if "split" in metrics:
         metrics["split"] = metrics["split"].fillna("")
-    if "train_weighted" in metrics and (labels["group"][labels["split"] == "train"] < 0).any():
-        # runs stored before the rule of metrics.train_group_weights weighted by the labelled rows only
+    if "train_weighted" in metrics and training_groups_unknown(labels["group"], labels["split"]):
+        # runs stored before metrics.train_group_weights weighted by the labelled rows only
         metrics["train_weighted"] = np.nan
     return Run(key=entry.key, config=meta["config"], results=results,
                not_applicable=dict(meta.get("not_applicable", {})), metrics=metrics,

@@ -113,16 +113,13 @@ def _worst_row(group_tables: pd.DataFrame, method: str, split: str):
 
 
 def worst_interval(group_tables: pd.DataFrame, method: str, split: str = "test") -> tuple[float, float, int] | None:
-    """``(low, high, n)``: the 95 % Wilson interval (:func:`clipcal.metrics.wilson_interval`) of the accuracy of
-    the method's worst group (:func:`worst_of`) and its number of images; None when the method has no rows."""
-    from clipcal.metrics import wilson_interval
-
+    """``(low, high, n)``: the 95 % Wilson interval of the accuracy of the method's worst group (:func:`worst_of`)
+    — the table's own ``ci_low`` / ``ci_high`` (:func:`clipcal.metrics.group_table`) — and its number of images;
+    None when the method has no rows."""
     r = _worst_row(group_tables, method, split)
     if r is None:
         return None
-    n = int(r["n"])
-    lo, hi = wilson_interval(round(float(r["accuracy"]) * n), n)
-    return float(lo), float(hi), n
+    return float(r["ci_low"]), float(r["ci_high"]), int(r["n"])
 
 
 def _within_noise(group_tables: pd.DataFrame, a: str, b: str, split: str) -> str:

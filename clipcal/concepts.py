@@ -83,7 +83,7 @@ def float_rows(x, rows=None, unit: bool = False) -> np.ndarray:
     out = rowblocks.take_rows(x, rows)
     if unit:
         for sl in rowblocks.row_blocks(len(out), out.shape[1]):
-            out[sl] /= np.maximum(np.linalg.norm(out[sl], axis=-1, keepdims=True), 1e-12)
+            out[sl] = _unit(out[sl])
     return out
 
 

@@ -86,7 +86,8 @@ def array_digest(*arrays: np.ndarray | None) -> str:
 
     Fast (≈1 GB/s): 2 × 6,000 × 768 float32 hash in well under a second.
     """
-    from clipcal.rowblocks import release, row_blocks  # noqa: PLC0415
+    from clipcal.rowblocks import row_blocks  # noqa: PLC0415
+    from clipcal.store import release_pages  # noqa: PLC0415
 
     h = hashlib.sha256()
     for arr in arrays:
@@ -102,12 +103,13 @@ def array_digest(*arrays: np.ndarray | None) -> str:
         # store array (a run's embeddings_after, 622 MB at CelebA size) are released as they are read
         for sl in row_blocks(a.shape[0], int(np.prod(a.shape[1:])), itemsize=a.itemsize):
             h.update(memoryview(a[sl]).cast("B"))
-            release(a)
+            release_pages(a)
     return h.hexdigest()
 
 
 def _check(name: str, arr: np.ndarray) -> np.ndarray:
-    from clipcal.rowblocks import release, row_blocks  # noqa: PLC0415
+    from clipcal.rowblocks import row_blocks  # noqa: PLC0415
+    from clipcal.store import release_pages  # noqa: PLC0415
 
     a = np.asarray(arr)
     if a.ndim != 2:
@@ -116,7 +118,7 @@ def _check(name: str, arr: np.ndarray) -> np.ndarray:
     finite = np.ones(a.shape[0], bool)
     for sl in row_blocks(a.shape[0], a.shape[1], itemsize=1):  # no [N, e] bool mask; a store map's pages released
         finite[sl] = np.isfinite(a[sl]).all(axis=1)
-        release(a)
+        release_pages(a)
     if not finite.all():
         bad = np.flatnonzero(~finite)[:5].tolist()
         raise MethodError(f"{name} embeddings contain NaN or inf in rows {bad}",
@@ -593,7 +595,7 @@ def unit_group_sums(x: np.ndarray, codes: np.ndarray, n_groups: int, block_bytes
     Reads ``x`` in row blocks (:func:`clipcal.rowblocks.row_blocks`) and adds each block into float64 accumulators
     with a sparse one-hot product (``scipy.sparse.csr_matrix @ block``), so no [N, e] float64 copy and no per-group
     fancy-index copy is made (at CelebA size, 202,599 × 768, those were 3.6 GB); the pages of a memory-mapped
-    store array (a run's ``embeddings_after``) are released after each block (:func:`clipcal.rowblocks.release`).
+    store array (a run's ``embeddings_after``) are released after each block (:func:`clipcal.store.release_pages`).
 
     Args:
         x: [N, e] float array (float32 or float64; ``np.memmap`` welcome).
@@ -605,7 +607,8 @@ def unit_group_sums(x: np.ndarray, codes: np.ndarray, n_groups: int, block_bytes
     """
     from scipy.sparse import csr_matrix  # noqa: PLC0415
 
-    from clipcal.rowblocks import release, row_blocks  # noqa: PLC0415
+    from clipcal.rowblocks import row_blocks  # noqa: PLC0415
+    from clipcal.store import release_pages  # noqa: PLC0415
 
     codes = np.asarray(codes, dtype=np.int64)
     sums = np.zeros((int(n_groups), x.shape[1]), dtype=np.float64)
@@ -614,7 +617,7 @@ def unit_group_sums(x: np.ndarray, codes: np.ndarray, n_groups: int, block_bytes
         keep = np.flatnonzero(c >= 0)
         onehot = csr_matrix((np.ones(len(keep)), (c[keep], keep)), shape=(len(sums), sl.stop - sl.start))
         sums += onehot @ _unit(x[sl])
-        release(x)
+        release_pages(x)
     return sums
 
 

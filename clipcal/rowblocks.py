@@ -41,17 +41,9 @@ def mapped_base(x):
     return x
 
 
-def release(x) -> bool:
-    """Drop this process's resident pages of the store file behind ``x`` (:func:`clipcal.store.release_pages` of
-    :func:`mapped_base`); the array stays readable. Returns whether there was a mapping to release."""
-    from clipcal.store import release_pages
-
-    return release_pages(x) > 0
-
-
 def take_rows(x, rows=None, dtype=np.float64, block_bytes: int | None = None) -> np.ndarray:
     """``np.asarray(x[rows], dtype)`` built a block of rows at a time, releasing the pages of a memory-mapped
-    ``x`` after each block (:func:`release`): the result is the only array of its size, and reading scattered rows
+    ``x`` after each block (:func:`clipcal.store.release_pages`): the result is the only array of its size, and reading scattered rows
     of a store array (a split's rows of ``embeddings_after``) does not leave the whole file resident.
 
     Args:
@@ -62,6 +54,8 @@ def take_rows(x, rows=None, dtype=np.float64, block_bytes: int | None = None) ->
     Returns:
         [len(rows), e] array of ``dtype``, equal to ``np.asarray(x[rows], dtype)``.
     """
+    from clipcal.store import release_pages
+
     idx = None if rows is None else np.asarray(rows)
     if idx is not None and idx.dtype == bool:
         idx = np.flatnonzero(idx)
@@ -70,5 +64,5 @@ def take_rows(x, rows=None, dtype=np.float64, block_bytes: int | None = None) ->
     width = int(np.prod(x.shape[1:], dtype=np.int64)) if x.ndim > 1 else 1
     for sl in row_blocks(n, width, block_bytes, np.dtype(dtype).itemsize):
         out[sl] = x[sl] if idx is None else x[idx[sl]]
-        release(x)
+        release_pages(x)
     return out

@@ -431,15 +431,16 @@ MOVEMENT_BLOCK_BYTES = 32 * 2**20
 def _row_movement(xy, before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(move_2d [N] float64, cos_change [N] float64)`` of :func:`clipcal.projection.displacement`, computed in
     row blocks of :data:`MOVEMENT_BLOCK_BYTES` (both columns are per row, so the blocks give the same numbers); the
-    pages of a memory-mapped ``after`` (a stored run's) are released after each block (:func:`clipcal.rowblocks.release`)."""
+    pages of a memory-mapped ``after`` (a stored run's) are released after each block (:func:`clipcal.store.release_pages`)."""
     from clipcal.projection import displacement
-    from clipcal.rowblocks import release, row_blocks
+    from clipcal.rowblocks import row_blocks
+    from clipcal.store import release_pages
 
     move, cos = np.empty(len(before)), np.empty(len(before))
     for s in row_blocks(len(before), before.shape[1], MOVEMENT_BLOCK_BYTES):
         d = displacement(xy[0][s], xy[1][s], before[s], after[s])
         move[s], cos[s] = d["move_2d"].to_numpy(), d["cos_change"].to_numpy()
-        release(after)
+        release_pages(after)
     return move, cos
 
 

@@ -1,7 +1,7 @@
 """A stored run's ``embeddings_after`` (622 MB at CelebA size) is a plain ndarray over a store memory map
 (``MethodResult`` takes ``np.asarray`` of it), so ``store.release_pages`` of the array itself did nothing; the
 Representations page's readers — the map's key hash, the purity's split rows, the per-row movement, the group
-centroid shifts and the map job's input check — read it in blocks and release the map's pages after each (``clipcal.rowblocks.release`` finds
+centroid shifts and the map job's input check — read it in blocks and release the map's pages after each (``store.release_pages`` finds
 the map behind the view), so reading it does not leave the whole file resident. Numbers unchanged: the hash equals
 sha256 of the whole array's bytes."""
 
@@ -14,7 +14,7 @@ import numpy as np
 from clipcal import projection, rowblocks, views
 from clipcal.projection import array_digest, group_centroid_shifts
 from clipcal.separation import neighbourhood_purity
-from clipcal.store import Store
+from clipcal.store import Store, release_pages
 from tests.test_store_maps_release_their_pages import _resident_kb
 
 N, E = 4096, 256  # 4 MiB of float32
@@ -30,10 +30,10 @@ def _stored_view(tmp_path):
 def test_the_map_behind_a_view_is_found_and_released(tmp_path):
     view, x, file = _stored_view(tmp_path)
     assert not isinstance(view, np.memmap) and isinstance(rowblocks.mapped_base(view), np.memmap)
-    assert rowblocks.mapped_base(x) is None and not rowblocks.release(x)
+    assert rowblocks.mapped_base(x) is None and not release_pages(x)
     float(view.sum())
     assert _resident_kb(file) >= 4000
-    assert rowblocks.release(view)
+    assert release_pages(view) == 1
     assert _resident_kb(file) == 0
     np.testing.assert_array_equal(view[5], x[5])
 
@@ -63,7 +63,7 @@ def test_dashboard_readers_release_the_after_map(tmp_path, monkeypatch):
         "joint_umap's input check": lambda: projection._check("after", view),
     }
     for name, read in readers.items():
-        rowblocks.release(view)
+        release_pages(view)
         read()
         assert _resident_kb(file) < 1100, f"{name} left {_resident_kb(file)} kB of the 4 MiB map resident"
 

@@ -30,7 +30,7 @@ import pandas as pd
 
 from clipcal._json import jsonable
 from clipcal.errors import Cancelled, MethodError
-from clipcal.rowblocks import take_rows
+from clipcal.rowblocks import row_blocks, take_rows
 from clipcal.methods.fitted import FittedLastLayer, NotFittedError
 from clipcal.methods.params import choices_of, validate_params
 
@@ -149,8 +149,6 @@ def _bad_rows(arr: np.ndarray) -> np.ndarray:
     Checked in row blocks (:func:`clipcal.rowblocks.row_blocks`): ``np.abs`` of all of [N, d] was a temporary as
     large as the array (830 MB for CelebA's 202,599 × 1,024 float32 features) plus an [N, d] bool mask.
     """
-    from clipcal.rowblocks import row_blocks
-
     arr = np.asarray(arr)
     if arr.ndim != 2:
         raise MethodError(f"expected a 2-D array [rows, columns], got shape {arr.shape}")

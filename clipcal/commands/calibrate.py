@@ -10,6 +10,7 @@ import shlex
 import sys
 import time
 
+from clipcal.backbones.devices import PRECISIONS
 from clipcal.backbones.spec import DEFAULT_SPEC
 from clipcal.commands._progress import CliProgress
 from clipcal.commands.data import add_benchmark_args, benchmark_cli_args
@@ -61,10 +62,10 @@ def register(subparsers) -> None:
     p.add_argument("--set", action="append", default=[], metavar="METHOD.NAME=VALUE", dest="sets",
                    help="set a hyperparameter, e.g. --set cfr.lr=1e-3 (repeatable)")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda … (embedding and methods)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+    p.add_argument("--precision", default="auto", choices=list(PRECISIONS),  # the embedding's own list (tf32 too)
                    help="embedding precision if the images still need embedding")
-    p.add_argument("--batch-size", type=_count(1), default=64, metavar="N",
-                   help="embedding batch size if embedding is needed")
+    p.add_argument("--batch-size", type=_count(1), default=None, metavar="N",
+                   help="embedding batch size if embedding is needed (default: 16 on the CPU, 64 on a GPU)")
     p.add_argument("--split", default="test", choices=["val", "test", "all"], help="split shown (default test)")
     p.add_argument("--show-hparams", action="store_true", help="list every method's hyperparameters and exit")
     p.set_defaults(func=run)

@@ -57,8 +57,9 @@ def register(subparsers) -> None:
                    help="auto (GPU if available), cpu, cuda, cuda:1 … (default: auto)")
     g.add_argument("--precision", default="auto", choices=list(PRECISIONS),
                    help=PRECISION_HELP)
-    g.add_argument("--batch-size", type=_count(1), default=64, metavar="N",
-                   help="images per forward pass (default 64; halved automatically if the GPU runs out of memory)")
+    g.add_argument("--batch-size", type=_count(1), default=None, metavar="N",
+                   help="images per forward pass (default: 16 on the CPU, 64 on a GPU — clipcal.embed."
+                   "default_batch_size; halved automatically if the GPU runs out of memory)")
     g.add_argument("--workers", type=_count(0), default=None, metavar="N",
                    help="processes decoding images (default: half the CPU cores on CPU, up to 8 on GPU; 0 = none)")
     r = p.add_argument_group("engine (docs/scale.md)")
@@ -136,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning:   {backbone.settings.warning}", file=sys.stderr)
     store = Store()
     bar = embed_progress()
+    interrupted = None
     try:
         es = embed_benchmark(bench, backbone, store=store, batch_size=args.batch_size, num_workers=args.workers,
                              progress=bar, device=args.device, engine=args.engine, address=args.address,
@@ -143,13 +145,14 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         from clipcal.embed import KIND, embedding_key
 
-        bar.close()
-        folder = store.partial_dir(KIND, embedding_key(bench, backbone.identity()))
-        print(f"\ninterrupted: {interrupted_note(folder, len(bench.table))}", file=sys.stderr)
-        return 130
+        interrupted = interrupted_note(store.partial_dir(KIND, embedding_key(bench, backbone.identity())),
+                                       len(bench.table))
     finally:
         bar.close()
         backbone.close()
+    if interrupted is not None:  # said after the progress bar is closed, so the line stands on its own
+        print(f"\ninterrupted: {interrupted}", file=sys.stderr)
+        return 130
     elapsed = time.monotonic() - t0
     path = store.root / "embeddings" / es.key
     print()

@@ -21,3 +21,24 @@ def test_last_short_shard_counts_its_own_size(tmp_path):
         (tmp_path / f"shard-{i:05d}.json").write_text("{}")
     note = interrupted_note(tmp_path, 2500, 1024)
     assert "kept 2500 of 2500" in note and "again" not in note
+
+
+def test_the_embed_command_says_it_on_ctrl_c(tmp_path, tmp_store_root, monkeypatch, capsys):
+    """End to end through ``python -m clipcal embed``: Ctrl-C inside the embedding prints the count of the run's
+    own partial folder, after the progress bar, and exits 130."""
+    import clipcal.embed as embed_mod
+    from clipcal.cli import main
+    from tests.test_job_that_produced_nothing_fails import ROWS, _bench
+
+    _bench(tmp_path / "data", keep=tuple(range(len(ROWS))))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(embed_mod, "embed_benchmark", interrupted)
+    rc = main(["embed", "--benchmark", "csv", "--root", str(tmp_path / "data"), "--backbone", "tiny:clip",
+               "--workers", "0"])
+    err = capsys.readouterr().err
+    assert rc == 130
+    assert err.rstrip().endswith(f"interrupted: nothing finished yet (images are kept in shards of "
+                                 f"{embed_mod.SHARD_SIZE}); the next run starts again from the first image")

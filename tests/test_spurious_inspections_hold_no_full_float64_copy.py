@@ -25,7 +25,10 @@ def small_blocks(monkeypatch):
 
 
 def traced_peak(fn):
-    """``(fn(), peak bytes allocated while it ran)``."""
+    """``(fn(), peak bytes allocated while it ran)``. ``fn`` runs once untraced first: one-time work (lazy imports,
+    caches filled on first use) depends on which tests ran before, not on N (test_concepts.py collected after this
+    file made concept_scores' first call allocate 1.15 × FULL more)."""
+    fn()
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
@@ -168,3 +171,39 @@ def test_mapped_store_arrays_are_released_after_reading(tmp_path, monkeypatch, d
     pd.testing.assert_frame_equal(
         concepts.attribute_decodability(x, mapped, data[2], data[3]).table.iloc[[0]],
         concepts.attribute_decodability(x, None, data[2], data[3]).table)
+
+
+def test_large_classes_are_clustered_from_a_seeded_sample(data):
+    """Above ``fit_max`` rows a class's k-means is fitted on a seeded sample and every row is assigned to its
+    nearest centre: the peak follows the sample, not the class (CelebA's not-blond class held 2.1 GB)."""
+    from sklearn.cluster import KMeans
+
+    x, y, a, _, pred = data
+    correct = pred == y
+    fit_max = N // 12  # ≈ 1/6 of each class
+    got, peak = traced_peak(lambda: concepts.discover_clusters(x, y, correct, k=3, a=a, n_init=1, fit_max=fit_max))
+    # the sample's unit rows and KMeans' variance temporary (≈ 2 × 1/12 of FULL), the labels, the blocks
+    assert peak < 0.5 * FULL, f"sampled discover_clusters allocated {peak / FULL:.2f}× a float64 copy"
+    assert len(got.notes) == 2 and all(f"sample of {fit_max:,}" in n for n in got.notes)
+    for cls in (0, 1):
+        idx = np.flatnonzero(y == cls)
+        fit_rows = np.sort(np.random.default_rng(0).choice(idx, fit_max, replace=False))
+        km = KMeans(n_clusters=3, n_init=1, random_state=0).fit(unit(x)[fit_rows])
+        expected = km.predict(unit(x)[idx])
+        mine = got.labels[idx]
+        # same partition (clusters are renumbered by accuracy)
+        pairs = set(zip(expected.tolist(), mine.tolist()))
+        assert len(pairs) == 3 and len({p[0] for p in pairs}) == 3
+        assert sorted(got.table.loc[got.table["class_index"] == cls, "n"].tolist()) == sorted(
+            np.bincount(expected).tolist())
+    assert (got.labels >= 0).all()  # every row assigned, not only the sampled ones
+
+
+def test_classes_up_to_fit_max_are_clustered_whole(data):
+    x, y, a, _, pred = data
+    whole = concepts.discover_clusters(x, y, pred == y, k=3, a=a, n_init=1, fit_max=None)
+    default = concepts.discover_clusters(x, y, pred == y, k=3, a=a, n_init=1)
+    np.testing.assert_array_equal(whole.labels, default.labels)
+    assert default.notes == []
+    with pytest.raises(concepts.MethodError, match="fit_max"):
+        concepts.discover_clusters(x, y, pred == y, k=3, fit_max=2)

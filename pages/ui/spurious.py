@@ -131,6 +131,8 @@ def clusters_section(run, bench, method: str) -> None:
                     key="spur.clusters_fig")
     with st.expander("Cluster table"):
         _table(table, "spur.clusters")
+    for note in cl.notes:
+        st.caption(note)
     if not bench.has_attributes:
         st.caption("No attribute labels: the clusters are the only view of hidden groups here.")
     for _, r in cl.table.sort_values("accuracy").head(2 * len(fd.class_names)).iterrows():

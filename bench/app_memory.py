@@ -336,7 +336,7 @@ def main(argv=None) -> int:
         if "representations-hover" in pages and "representations" not in pages:
             ap.error("representations-hover switches the Representations page's map: add representations")
     if args.size == "celeba":
-        from celeba_shaped import SPEC, seed as seed_celeba
+        from celeba_shaped import seed as seed_celeba
 
         args.keep = args.keep or "/tmp/h-dash-cache"
 
@@ -349,7 +349,6 @@ def main(argv=None) -> int:
         marker = work / "seeded.json"
         if args.size == "celeba":
             out["data"] = seed_celeba(work)
-            assert out["data"]["backbone"] == SPEC
         elif marker.exists() and any((work / "store" / "embeddings").glob("*/manifest.json")):
             out["data"] = json.loads(marker.read_text())
             print(f"reusing the seeded store in {work}", file=sys.stderr)

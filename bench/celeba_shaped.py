@@ -35,8 +35,7 @@ CELEBA_GROUPS = {
 CLASS_NAMES, ATTR_NAMES = ["not_blond", "blond"], ["female", "male"]
 #: Image side of the generated JPEGs: small, so that 202,599 of them are written in a couple of minutes.
 IMAGE_PX = 24
-SPEC = "open_clip:ViT-L-14:random"  # d = 1,024 → e = 768 and a text tower, as CelebA under ViT-L/14
-DIMS = (1024, 768)
+DIMS = (1024, 768)  # d = 1,024 → e = 768 and a text tower, as CelebA under ViT-L/14
 
 
 class StandInMethod:
@@ -81,9 +80,14 @@ class StandInMethod:
 
 def seed(work: Path) -> dict:
     """Benchmark files (``work/data``) + embeddings + one stand-in calibration run (``work/store``); returns
-    what was seeded. Reuses a finished seeding (``work/seeded.json``)."""
+    what was seeded. Reuses a finished seeding (``work/seeded.json``), and images already in ``work/data``.
+
+    The backbone is ``open_clip:ViT-L-14:<file>`` with random weights saved to a file in ``work``
+    (:func:`app_memory.checkpoint_spec`): the text tower is then read alone from the file, as for downloaded
+    weights; a ``:random`` spec builds the whole model to draw its text weights (+1.2 GB the server never needs
+    for a real checkpoint)."""
     import clipcal.runs as runs_mod
-    from app_memory import store_embeddings, write_images
+    from app_memory import checkpoint_spec, store_embeddings, write_images
     from calibrate_speed import shaped_features
     from clipcal.data import load_benchmark
     from clipcal.methods import METHODS, get_method
@@ -97,9 +101,10 @@ def seed(work: Path) -> dict:
     write_images(work / "data", fd, px=IMAGE_PX, class_names=CLASS_NAMES, attr_names=ATTR_NAMES)
     t_images = time.monotonic() - t0
     shutil.rmtree(work / "store", ignore_errors=True)
+    spec = checkpoint_spec(work)
     bench = load_benchmark("csv", root=work / "data")
     store = Store(work / "store")
-    es = store_embeddings(bench, fd, SPEC, store)
+    es = store_embeddings(bench, fd, spec, store)
     methods = [m for m in METHODS if not get_method(m).needs_text or fd.has_text]
     real = runs_mod.make_method
     runs_mod.make_method = lambda name, **_: StandInMethod(name)
@@ -109,7 +114,7 @@ def seed(work: Path) -> dict:
     finally:
         runs_mod.make_method = real
     out = {"n": len(bench.table), "splits": bench.table.groupby("split").size().to_dict(),
-           "feature_dim": DIMS[0], "embed_dim": DIMS[1], "backbone": SPEC, "methods": list(run.results),
+           "feature_dim": DIMS[0], "embed_dim": DIMS[1], "backbone": spec, "methods": list(run.results),
            "stand_in_methods": True, "images_s": round(t_images, 1),
            "run_store_s": round(time.monotonic() - t1, 1), "seed_s": round(time.monotonic() - t0, 1)}
     marker.write_text(json.dumps(out))

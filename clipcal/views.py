@@ -522,7 +522,9 @@ def decodability_table(results: Sequence[tuple[str | None, pd.DataFrame]]) -> pd
     methods: the frozen "before" row once, then one ``after (<method label>)`` row per method.
 
     Args:
-        results: ``[(method or None, result.table), …]`` — each table has a ``before`` and an ``after`` row.
+        results: ``[(method or None, result.table), …]`` — tables with a ``before`` and / or an ``after`` row
+            (the Spurious page passes the "before" probe once, then each method's "after"-only table); a
+            ``before`` row after the first table is dropped.
     """
     rows = []
     for m, table in results:

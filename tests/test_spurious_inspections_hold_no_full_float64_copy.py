@@ -207,3 +207,40 @@ def test_classes_up_to_fit_max_are_clustered_whole(data):
     assert default.notes == []
     with pytest.raises(concepts.MethodError, match="fit_max"):
         concepts.discover_clusters(x, y, pred == y, k=3, fit_max=2)
+
+
+def test_decodability_probe_is_fitted_on_a_paired_sample_above_fit_max(data):
+    """Above ``fit_max`` labelled train + val rows the probe is fitted on a seeded sample (the same rows before and
+    after) and every test row is scored: the float64 fit rows follow the sample (CelebA: 1.1 GB → 0.3 GB)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.preprocessing import StandardScaler
+
+    x, _, a, split, _ = data
+    after = np.ascontiguousarray(x[:, ::-1])
+    fit_max = N // 10
+    whole, peak_whole = traced_peak(lambda: concepts.attribute_decodability(x, after, a, split, fit_max=None))
+    got, peak = traced_peak(lambda: concepts.attribute_decodability(x, after, a, split, fit_max=fit_max))
+    assert peak < 0.5 * peak_whole, f"sampled probe allocated {peak / peak_whole:.2f}× the whole-rows probe"
+    assert got.table["n_train"].tolist() == [fit_max, fit_max] and whole.notes == []
+    assert len(got.notes) == 1 and f"sample of {fit_max:,}" in got.notes[0]
+    fit_idx = np.flatnonzero(np.isin(split, ["train", "val"]))
+    keep = np.sort(np.random.default_rng(0).choice(fit_idx, fit_max, replace=False))
+    test = split == "test"
+    for emb, row in ((x, 0), (after, 1)):
+        xs = StandardScaler().fit(np.asarray(emb, np.float64)[keep])
+        clf = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000, random_state=0).fit(
+            xs.transform(np.asarray(emb, np.float64)[keep]), a[keep])
+        want = balanced_accuracy_score(a[test], clf.predict(xs.transform(np.asarray(emb, np.float64)[test])))
+        assert got.table["balanced_accuracy"].iloc[row] == pytest.approx(want, abs=1e-9)
+
+
+def test_decodability_of_one_side_only(data):
+    x, _, a, split, _ = data
+    after = np.ascontiguousarray(x[:, ::-1])
+    both = concepts.attribute_decodability(x, after, a, split).table
+    only_after = concepts.attribute_decodability(None, after, a, split).table
+    assert only_after["representation"].tolist() == ["after"]
+    pd.testing.assert_frame_equal(only_after.reset_index(drop=True), both.iloc[[1]].reset_index(drop=True))
+    with pytest.raises(concepts.MethodError, match="both are None"):
+        concepts.attribute_decodability(None, None, a, split)

@@ -87,19 +87,22 @@ def decodability_section(run, bench) -> None:
         return
     fd = resources.run_feature_data(run, bench)
     after_methods = views.methods_with_after(run)
-    results = []
-    for m in after_methods or [None]:
-        after = None if m is None else views.method_result(run, m).embeddings_after
+    results, notes = [], []
+    for m in [None] + after_methods:  # the frozen "before" probe once, then one "after" probe per method
+        before, after = (fd.embeddings, None) if m is None else (None, views.method_result(run, m).embeddings_after)
         r = resources.memo(("decod", run_key(run), m),
-                           lambda: attribute_decodability(fd.embeddings, after, fd.a, fd.split))
+                           lambda: attribute_decodability(before, after, fd.a, fd.split))
         if not r.available:
             st.info(r.reason)
             return
         results.append((m, r.table))
+        notes += [n for n in r.notes if n not in notes]
     table = views.decodability_table(results)
     st.plotly_chart(resources.memo(("fig_decod", run_key(run)), lambda: decodability_figure(table)),
                     key="spur.decod_fig")
     _table(table, "spur.decod")
+    for note in notes:
+        st.caption(note)
     if not after_methods:
         st.caption("No method of this run changed the embeddings, so there is no \"after\".")
     no_after = [m for m in views.run_methods(run) if m not in after_methods]

@@ -242,7 +242,7 @@ def attribute_decodability(emb_before: np.ndarray | None, emb_after: np.ndarray 
     notes = []
     n_fit = int(fit_rows.sum())
     if fit_max is not None and n_fit > fit_max:
-        keep = np.sort(np.random.default_rng(seed).choice(np.flatnonzero(fit_rows), fit_max, replace=False))
+        keep = _seeded_sample(np.flatnonzero(fit_rows), fit_max, seed)
         fit_rows = np.zeros(len(a), dtype=bool)
         fit_rows[keep] = True
         notes.append(f"The probe is fitted on a random sample of {fit_max:,} of the {n_fit:,} labelled train + val "
@@ -309,6 +309,14 @@ class ClusterResult:
 #: at CelebA size (172,616 not-blond rows × 768) the fit held two float64 copies of the class (2.1 GB) and took
 #: ≈ 100 s of CPU; 50,000 rows keep the centres' sampling error small next to the clusters' spread.
 CLUSTER_FIT_MAX = 50_000
+
+
+def _seeded_sample(rows: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """``size`` of the ascending ``rows``, drawn uniformly without replacement, ascending — the large map's own
+    sampler (:func:`clipcal.sampled_map.stratified_sample` with one stratum, ``numpy.random.default_rng(seed)``)."""
+    from clipcal.sampled_map import stratified_sample  # noqa: PLC0415
+
+    return rows[stratified_sample(None, len(rows), size, seed=seed)]
 
 
 def _scale_in_place(scaler, x: np.ndarray) -> np.ndarray:
@@ -381,7 +389,7 @@ def discover_clusters(emb: np.ndarray, y, correct, k: int = 4, seed: int = 0, a=
             lab = KMeans(n_clusters=kk, n_init=n_init, random_state=seed, copy_x=False).fit_predict(
                 float_rows(emb, idx, unit=True))
         else:
-            fit_rows = np.sort(np.random.default_rng(seed).choice(idx, fit_max, replace=False))
+            fit_rows = _seeded_sample(idx, fit_max, seed)
             km = KMeans(n_clusters=kk, n_init=n_init, random_state=seed, copy_x=False).fit(
                 float_rows(emb, fit_rows, unit=True))
             lab = np.empty(len(idx), dtype=np.int64)

@@ -20,6 +20,7 @@ import pandas as pd
 
 from clipcal import projection as P
 from clipcal.errors import MethodError
+from clipcal.store import release_pages
 
 
 #: Above this many samples (rows per side), the joint map is fitted on a seeded, stratified sample of the
@@ -91,23 +92,13 @@ def _take(before: np.ndarray, after: np.ndarray | None, rows: np.ndarray) -> np.
     return out
 
 
-def _released(value, *arrays):
-    """``value``, after dropping this process's pages of any store-mapped ``arrays``
-    (:func:`clipcal.store.release_pages`): a run's ``embeddings_after`` is a 622 MB map at CelebA size, and each
-    pass over its rows (duplicate check, digests, placement chunks) would otherwise leave all of it resident."""
-    from clipcal.store import release_pages  # noqa: PLC0415
-
-    release_pages(*arrays)
-    return value
-
-
 def _row_ids(before: np.ndarray, after: np.ndarray | None, rows: np.ndarray) -> np.ndarray:
     """For each of ``rows`` of ``[before; after]``, the position in ``rows`` of the first row with the same bytes
     (exact duplicates found by a 16-byte blake2b of each row, then checked equal)."""
     n = before.shape[0]
     digests = [hashlib.blake2b(memoryview(np.ascontiguousarray(before[r] if r < n else after[r - n])).cast("B"),
                                digest_size=16).digest() for r in rows]
-    _released(None, before, after)
+    release_pages(before, after)  # the digests read every row: drop the pages of a store-mapped ``after``
     first = pd.Series(np.arange(len(rows))).groupby(pd.Index(digests)).transform("min").to_numpy()
     dup = np.flatnonzero(first != np.arange(len(rows)))
     for lo in range(0, len(dup), PLACE_CHUNK):
@@ -144,7 +135,8 @@ def sampled_map(before: np.ndarray, after: np.ndarray | None, strata=None, seed:
     n = before.shape[0]
     total = n * (2 if after is not None else 1)
     fit = stratified_sample(strata, n, LARGE_MAP_FIT_SAMPLES, LARGE_MAP_STRATUM_FLOOR, 0 if seed is None else seed)
-    x_fit = _released(before[fit] if after is None else np.concatenate([before[fit], after[fit]]), before, after)
+    x_fit = before[fit] if after is None else np.concatenate([before[fit], after[fit]])
+    release_pages(before, after)  # each pass over a store-mapped ``after`` (622 MB at CelebA size) drops its pages
     if progress:
         progress(f"fitting UMAP on {len(x_fit):,} of {total:,} points (a stratified sample)")
     xy_fit, model = P._fit(x_fit, seed, n_neighbors, min_dist, metric, force_approximation=True,
@@ -160,8 +152,11 @@ def sampled_map(before: np.ndarray, after: np.ndarray | None, strata=None, seed:
     same = np.zeros(0, bool)
     if after is not None:
         xy[n + fit] = xy_fit[len(fit):]
-        same = np.concatenate([_released(P._same_rows(before[c], after[c], metric, P.DUPLICATE_TOL), before, after)
-                               for c in np.array_split(rest, max(1, len(rest) // 10_000))])  # float64: chunks
+        parts = []
+        for c in np.array_split(rest, max(1, len(rest) // 10_000)):  # float64: chunks
+            parts.append(P._same_rows(before[c], after[c], metric, P.DUPLICATE_TOL))
+            release_pages(before, after)
+        same = np.concatenate(parts)
         rows = np.concatenate([rest, n + rest[~same]])
     # exact duplicates (of fitted rows, or of each other) are placed once: fitted rows come first, so a copy of a
     # fitted row takes its place
@@ -175,7 +170,8 @@ def sampled_map(before: np.ndarray, after: np.ndarray | None, strata=None, seed:
             if progress:
                 progress(f"placing the other points into the map: {lo:,} / {len(todo):,}")
             chunk = todo[lo:lo + PLACE_CHUNK]
-            xy[chunk] = _released(np.asarray(model.transform(_take(before, after, chunk)), np.float32), before, after)
+            xy[chunk] = np.asarray(model.transform(_take(before, after, chunk)), np.float32)
+            release_pages(before, after)
     xy[cand] = xy[cand[first]]
     if after is not None:
         xy[n + rest[same]] = xy[rest[same]]

@@ -5,6 +5,7 @@ next (at most one resident). Threads are ordered with events, not sleeps."""
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace as NS
 
 import pytest
 
@@ -145,7 +146,7 @@ def test_the_cav_probe_on_the_spurious_page_holds_a_lease(monkeypatch):
     monkeypatch.setattr(resources, "model_slot", lambda: slot)
     monkeypatch.setattr(resources, "load_bench", lambda spec: None)
     monkeypatch.setattr(resources, "get_run", lambda run_id: None)
-    monkeypatch.setattr(resources, "run_feature_data", lambda run, bench, spec=None: None)
+    monkeypatch.setattr(resources, "run_feature_data", lambda run, bench, spec=None: NS(features=None))
     monkeypatch.setattr(resources, "get_store", lambda: None)
     monkeypatch.setattr(spurious.views, "method_result", lambda run, method: None)
     with slot.lease("A"):

@@ -50,7 +50,7 @@ def test_dashboard_feature_data_releases_the_embeddings_maps(tmp_path, monkeypat
     emb = NS(features=entry.array("x"), embeddings=entry.array("y"), backbone_spec="tiny:clip", key="k")
     files = [entry.path / entry.manifest["arrays"][n]["file"] for n in ("x", "y")]
 
-    def from_store(bench, es):  # what the real one does to the maps: reads (copies) every row
+    def from_store(bench, es, **kw):  # what the real one does to the maps: reads (copies) every row
         return NS(features=np.array(es.features), embeddings=np.array(es.embeddings))
 
     monkeypatch.setattr(FeatureData, "from_store", from_store)

@@ -30,7 +30,7 @@ import pandas as pd
 
 from clipcal._json import jsonable
 from clipcal.errors import Cancelled, MethodError
-from clipcal.rowblocks import row_blocks, take_rows
+from clipcal.rowblocks import mapped_base, row_blocks, take_rows
 from clipcal.methods.fitted import FittedLastLayer, NotFittedError
 from clipcal.methods.params import choices_of, validate_params
 
@@ -117,6 +117,12 @@ OOM_HINT = ("try a smaller batch_size, or device='cpu' (slower; limited by RAM i
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _is_float32_map(arr) -> bool:
+    """Whether ``arr`` is a read-only, C-contiguous float32 view of a store memory map (:func:`mapped_base`)."""
+    return (isinstance(arr, np.ndarray) and mapped_base(arr) is not None and arr.dtype == np.float32
+            and arr.ndim == 2 and arr.flags.c_contiguous and not arr.flags.writeable)
+
+
 def _writable(arr, dtype) -> np.ndarray:
     """``arr`` as a C-contiguous, writable array of ``dtype`` (copied only when needed)."""
     a = np.ascontiguousarray(np.asarray(arr, dtype=dtype))
@@ -186,6 +192,11 @@ class FeatureData:
         last_layer: where ``proj_weight`` comes from, ``{"kind", "source", "description"}``
             (:attr:`clipcal.embed.EmbeddingSet.last_layer`), or ``None`` (not known: synthetic data).
         notes: what was done to the data on the way in (e.g. skipped images dropped).
+        features_mapped: keep ``features`` as the store's read-only memory map (float32, C-contiguous) instead
+            of a writable copy in memory — the dashboard's choice (:meth:`from_store` with
+            ``features_in_memory=False``): its views read ``h`` rarely, and at CelebA size the copy is 830 MB of
+            server memory. Anything else given with ``True`` is copied as usual. Training reads a mapped ``h``
+            through :meth:`device_features` (a copy made for the fit, released when it ends).
 
     Raises (on construction):
         MethodError: arrays of different lengths (names both), features/embeddings with NaN or inf (names
@@ -209,12 +220,15 @@ class FeatureData:
     benchmark_name: str = ""
     notes: list[str] = field(default_factory=list)
     last_layer: dict | None = None
+    features_mapped: bool = False
     #: {device name: features as a torch tensor on it} — :meth:`device_features`
     _device_copies: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # writable, contiguous float32 (store arrays are read-only memory maps; torch warns on those)
-        self.features = _writable(self.features, np.float32)
+        # writable, contiguous float32 (store arrays are read-only memory maps; torch warns on those) — unless
+        # the caller keeps h as the store's map (features_mapped)
+        self.features_mapped = bool(self.features_mapped) and _is_float32_map(self.features)
+        self.features = self.features if self.features_mapped else _writable(self.features, np.float32)
         self.embeddings = _writable(self.embeddings, np.float32)
         if self.features.ndim != 2 or self.embeddings.ndim != 2:
             raise MethodError(f"features must be 2-D [N, d] and embeddings [N, e]; got shapes "
@@ -235,6 +249,10 @@ class FeatureData:
                 hint="the embeddings belong to another version of the benchmark table; re-embed the benchmark")
         for name, arr in (("features", self.features), ("embeddings", self.embeddings)):
             bad = _bad_rows(arr)
+            if name == "features" and self.features_mapped:
+                from clipcal.store import release_pages
+
+                release_pages(arr)  # the check read every page of the map: do not leave them resident
             if len(bad):
                 ids = [str(self.sample_ids[i]) for i in bad[:5]]
                 raise MethodError(
@@ -353,7 +371,8 @@ class FeatureData:
         """``features`` as a float32 torch tensor [N, d] on ``device``, made once per device and shared by every
         evaluator, training loop and stage of the methods fitted on this FeatureData (issue 15.6: each used to
         copy all N × d features — CFR's stage 2 held two copies, cross-fit three). On the CPU a view of the
-        array (no copy). :meth:`Method.fit` releases the copies it made when it returns.
+        array (no copy) — except for features kept as a read-only store map (``features_mapped``), which are
+        copied. :meth:`Method.fit` releases the copies it made when it returns.
 
         Args:
             device: a ``torch.device`` or its name (``"cuda"`` means the current CUDA device).
@@ -369,7 +388,9 @@ class FeatureData:
         key = str(dev)
         t = self._device_copies.get(key)
         if t is None:
-            t = self._device_copies[key] = torch.from_numpy(self.features).to(dev)
+            # a read-only store map (features_mapped) is copied: torch tensors over read-only memory are unsafe
+            h = self.features if self.features.flags.writeable else np.array(self.features)
+            t = self._device_copies[key] = torch.from_numpy(h).to(dev)
         return t
 
     def release_device_copies(self, keep=()) -> None:
@@ -408,7 +429,8 @@ class FeatureData:
 
     # -- construction -----------------------------------------------------------------------------------
     @classmethod
-    def from_store(cls, benchmark, embedding_set, text_head: np.ndarray | None = None) -> "FeatureData":
+    def from_store(cls, benchmark, embedding_set, text_head: np.ndarray | None = None,
+                   features_in_memory: bool = True) -> "FeatureData":
         """Join a :class:`~clipcal.data.base.Benchmark` table with an ``EmbeddingSet`` by ``sample_id``.
 
         Rows of the table that have no embedding (images skipped while embedding, see
@@ -419,6 +441,9 @@ class FeatureData:
             embedding_set: ``clipcal.embed.EmbeddingSet`` (``sample_ids``, ``features``, ``embeddings``,
                 ``proj_weight``, ``projection``, ``has_text``, ``backbone_spec``, ``skipped``, ``last_layer``).
             text_head: [K, e] zero-shot head (e.g. ``clipcal.embed.class_text_embeddings``) or ``None``.
+            features_in_memory: ``False`` keeps ``features`` as the store's read-only memory map when the table's
+                rows are the stored rows in stored order (``features_mapped``; the dashboard, issue 14: 830 MB
+                less per server at CelebA size); otherwise, and by default, they are copied into memory.
 
         Raises:
             MethodError: the embedding set holds ids the table does not know (stale embeddings), or any
@@ -447,10 +472,15 @@ class FeatureData:
         rows = pos.loc[t["sample_id"].to_numpy()].to_numpy()
         # row blocks releasing a store map's pages as they go: no second full-size copy beside the mapped file
         # (issue 14.3: CelebA's features + embeddings were 1.45 GB of pages next to their copies)
-        feats, embs = (take_rows(x, rows, x.dtype) for x in (np.asarray(embedding_set.features),
-                                                              np.asarray(embedding_set.embeddings)))
+        stored = np.asarray(embedding_set.features)
+        keep_map = (not features_in_memory and _is_float32_map(stored) and len(rows) == len(stored)
+                    and bool((rows == np.arange(len(stored))).all()))
+        feats = stored if keep_map else take_rows(stored, rows, stored.dtype)
+        embs = np.asarray(embedding_set.embeddings)
+        embs = take_rows(embs, rows, embs.dtype)
         return cls(
-            features=feats, embeddings=embs, y=t["y"].to_numpy(), a=t["a"].to_numpy(),
+            features=feats, features_mapped=keep_map, embeddings=embs, y=t["y"].to_numpy(),
+            a=t["a"].to_numpy(),
             group=t["group"].to_numpy(), split=t["split"].astype(str).to_numpy(),
             sample_ids=t["sample_id"].to_numpy(), class_names=list(benchmark.class_names),
             attr_names=list(benchmark.attr_names),

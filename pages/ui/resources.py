@@ -166,13 +166,16 @@ def loaded_model(spec: str):
 def feature_data(bench, emb):
     """:meth:`FeatureData.from_store` of (benchmark, embeddings): the row order every method result follows.
 
-    FeatureData copies the stored arrays into memory; the pages of the store's memory maps it read are then
-    released (:func:`clipcal.store.release_pages`) — at CelebA size they held another 1.45 GB of RSS."""
+    The pre-projection features ``h`` stay the store's read-only memory map (``features_in_memory=False``): no
+    view reads them except the concept-vector job, and at CelebA size the copy was 830 MB of server memory
+    (issue 14). The embeddings are copied into memory (every chart reads them); the pages of the store's maps
+    read on the way are then released (:func:`clipcal.store.release_pages`) — at CelebA size they held another
+    1.45 GB of RSS."""
     from clipcal.methods import FeatureData
     from clipcal.store import release_pages
 
     def build():
-        fd = FeatureData.from_store(bench, emb)
+        fd = FeatureData.from_store(bench, emb, features_in_memory=False)
         release_pages(getattr(emb, "features", None), getattr(emb, "embeddings", None))
         return fd
 

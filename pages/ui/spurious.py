@@ -195,15 +195,20 @@ def gallery_section(run, bench, method: str) -> None:
 def _cav_worker(run_id: str, bench_spec: dict, backbone: str, method: str, source: dict, counter: dict | None,
                 n_random: int, progress=None, cancel=None):
     from clipcal.cav import concept_report_job
+    from clipcal.store import release_pages
 
     bench = resources.load_bench(bench_spec)
     run = resources.get_run(run_id)
     fd = resources.run_feature_data(run, bench, backbone)
     # the shared model if this process holds it, leased for the probe (a job finishing or switching the model
     # meanwhile cannot close it: issue 15); else embed_benchmark loads the spec for this call and frees it
-    with resources.loaded_model(backbone) as model:
-        return concept_report_job(fd, views.method_result(run, method), source, counter, backbone=model or backbone,
-                                  store=resources.get_store(), n_random=n_random, progress=progress, cancel=cancel)
+    try:
+        with resources.loaded_model(backbone) as model:
+            return concept_report_job(fd, views.method_result(run, method), source, counter,
+                                      backbone=model or backbone, store=resources.get_store(), n_random=n_random,
+                                      progress=progress, cancel=cancel)
+    finally:
+        release_pages(fd.features)  # h is the store's map (resources.feature_data): the fit read all of it
 
 
 def _cav_source(run, bench):

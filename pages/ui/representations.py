@@ -184,7 +184,7 @@ def movement_section(run, bench, method: str, xy, points: pd.DataFrame) -> None:
     with left:
         st.markdown("**Moved most** — by the change of the embedding (`cos_change` = 1 − cosine between before "
                     "and after); `move_2d` = distance in the map, a cue only")
-        ranking = moved_most(points, 20)
+        ranking = resources.memo(("moved_most", pipeline.run_key(run), method), lambda: moved_most(points, 20))
         st.dataframe(ranking.table, hide_index=True, key="repr.moved", height=300,
                      column_config={"move_2d": st.column_config.NumberColumn(format="%.3f"),
                                     "cos_change": st.column_config.NumberColumn(format="%.2e")})
@@ -192,12 +192,16 @@ def movement_section(run, bench, method: str, xy, points: pd.DataFrame) -> None:
     with right:
         bm = views.baseline_method(run)
         if bm and bm != method:
-            test = points[points["split"] == "test"]
-            # two title lines: one ran past the half-width column's edge
-            title = (f"Test samples that crossed the decision boundary<br>"
-                     f"<sup>{views.method_label(bm)} → {views.method_label(method)}</sup>")
-            st.plotly_chart(crossing_figure(test, group_col="group" if "group" in test else "class",
-                                            crossing_col="crossed", title=title), key="repr.crossed")
+            def crossed():
+                test = points[points["split"] == "test"]
+                # two title lines: one ran past the half-width column's edge
+                title = (f"Test samples that crossed the decision boundary<br>"
+                         f"<sup>{views.method_label(bm)} → {views.method_label(method)}</sup>")
+                return crossing_figure(test, group_col="group" if "group" in test else "class",
+                                       crossing_col="crossed", title=title)
+
+            st.plotly_chart(resources.memo(("fig_crossed", pipeline.run_key(run), bm, method), crossed),
+                            key="repr.crossed")
         else:
             st.caption("Boundary crossings need an ERM run to compare with.")
     if bench.has_attributes:
@@ -205,4 +209,5 @@ def movement_section(run, bench, method: str, xy, points: pd.DataFrame) -> None:
         before, after = pipeline.projection_inputs(run, fd, method)
         shifts = resources.memo(("shifts", pipeline.run_key(run), method), lambda: group_centroid_shifts(
             xy[0], xy[1], before, after, fd.group, bench.group_names()))
-        st.plotly_chart(centroid_shift_figure(shifts), key="repr.shifts")
+        st.plotly_chart(resources.memo(("fig_shifts", pipeline.run_key(run), method),
+                                       lambda: centroid_shift_figure(shifts)), key="repr.shifts")

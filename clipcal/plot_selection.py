@@ -107,11 +107,11 @@ def _row_positions(table: pd.DataFrame, ids: Sequence[str]) -> np.ndarray:
     if not want:
         return np.zeros(0, dtype=np.int64)
     sid = table["sample_id"]
-    if not pd.api.types.is_string_dtype(sid.dtype):
+    if not pd.api.types.is_string_dtype(sid):  # the Series, not its dtype: an object column of ints is not strings
         sid = sid.astype(str)
     hit = np.flatnonzero(sid.isin(want).to_numpy(dtype=bool))
     first: dict[str, int] = {}
-    for pos, s in zip(hit.tolist(), sid.iloc[hit].astype(str).tolist()):
+    for pos, s in zip(hit.tolist(), sid.iloc[hit].tolist()):
         first.setdefault(s, pos)
     return np.asarray([first[i] for i in want if i in first], dtype=np.int64)
 

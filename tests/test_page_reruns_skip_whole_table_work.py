@@ -71,6 +71,8 @@ def test_non_string_sample_ids_and_misaligned_extra_columns(tmp_path):
     t = pd.DataFrame({"sample_id": [10, 11, 12], "path": ["a", "b", "c"], "split": ["test"] * 3, "y": [0, 1, 0],
                       "a": [0, 0, 1]})
     assert selection_table(t, ["12", "10"])["sample_id"].tolist() == [12, 10]
+    objects = t.assign(sample_id=pd.Series([10, 11, 12], dtype=object))  # ints in an object column: not strings
+    assert selection_table(objects, ["12", "10"])["sample_id"].tolist() == [12, 10]
     with pytest.raises(ValueError, match=r"extra column 'pred' has 2 values for 3 table rows"):
         selection_table(t, ["10"], extra={"pred": [0, 1]})
 

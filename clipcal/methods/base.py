@@ -389,8 +389,7 @@ class FeatureData:
         t = self._device_copies.get(key)
         if t is None:
             # a read-only store map (features_mapped) is copied: torch tensors over read-only memory are unsafe
-            h = self.features if self.features.flags.writeable else np.array(self.features)
-            t = self._device_copies[key] = torch.from_numpy(h).to(dev)
+            t = self._device_copies[key] = torch.from_numpy(_writable(self.features, np.float32)).to(dev)
         return t
 
     def release_device_copies(self, keep=()) -> None:

@@ -200,14 +200,15 @@ def movement_section(run, bench, method: str, xy, points: pd.DataFrame) -> None:
                 return crossing_figure(test, group_col="group" if "group" in test else "class",
                                        crossing_col="crossed", title=title)
 
-            st.plotly_chart(resources.memo(("fig_crossed", pipeline.run_key(run), bm, method), crossed),
+            st.plotly_chart(resources.memo(("fig_crossed", pipeline.run_key(run), method), crossed),
                             key="repr.crossed")
         else:
             st.caption("Boundary crossings need an ERM run to compare with.")
     if bench.has_attributes:
-        fd = resources.run_feature_data(run, bench)
-        before, after = pipeline.projection_inputs(run, fd, method)
-        shifts = resources.memo(("shifts", pipeline.run_key(run), method), lambda: group_centroid_shifts(
-            xy[0], xy[1], before, after, fd.group, bench.group_names()))
-        st.plotly_chart(resources.memo(("fig_shifts", pipeline.run_key(run), method),
-                                       lambda: centroid_shift_figure(shifts)), key="repr.shifts")
+        def shifts():
+            fd = resources.run_feature_data(run, bench)
+            before, after = pipeline.projection_inputs(run, fd, method)
+            return centroid_shift_figure(group_centroid_shifts(xy[0], xy[1], before, after, fd.group,
+                                                               bench.group_names()))
+
+        st.plotly_chart(resources.memo(("fig_shifts", pipeline.run_key(run), method), shifts), key="repr.shifts")
